@@ -1,0 +1,81 @@
+"""The differentiable LipLT bound used during training.
+
+:class:`LipLTEstimator` keeps one warm-started power-iteration vector per inner operator
+``S_{t,j}`` of eq. (16) in buffers (so they are saved in its ``state_dict`` and training resumes
+exactly), runs a few batched iterations per step without gradients, then evaluates
+``||S_{t,j} v||`` with gradients (the derivative of the top singular value is ``u^T dS v`` at
+convergence). The output-side norms are exact (rows through one adjoint sweep, with gradients).
+
+The result *under*-estimates the inner norms by however far the power iteration is from
+convergence: it is a training signal. Certificates come from :func:`lipzoo.lipschitz_bound`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lipzoo.bounds.liplt import MODES, _check_choice, liplt_recursion, output_norms, output_rows
+from lipzoo.bounds.structure import build_structure
+from lipzoo.bounds.sweep import forward_sweep, power_iteration
+
+__all__ = ["LipLTEstimator"]
+
+
+class LipLTEstimator(nn.Module):
+    """Differentiable pairwise / per-class / global LipLT bound of ``model`` with warm starts.
+
+    Args:
+        model: the network (kept by reference, not registered as a submodule, so that its
+            parameters are not duplicated in this module's ``state_dict``).
+        input_shape: per-sample input shape.
+        mode: ``"pairwise"`` (default), ``"per_class"`` or ``"global"``.
+        n_iter: power iterations per call.
+        seed: seed of the initial vectors.
+
+    Call it to get the bound (``(K, K)`` for pairwise) as a tensor that carries gradients.
+    """
+
+    def __init__(self, model: nn.Module, input_shape, *, mode: str = "pairwise", n_iter: int = 5,
+                 seed: int = 0):
+        super().__init__()
+        _check_choice("mode", mode, MODES)
+        if n_iter < 0:
+            raise ValueError(f"n_iter must be >= 0, got {n_iter}.")
+        self.mode, self.n_iter, self.input_shape = mode, n_iter, tuple(input_shape)
+        object.__setattr__(self, "_model", model)  # plain reference, not a submodule
+        structure = build_structure(model, self.input_shape)
+        self.keys = [(t, j) for t in range(structure.depth) for j in range(-1, t)]
+        gen = torch.Generator().manual_seed(seed)
+        ref = next(model.parameters(), torch.empty(0))
+        for t, j in self.keys:
+            src, _ = structure.space_shape(t, j)
+            v = torch.randn(1, *src, generator=gen)
+            self.register_buffer(self._name(t, j), (v / v.norm()).to(ref.device, ref.dtype))
+
+    @staticmethod
+    def _name(t: int, j: int) -> str:
+        return f"v_{t}_{'in' if j < 0 else j}"
+
+    def vectors(self) -> dict:
+        return {k: getattr(self, self._name(*k)) for k in self.keys}
+
+    def forward(self, n_iter: int | None = None) -> torch.Tensor:
+        model = self._model
+        structure = build_structure(model, self.input_shape)
+        v = self.vectors()
+        n = self.n_iter if n_iter is None else n_iter
+        if v:
+            with torch.no_grad():
+                v = power_iteration(structure, v, n)
+                for k, x in v.items():
+                    getattr(self, self._name(*k)).copy_(x)
+        out = forward_sweep(structure, v)
+        inner = {k: out[k].norm() for k in self.keys}
+        rows = output_rows(structure, range(-1, structure.depth))
+        final = {j: output_norms(r, self.mode) for j, r in rows.items()}
+        value, _ = liplt_recursion(structure, inner, final)
+        return value
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}, n_iter={self.n_iter}, operators={len(self.keys)}"

@@ -1,0 +1,291 @@
+"""Matrix-free linear operators with exact adjoints and proved norm bounds.
+
+Every lipzoo layer describes its part of the structure ``y = W x``, ``x' = H x + G phi(y)``
+(paper eq. 14) with these operators. An operator acts on a batch ``(B, *in_shape)`` and knows
+
+* ``forward(x)``: ``A x``;
+* ``adjoint(y, in_shape)``: ``A^T y``, exact for every input size (strided, padded
+  convolutions included; the reference implementation's ``conv_transpose2d`` without
+  ``output_padding`` is not);
+* ``out_shape(in_shape)``;
+* ``norm_bound(in_shape)``: a *proved* upper bound on the spectral norm ``||A||_2`` (used by the
+  certification path when an operator is too large to materialize).
+
+Operators hold references to the layer's parameters, so anything computed from them is
+differentiable.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+Shape = tuple[int, ...]
+
+__all__ = [
+    "LinearOperator",
+    "Conv2dOp",
+    "DenseOp",
+    "DiagonalOp",
+    "ScaleOp",
+    "FlattenOp",
+    "ComposeOp",
+    "SumOp",
+    "AdjointOp",
+    "compose",
+    "conv2d_norm_bound",
+]
+
+
+class LinearOperator:
+    """A linear map between tensor spaces, without batch dimension in its shapes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def adjoint(self, y: torch.Tensor, in_shape: Shape) -> torch.Tensor:
+        raise NotImplementedError
+
+    def out_shape(self, in_shape: Shape) -> Shape:
+        raise NotImplementedError
+
+    def norm_bound(self, in_shape: Shape) -> torch.Tensor:
+        """A proved upper bound on ``||A||_2`` for inputs of shape ``in_shape``."""
+        raise NotImplementedError
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward(x)
+
+    def __matmul__(self, other: "LinearOperator") -> "LinearOperator":
+        return compose(self, other)
+
+
+class Conv2dOp(LinearOperator):
+    """``x -> conv2d(x, weight)`` (no bias), with stride, zero padding, dilation and groups."""
+
+    def __init__(self, weight: torch.Tensor, stride=1, padding=0, dilation=1, groups: int = 1):
+        self.weight = weight
+        self.stride = _pair(stride)
+        self.padding = _pair(padding)
+        self.dilation = _pair(dilation)
+        self.groups = groups
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
+
+    def adjoint(self, y, in_shape):
+        # conv2d_input is the exact gradient of conv2d w.r.t. its input, i.e. the adjoint, for any
+        # input size (it chooses the output_padding that conv_transpose2d alone gets wrong).
+        size = (y.shape[0], *in_shape)
+        return torch.nn.grad.conv2d_input(
+            size, self.weight, y, self.stride, self.padding, self.dilation, self.groups
+        )
+
+    def out_shape(self, in_shape):
+        c, h, w = in_shape
+        k = self.weight.shape[-2:]
+        hw = [
+            (n + 2 * p - d * (kk - 1) - 1) // s + 1
+            for n, p, d, kk, s in zip((h, w), self.padding, self.dilation, k, self.stride)
+        ]
+        return (self.weight.shape[0], *hw)
+
+    def norm_bound(self, in_shape):
+        return conv2d_norm_bound(self.weight, in_shape[-2:], self.padding, self.dilation, self.groups)
+
+
+class DenseOp(LinearOperator):
+    """``x -> x @ weight.T`` on the last dimension (an ``nn.Linear`` without bias)."""
+
+    def __init__(self, weight: torch.Tensor):
+        self.weight = weight
+
+    def forward(self, x):
+        return x @ self.weight.T
+
+    def adjoint(self, y, in_shape):
+        return y @ self.weight
+
+    def out_shape(self, in_shape):
+        return (*in_shape[:-1], self.weight.shape[0])
+
+    def norm_bound(self, in_shape):
+        return torch.linalg.matrix_norm(self.weight, ord=2)
+
+
+class DiagonalOp(LinearOperator):
+    """Elementwise scaling by ``scale`` broadcast over the per-sample shape.
+
+    ``scale`` has shape ``(C,)`` for per-channel scaling of ``(C, H, W)`` or ``(C,)`` inputs,
+    or the full per-sample shape.
+    """
+
+    def __init__(self, scale: torch.Tensor):
+        self.scale = scale
+
+    def _broadcast(self, x):
+        s = self.scale
+        extra = x.dim() - 1 - s.dim()
+        return s.reshape(*s.shape, *([1] * extra))
+
+    def forward(self, x):
+        return x * self._broadcast(x)
+
+    def adjoint(self, y, in_shape):
+        return self.forward(y)
+
+    def out_shape(self, in_shape):
+        return tuple(in_shape)
+
+    def norm_bound(self, in_shape):
+        return self.scale.abs().max()
+
+
+class ScaleOp(LinearOperator):
+    """``x -> c x`` for a scalar ``c`` (a Python number or a 0-d tensor)."""
+
+    def __init__(self, c):
+        self.c = c
+
+    def forward(self, x):
+        return self.c * x
+
+    def adjoint(self, y, in_shape):
+        return self.c * y
+
+    def out_shape(self, in_shape):
+        return tuple(in_shape)
+
+    def norm_bound(self, in_shape):
+        return torch.as_tensor(self.c).abs()
+
+
+class FlattenOp(LinearOperator):
+    """Reshape ``(C, H, W) -> (C*H*W,)``; an isometry."""
+
+    def forward(self, x):
+        return x.flatten(1)
+
+    def adjoint(self, y, in_shape):
+        return y.reshape(y.shape[0], *in_shape)
+
+    def out_shape(self, in_shape):
+        return (math.prod(in_shape),)
+
+    def norm_bound(self, in_shape):
+        return torch.tensor(1.0)
+
+
+class ComposeOp(LinearOperator):
+    """``ops[0] @ ops[1] @ ... @ ops[-1]`` (the last one acts first)."""
+
+    def __init__(self, ops: Sequence[LinearOperator]):
+        self.ops = list(ops)
+
+    def _shapes(self, in_shape):
+        shapes = [tuple(in_shape)]
+        for op in reversed(self.ops):
+            shapes.append(op.out_shape(shapes[-1]))
+        return shapes  # shapes[i] is the input shape of ops[-1 - i]
+
+    def forward(self, x):
+        for op in reversed(self.ops):
+            x = op.forward(x)
+        return x
+
+    def adjoint(self, y, in_shape):
+        shapes = self._shapes(in_shape)
+        for i, op in enumerate(self.ops):
+            y = op.adjoint(y, shapes[len(self.ops) - 1 - i])
+        return y
+
+    def out_shape(self, in_shape):
+        return self._shapes(in_shape)[-1]
+
+    def norm_bound(self, in_shape):
+        shapes = self._shapes(in_shape)
+        bound = torch.tensor(1.0)
+        for i, op in enumerate(reversed(self.ops)):
+            bound = bound * op.norm_bound(shapes[i])
+        return bound
+
+
+class SumOp(LinearOperator):
+    """``sum_i ops[i]`` (all with the same input and output shapes)."""
+
+    def __init__(self, ops: Sequence[LinearOperator]):
+        self.ops = list(ops)
+
+    def forward(self, x):
+        return sum(op.forward(x) for op in self.ops)
+
+    def adjoint(self, y, in_shape):
+        return sum(op.adjoint(y, in_shape) for op in self.ops)
+
+    def out_shape(self, in_shape):
+        return self.ops[0].out_shape(in_shape)
+
+    def norm_bound(self, in_shape):
+        return sum(op.norm_bound(in_shape) for op in self.ops)
+
+
+class AdjointOp(LinearOperator):
+    """The adjoint ``A^T`` of an operator ``A`` whose input shape is ``base_in_shape``."""
+
+    def __init__(self, op: LinearOperator, base_in_shape: Shape):
+        self.op = op
+        self.base_in_shape = tuple(base_in_shape)
+
+    def forward(self, x):
+        return self.op.adjoint(x, self.base_in_shape)
+
+    def adjoint(self, y, in_shape):
+        return self.op.forward(y)
+
+    def out_shape(self, in_shape):
+        return self.base_in_shape
+
+    def norm_bound(self, in_shape):
+        return self.op.norm_bound(self.base_in_shape)
+
+
+def compose(*ops: LinearOperator | None) -> LinearOperator | None:
+    """Compose operators (``None`` is the identity), flattening nested compositions."""
+    flat: list[LinearOperator] = []
+    for op in ops:
+        if op is None:
+            continue
+        flat.extend(op.ops if isinstance(op, ComposeOp) else [op])
+    if not flat:
+        return None
+    return flat[0] if len(flat) == 1 else ComposeOp(flat)
+
+
+def conv2d_norm_bound(weight: torch.Tensor, spatial: Sequence[int], padding=0, dilation=1,
+                      groups: int = 1) -> torch.Tensor:
+    """Proved upper bound on the spectral norm of a zero-padded, possibly strided 2-D convolution.
+
+    A zero-padded convolution on an ``n x n`` input is a restriction of the circular convolution on
+    an ``N x N`` grid with ``N >= n + 2p + k_eff - 1`` (embedding and cropping have norm <= 1), and a
+    strided convolution is a stride-1 convolution followed by subsampling (norm <= 1). The circular
+    convolution is block-diagonalised by the 2-D DFT (Sedghi, Gupta & Long, ICLR 2019): its norm is the
+    largest singular value of the ``c_out x c_in`` kernel transforms over the ``N x N`` frequencies.
+    """
+    padding, dilation = _pair(padding), _pair(dilation)
+    c_out, c_in_g, kh, kw = weight.shape
+    if dilation != (1, 1):
+        dilated = weight.new_zeros(c_out, c_in_g, (kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1)
+        dilated[:, :, :: dilation[0], :: dilation[1]] = weight
+        weight, kh, kw = dilated, dilated.shape[-2], dilated.shape[-1]
+    n = [int(s) + 2 * p + k - 1 for s, p, k in zip(spatial, padding, (kh, kw))]
+    w = weight.reshape(groups, c_out // groups, c_in_g, kh, kw)
+    spectrum = torch.fft.fft2(w, s=n)  # (g, co, ci, N1, N2)
+    blocks = spectrum.permute(0, 3, 4, 1, 2)  # one small matrix per group and frequency
+    return torch.linalg.matrix_norm(blocks, ord=2).max()
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)

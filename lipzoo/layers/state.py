@@ -1,0 +1,39 @@
+"""The per-layer Lipschitz structure of the paper's eq. (14)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lipzoo.layers.operators import LinearOperator, ScaleOp, SumOp, compose
+
+__all__ = ["LipschitzState"]
+
+
+@dataclass
+class LipschitzState:
+    """One layer of ``y = W x``, ``x' = H x + G phi(y)`` with ``phi`` slope-restricted in ``[alpha, beta]``.
+
+    Attributes:
+        W: the operator applied before the activation.
+        H: the skip operator; ``None`` means zero (a plain feed-forward layer).
+        G: the operator applied after the activation; ``None`` means the identity.
+        alpha, beta: slope bounds of ``phi``. ``alpha == beta`` makes the layer affine: the
+            accountant then folds it into its neighbours as the linear map ``H + alpha G W``.
+    """
+
+    W: LinearOperator
+    H: LinearOperator | None = None
+    G: LinearOperator | None = None
+    alpha: float = 1.0
+    beta: float = 1.0
+
+    @property
+    def is_linear(self) -> bool:
+        return self.alpha == self.beta
+
+    def as_linear(self) -> LinearOperator:
+        """The map ``x -> H x + alpha G W x`` (exact when ``alpha == beta``)."""
+        main = compose(self.G, self.W)
+        if self.alpha != 1.0:
+            main = compose(ScaleOp(self.alpha), main)
+        return main if self.H is None else SumOp([self.H, main])
