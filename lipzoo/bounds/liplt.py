@@ -26,7 +26,7 @@ from lipzoo.bounds.norms import EXACT_MARGIN, NormResult, chain_norm, weakest_gu
 from lipzoo.bounds.structure import Structure, build_structure, numel
 from lipzoo.bounds.sweep import adjoint_sweep, forward_sweep, power_iteration
 
-__all__ = ["LipschitzBound", "lipschitz_bound", "output_norms", "liplt_recursion"]
+__all__ = ["LipschitzBound", "lipschitz_bound", "lipschitz_bounds", "output_norms", "liplt_recursion"]
 
 MODES = ("global", "per_class", "pairwise")
 METHODS = ("liplt", "naive")
@@ -170,8 +170,18 @@ def lipschitz_bound(model: nn.Module, input_shape, *, method: str = "liplt", mod
         device: where to compute (defaults to the model's device).
         seed: seed of the power-iteration start vectors.
     """
-    _check_choice("method", method, METHODS)
     _check_choice("mode", mode, MODES)
+    return lipschitz_bounds(model, input_shape, method=method, modes=(mode,), norm=norm, max_dense=max_dense,
+                            n_iter=n_iter, dtype=dtype, device=device, seed=seed)[mode]
+
+
+def lipschitz_bounds(model: nn.Module, input_shape, *, method: str = "liplt", modes=MODES, norm: str = "auto",
+                     max_dense: int = 4096, n_iter: int = 200, dtype: torch.dtype = torch.float64, device=None,
+                     seed: int = 0) -> dict[str, LipschitzBound]:
+    """:func:`lipschitz_bound` for several modes at once, sharing the inner operator norms."""
+    _check_choice("method", method, METHODS)
+    for mode in modes:
+        _check_choice("mode", mode, MODES)
     _check_choice("norm", norm, NORMS)
     net = copy.deepcopy(model).to(dtype=dtype)
     if device is not None:
@@ -180,12 +190,13 @@ def lipschitz_bound(model: nn.Module, input_shape, *, method: str = "liplt", mod
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         structure = build_structure(net, input_shape)
-        if mode != "global" and len(structure.output_shape) != 1:
-            raise ValueError(f"mode={mode!r} needs a model with (B, K) outputs; this one gives "
+        if any(mode != "global" for mode in modes) and len(structure.output_shape) != 1:
+            raise ValueError(f"modes {modes} need a model with (B, K) outputs; this one gives "
                              f"{structure.output_shape}. Use mode='global'.")
         margin = 0.0 if norm == "power" else EXACT_MARGIN
         L = structure.depth
         kinds: list[str] = []
+        values = {}
         if method == "liplt":
             inner_keys = [(t, j) for t in range(L) for j in range(-1, t)]
             if norm == "power":
@@ -199,19 +210,27 @@ def lipschitz_bound(model: nn.Module, input_shape, *, method: str = "liplt", mod
                     inner[(t, j)] = res.value
                     kinds.append(res.guarantee)
             rows = output_rows(structure, range(-1, L))
-            final = {j: output_norms(r, mode, margin) for j, r in rows.items()}
-            value, m = liplt_recursion(structure, inner, final)
+            for mode in modes:
+                final = {j: output_norms(r, mode, margin) for j, r in rows.items()}
+                values[mode], m = liplt_recursion(structure, inner, final)
             details = {"inner": {f"{t},{j}": float(v) for (t, j), v in inner.items()}}
         else:
-            value, m, details = _naive(structure, mode, norm, max_dense, n_iter, gen, kinds, margin)
+            total, m, details = _naive(structure, norm, max_dense, n_iter, gen, kinds)
+            out_only = Structure([], structure.output, structure.blocks[-1].next_shape if structure.blocks
+                                 else structure.input_shape, structure.output_shape)
+            r = output_rows(out_only, [-1])[-1]
+            for mode in modes:
+                values[mode] = output_norms(r, mode, margin) * total
     guarantee = weakest_guarantee(kinds + ["exact"])
-    return LipschitzBound(value=value.detach().cpu(), guaranteed=guarantee != "estimate", guarantee=guarantee, method=method,
-                          mode=mode, norm=norm, layer_bounds=[float(x) for x in m], details=details)
+    return {mode: LipschitzBound(value=values[mode].detach().cpu(), guaranteed=guarantee != "estimate",
+                                 guarantee=guarantee, method=method, mode=mode, norm=norm,
+                                 layer_bounds=[float(x) for x in m], details=details) for mode in modes}
 
 
-def _naive(structure, mode, norm, max_dense, n_iter, gen, kinds, margin):
+def _naive(structure, norm, max_dense, n_iter, gen, kinds):
+    """Product of the per-layer eq. (11) constants ``||H|| + slope ||G|| ||W||``."""
     m, per_layer = [], []
-    total = None
+    total = torch.tensor(1.0, dtype=torch.float64)
     for blk in structure.blocks:
         w = _single_norm(blk.W, blk.x_shape, norm, max_dense, n_iter, gen)
         g = _single_norm(blk.G, blk.y_shape, norm, max_dense, n_iter, gen) if blk.G is not None else None
@@ -219,14 +238,9 @@ def _naive(structure, mode, norm, max_dense, n_iter, gen, kinds, margin):
         kinds.extend(r.guarantee for r in (w, g, h) if r is not None)
         lk = blk.slope * w.value * (g.value if g is not None else 1.0) + (h.value if h is not None else 0.0)
         per_layer.append(float(lk))
-        total = lk if total is None else total * lk
+        total = total.to(lk) * lk
         m.append(total)
-    # rows of W_L alone: a structure without blocks that shares the output map
-    out_only = Structure([], structure.output, structure.blocks[-1].next_shape if structure.blocks
-                         else structure.input_shape, structure.output_shape)
-    r = output_rows(out_only, [-1])[-1]
-    value = output_norms(r, mode, margin) * (total if total is not None else 1.0)
-    return value, m, {"per_layer": per_layer}
+    return total, m, {"per_layer": per_layer}
 
 
 def _check_choice(name, value, choices):
