@@ -45,23 +45,25 @@ def weakest_guarantee(kinds) -> str:
 
 def exact_norm(op: LinearOperator, in_shape: Shape, *, chunk: int = 256) -> torch.Tensor:
     """``||op||_2`` from the dense matrix, plus :data:`EXACT_MARGIN`. Use float64 operators."""
-    m = materialize(op, in_shape, dtype=torch.float64, device=_device_of(op), chunk=chunk)
+    ref = _tensor_of(op)
+    dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float64
+    m = materialize(op, in_shape, dtype=dtype, device=None if ref is None else ref.device, chunk=chunk)
     gram = m @ m.T
     top = torch.linalg.eigvalsh(gram)[-1].clamp_min(0)
     return top.sqrt() * (1 + EXACT_MARGIN)
 
 
-def _device_of(op: LinearOperator):
+def _tensor_of(op: LinearOperator) -> torch.Tensor | None:
+    """A parameter tensor the operator holds (for its dtype and device)."""
     for attr in ("weight", "scale", "c"):
         t = getattr(op, attr, None)
         if torch.is_tensor(t):
-            return t.device
-    for sub in getattr(op, "ops", []):
-        dev = _device_of(sub)
-        if dev is not None:
-            return dev
-    inner = getattr(op, "op", None)
-    return _device_of(inner) if inner is not None else None
+            return t
+    for sub in getattr(op, "ops", []) + [getattr(op, "op", None)]:
+        t = _tensor_of(sub) if sub is not None else None
+        if t is not None:
+            return t
+    return None
 
 
 def chain_norm(factors: list[LinearOperator], in_shape: Shape, *, max_dense: int,

@@ -85,12 +85,17 @@ class Conv2dOp(LinearOperator):
         )
 
     def out_shape(self, in_shape):
+        if len(in_shape) != 3 or in_shape[0] != self.weight.shape[1] * self.groups:
+            raise ValueError(f"convolution expects (C={self.weight.shape[1] * self.groups}, H, W) inputs, "
+                             f"got {tuple(in_shape)}")
         c, h, w = in_shape
         k = self.weight.shape[-2:]
         hw = [
             (n + 2 * p - d * (kk - 1) - 1) // s + 1
             for n, p, d, kk, s in zip((h, w), self.padding, self.dilation, k, self.stride)
         ]
+        if min(hw) <= 0:
+            raise ValueError(f"input {tuple(in_shape)} is too small for a {tuple(k)} kernel")
         return (self.weight.shape[0], *hw)
 
     def norm_bound(self, in_shape):
@@ -110,7 +115,9 @@ class DenseOp(LinearOperator):
         return y @ self.weight
 
     def out_shape(self, in_shape):
-        return (*in_shape[:-1], self.weight.shape[0])
+        if len(in_shape) != 1 or in_shape[0] != self.weight.shape[1]:
+            raise ValueError(f"linear map expects ({self.weight.shape[1]},) inputs, got {tuple(in_shape)}")
+        return (self.weight.shape[0],)
 
     def norm_bound(self, in_shape):
         return torch.linalg.matrix_norm(self.weight, ord=2)
@@ -138,6 +145,8 @@ class DiagonalOp(LinearOperator):
         return self.forward(y)
 
     def out_shape(self, in_shape):
+        if self.scale.numel() > 1 and tuple(self.scale.shape) != tuple(in_shape[: self.scale.dim()]):
+            raise ValueError(f"scaling of shape {tuple(self.scale.shape)} does not fit inputs {tuple(in_shape)}")
         return tuple(in_shape)
 
     def norm_bound(self, in_shape):

@@ -39,9 +39,12 @@ class _ResidualBase(nn.Module):
 
     def _init_common(self, hidden: int, activation: str | None, rho: float, learn_rho: bool):
         spec = get_activation(activation)
-        if spec.alpha + spec.beta <= 0:
-            raise ValueError(f"Residual layers need alpha + beta > 0; activation {activation!r} has "
-                             f"[{spec.alpha}, {spec.beta}].")
+        if spec.alpha < 0 or spec.beta <= 0:
+            # Proposition 2 needs a monotone activation: with alpha < 0 the Jacobian
+            # sqrt(rho) I - (alpha+beta)/sqrt(rho) W^T T diag(phi') W can exceed sqrt(rho) (e.g. GELU).
+            raise ValueError(f"Residual layers need a monotone activation (0 <= alpha <= beta, beta > 0); "
+                             f"activation {activation!r} has [{spec.alpha}, {spec.beta}]. Use relu, tanh, "
+                             "leaky_relu, softplus, elu or sigmoid.")
         if not (isinstance(rho, (int, float)) and math.isfinite(rho) and rho > 0):
             raise ValueError(f"rho must be a positive number, got {rho!r}.")
         self.activation_name = activation
@@ -72,7 +75,7 @@ class _ResidualBase(nn.Module):
     def effective_parameters(self) -> dict:
         """Plain tensors of ``h(x) = sqrt_rho * x - W^T (scale * phi(W x + b))`` (for export)."""
         return {"weight": self.weight.detach().clone(), "bias": self.bias.detach().clone(),
-                "scale": self._scale().detach().clone(), "sqrt_rho": float(self.rho.sqrt()),
+                "scale": self._scale().detach().clone(), "sqrt_rho": float(self.rho.detach().sqrt()),
                 "activation": self.activation_name}
 
     def _state(self, W: LinearOperator, W_T: LinearOperator) -> LipschitzState:
