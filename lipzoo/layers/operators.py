@@ -99,7 +99,8 @@ class Conv2dOp(LinearOperator):
         return (self.weight.shape[0], *hw)
 
     def norm_bound(self, in_shape):
-        return conv2d_norm_bound(self.weight, in_shape[-2:], self.padding, self.dilation, self.groups)
+        return conv2d_norm_bound(self.weight, in_shape[-2:], self.padding, self.dilation, self.groups,
+                                 self.stride)
 
 
 class DenseOp(LinearOperator):
@@ -274,24 +275,32 @@ def compose(*ops: LinearOperator | None) -> LinearOperator | None:
 
 
 def conv2d_norm_bound(weight: torch.Tensor, spatial: Sequence[int], padding=0, dilation=1,
-                      groups: int = 1) -> torch.Tensor:
+                      groups: int = 1, stride=1) -> torch.Tensor:
     """Proved upper bound on the spectral norm of a zero-padded, possibly strided 2-D convolution.
 
     A zero-padded convolution on an ``n x n`` input is a restriction of the circular convolution on
-    an ``N x N`` grid with ``N >= n + 2p + k_eff - 1`` (embedding and cropping have norm <= 1), and a
-    strided convolution is a stride-1 convolution followed by subsampling (norm <= 1). The circular
-    convolution is block-diagonalised by the 2-D DFT (Sedghi, Gupta & Long, ICLR 2019): its norm is the
-    largest singular value of the ``c_out x c_in`` kernel transforms over the ``N x N`` frequencies.
+    an ``N x N`` grid with ``N >= n + 2p`` (embedding and cropping have norm <= 1). The circular
+    convolution is block-diagonalised by the 2-D DFT (Sedghi, Gupta & Long, ICLR 2019): its norm is
+    the largest singular value of the ``c_out x c_in`` kernel transforms over the ``N x N``
+    frequencies. With stride ``s`` (``N`` a multiple of ``s``), the polyphase decomposition
+    ``y[i] = sum_r sum_q w[s q + r] x[s (i + q) + r]`` turns the strided convolution into a stride-1
+    convolution with ``c_in s^2`` input channels on an ``N/s`` grid, which the DFT diagonalises
+    the same way, so strided layers get a bound as tight as stride-1 ones.
     """
-    padding, dilation = _pair(padding), _pair(dilation)
+    padding, dilation, stride = _pair(padding), _pair(dilation), _pair(stride)
     c_out, c_in_g, kh, kw = weight.shape
     if dilation != (1, 1):
         dilated = weight.new_zeros(c_out, c_in_g, (kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1)
         dilated[:, :, :: dilation[0], :: dilation[1]] = weight
         weight, kh, kw = dilated, dilated.shape[-2], dilated.shape[-1]
-    n = [int(s) + 2 * p + k - 1 for s, p, k in zip(spatial, padding, (kh, kw))]
-    w = weight.reshape(groups, c_out // groups, c_in_g, kh, kw)
-    spectrum = torch.fft.fft2(w, s=n)  # (g, co, ci, N1, N2)
+    sh, sw = stride
+    # kernel padded to a multiple of the stride, then split into its s x s phases
+    kh2, kw2 = -(-kh // sh) * sh, -(-kw // sw) * sw
+    w = F.pad(weight, (0, kw2 - kw, 0, kh2 - kh))
+    w = w.reshape(c_out, c_in_g, kh2 // sh, sh, kw2 // sw, sw).permute(0, 1, 3, 5, 2, 4)
+    w = w.reshape(groups, c_out // groups, c_in_g * sh * sw, kh2 // sh, kw2 // sw)
+    grid = [-(-(int(n) + 2 * p + k) // s) for n, p, k, s in zip(spatial, padding, (kh, kw), stride)]
+    spectrum = torch.fft.fft2(w, s=grid)  # (g, co, ci*s*s, N1/s, N2/s)
     blocks = spectrum.permute(0, 3, 4, 1, 2)  # one small matrix per group and frequency
     return torch.linalg.matrix_norm(blocks, ord=2).max()
 
