@@ -403,3 +403,32 @@ def test_bad_arguments_raise_value_errors():
         lipschitz_bound(nn.Sequential(LTConv2d(1, 2, 3)), (1, 5, 5), mode="pairwise")
     with pytest.raises(ValueError, match="n_iter must be"):
         LipLTEstimator(net, shape, n_iter=-1)
+
+
+@pytest.mark.parametrize("name", ["resnet", "mlp"])
+def test_lt_sdp_theorem2_per_layer(name):
+    net, shape = _net(name, seed=9)
+    sn = lipschitz_bound(net, shape, method="lt_sdp", sdp_t="sn", mode="global", norm="exact").value
+    best = lipschitz_bound(net, shape, method="lt_sdp", sdp_t="best", mode="global", norm="exact").value
+    naive = lipschitz_bound(net, shape, method="naive", mode="global", norm="exact").value
+    assert best <= sn * (1 + 1e-12) and sn <= naive * (1 + 1e-9)  # Prop. 3 per layer, then the T choice
+    for t in ("aol", "sll"):
+        b = lipschitz_bound(net, shape, method="lt_sdp", sdp_t=t, mode="global", norm="exact").value
+        assert best <= b * (1 + 1e-12)
+        # sound: never below the largest gradient norm gradient ascent finds
+        lower = _max_gradient_norms(net, shape, 2, starts=8, steps=20)[0, 1] / 2 ** 0.5
+        assert lower <= b
+    with pytest.raises(ValueError, match="sdp_t must be one of"):
+        lipschitz_bound(net, shape, method="lt_sdp", sdp_t="xyz")
+
+
+def test_lt_sdp_aol_matches_dense_theorem2():
+    torch.manual_seed(10)
+    net = nn.Sequential(LTResidualLinear(4, 6, activation="leaky_relu"), LTLinear(4, 3, activation=None)).double()
+    b = lipschitz_bound(net, (4,), method="lt_sdp", sdp_t="aol", mode="global", norm="exact").value
+    (W, H, G, a, bb), = _dense_layers(net, (4,))[0]
+    T = (G.T @ G).abs().sum(1)
+    ref_layer = (torch.linalg.matrix_norm(H + (a + bb) / 2 * G @ W, ord=2)
+                 + (bb - a) / 2 * torch.linalg.matrix_norm(W.T @ torch.diag(T) @ W, ord=2).sqrt())
+    W_out = net[1].weight.detach()
+    assert torch.isclose(b, ref_layer * torch.linalg.matrix_norm(W_out, ord=2), rtol=DENSE_RTOL)

@@ -24,12 +24,14 @@ from torch import nn
 
 from lipzoo.bounds.norms import EXACT_MARGIN, NormResult, chain_norm, weakest_guarantee
 from lipzoo.bounds.structure import Structure, build_structure, numel
+from lipzoo.layers.operators import DiagonalOp, compose
 from lipzoo.bounds.sweep import adjoint_sweep, forward_sweep, power_iteration
 
 __all__ = ["LipschitzBound", "lipschitz_bound", "lipschitz_bounds", "output_norms", "liplt_recursion"]
 
 MODES = ("global", "per_class", "pairwise")
-METHODS = ("liplt", "naive")
+METHODS = ("liplt", "naive", "lt_sdp")
+SDP_T = ("sn", "aol", "sll", "best")
 NORMS = ("auto", "exact", "power")
 
 
@@ -152,13 +154,16 @@ def _single_norm(op, in_shape, norm: str, max_dense: int, n_iter: int, generator
 
 def lipschitz_bound(model: nn.Module, input_shape, *, method: str = "liplt", mode: str = "pairwise",
                     norm: str = "auto", max_dense: int = 4096, n_iter: int = 200,
-                    dtype: torch.dtype = torch.float64, device=None, seed: int = 0) -> LipschitzBound:
+                    dtype: torch.dtype = torch.float64, device=None, seed: int = 0,
+                    sdp_t: str = "best") -> LipschitzBound:
     """Upper bound on the Lipschitz constant of a model's logits (or logit differences).
 
     Args:
         model: a ``nn.Sequential`` (possibly nested) of lipzoo layers and supported torch modules.
         input_shape: per-sample input shape, e.g. ``(3, 32, 32)``.
-        method: ``"liplt"`` (Theorem 3) or ``"naive"`` (product of per-layer eq. (11) constants).
+        method: ``"liplt"`` (Theorem 3), ``"naive"`` (product of per-layer eq. (11) constants) or
+            ``"lt_sdp"`` (product of per-layer Theorem 2 constants, the l2 refinement for
+            residual layers; ``sdp_t`` picks ``T``: ``"sn"``, ``"aol"``, ``"sll"`` or ``"best"``).
         mode: ``"global"``, ``"per_class"`` or ``"pairwise"``.
         norm: how operator norms are obtained: ``"auto"`` (exact when the smaller side has at most
             ``max_dense`` dimensions, proved upper bounds otherwise: ``guaranteed=True``),
@@ -169,17 +174,19 @@ def lipschitz_bound(model: nn.Module, input_shape, *, method: str = "liplt", mod
         dtype: computation dtype; float64 is used for guarantees.
         device: where to compute (defaults to the model's device).
         seed: seed of the power-iteration start vectors.
+        sdp_t: the diagonal ``T`` of ``method="lt_sdp"``.
     """
     _check_choice("mode", mode, MODES)
     return lipschitz_bounds(model, input_shape, method=method, modes=(mode,), norm=norm, max_dense=max_dense,
-                            n_iter=n_iter, dtype=dtype, device=device, seed=seed)[mode]
+                            n_iter=n_iter, dtype=dtype, device=device, seed=seed, sdp_t=sdp_t)[mode]
 
 
 def lipschitz_bounds(model: nn.Module, input_shape, *, method: str = "liplt", modes=MODES, norm: str = "auto",
                      max_dense: int = 4096, n_iter: int = 200, dtype: torch.dtype = torch.float64, device=None,
-                     seed: int = 0) -> dict[str, LipschitzBound]:
+                     seed: int = 0, sdp_t: str = "best") -> dict[str, LipschitzBound]:
     """:func:`lipschitz_bound` for several modes at once, sharing the inner operator norms."""
     _check_choice("method", method, METHODS)
+    _check_choice("sdp_t", sdp_t, SDP_T)
     for mode in modes:
         _check_choice("mode", mode, MODES)
     _check_choice("norm", norm, NORMS)
@@ -215,7 +222,10 @@ def lipschitz_bounds(model: nn.Module, input_shape, *, method: str = "liplt", mo
                 values[mode], m = liplt_recursion(structure, inner, final)
             details = {"inner": {f"{t},{j}": float(v) for (t, j), v in inner.items()}}
         else:
-            total, m, details = _naive(structure, norm, max_dense, n_iter, gen, kinds)
+            layer = (_naive_layer(norm, max_dense, n_iter, gen) if method == "naive"
+                     else _sdp_layer(norm, max_dense, n_iter, gen, sdp_t))
+            total, m, details, layer_kinds = _layerwise(structure, layer)
+            kinds.extend(layer_kinds)
             out_only = Structure([], structure.output, structure.blocks[-1].next_shape if structure.blocks
                                  else structure.input_shape, structure.output_shape)
             r = output_rows(out_only, [-1])[-1]
@@ -227,20 +237,80 @@ def lipschitz_bounds(model: nn.Module, input_shape, *, method: str = "liplt", mo
                                  layer_bounds=[float(x) for x in m], details=details) for mode in modes}
 
 
-def _naive(structure, norm, max_dense, n_iter, gen, kinds):
-    """Product of the per-layer eq. (11) constants ``||H|| + slope ||G|| ||W||``."""
-    m, per_layer = [], []
+def _layerwise(structure, layer_bound):
+    """Product of per-layer Lipschitz constants ``layer_bound(block) -> (value, guarantees)``."""
+    m, per_layer, kinds = [], [], []
     total = torch.tensor(1.0, dtype=torch.float64)
     for blk in structure.blocks:
-        w = _single_norm(blk.W, blk.x_shape, norm, max_dense, n_iter, gen)
-        g = _single_norm(blk.G, blk.y_shape, norm, max_dense, n_iter, gen) if blk.G is not None else None
-        h = _single_norm(blk.H, blk.x_shape, norm, max_dense, n_iter, gen) if blk.H is not None else None
-        kinds.extend(r.guarantee for r in (w, g, h) if r is not None)
-        lk = blk.slope * w.value * (g.value if g is not None else 1.0) + (h.value if h is not None else 0.0)
+        lk, k = layer_bound(blk)
+        kinds.extend(k)
         per_layer.append(float(lk))
         total = total.to(lk) * lk
         m.append(total)
-    return total, m, {"per_layer": per_layer}
+    return total, m, {"per_layer": per_layer}, kinds
+
+
+def _naive_layer(norm, max_dense, n_iter, gen):
+    """Eq. (11): ``||H|| + max(|alpha|, |beta|) ||G|| ||W||``."""
+    def bound(blk):
+        w = _single_norm(blk.W, blk.x_shape, norm, max_dense, n_iter, gen)
+        g = _single_norm(blk.G, blk.y_shape, norm, max_dense, n_iter, gen) if blk.G is not None else None
+        h = _single_norm(blk.H, blk.x_shape, norm, max_dense, n_iter, gen) if blk.H is not None else None
+        lk = blk.slope * w.value * (g.value if g is not None else 1.0) + (h.value if h is not None else 0.0)
+        return lk, [r.guarantee for r in (w, g, h) if r is not None]
+    return bound
+
+
+def _sdp_layer(norm, max_dense, n_iter, gen, choice):
+    """Theorem 2 (l2): ``||H + (a+b)/2 G W|| + (b-a)/2 ||W^T T W||^{1/2}`` with diagonal ``T >= G^T G``.
+
+    ``T`` choices: ``sn`` (``||G||^2 I``, gives back eq. 13), ``aol`` (``T_ii = sum_j |G^T G|_ij``),
+    ``sll`` (``T_ii = sum_j |G^T G|_ij q_j / q_i`` with ``q`` the Perron vector of ``|G^T G|``) or
+    ``best`` (the smallest of the three, each being valid). AOL and SLL need ``G`` as a dense
+    matrix; when its input side exceeds ``max_dense`` they fall back to SN.
+    """
+    def bound(blk):
+        hhat = _single_norm(blk.H_hat(), blk.x_shape, norm, max_dense, n_iter, gen)
+        kinds = [hhat.guarantee]
+        if blk.d == 0:
+            return hhat.value, kinds
+        candidates = []
+        n_y = numel(blk.y_shape)
+        if choice in ("sn", "best") or n_y > max_dense:
+            g = _single_norm(blk.G, blk.y_shape, norm, max_dense, n_iter, gen).value if blk.G is not None else 1.0
+            w = _single_norm(blk.W, blk.x_shape, norm, max_dense, n_iter, gen)
+            candidates.append(g * w.value)
+            kinds.append(w.guarantee)
+        if choice != "sn" and n_y <= max_dense:
+            for t in _dense_T(blk, choice):
+                sq = DiagonalOp(t.sqrt().reshape(blk.y_shape))
+                r = _single_norm(compose(sq, blk.W), blk.x_shape, norm, max_dense, n_iter, gen)
+                candidates.append(r.value)
+                kinds.append(r.guarantee)
+        return hhat.value + blk.d * torch.stack([torch.as_tensor(c).to(hhat.value) for c in candidates]).min(), kinds
+    return bound
+
+
+def _dense_T(blk, choice):
+    """Diagonal(s) ``T >= G^T G`` of the AOL / SLL kind, as vectors over the pre-activation space."""
+    ref = _reference_tensor(Structure([blk], None, blk.x_shape, blk.next_shape))
+    n_y = numel(blk.y_shape)
+    if blk.G is None:
+        return [torch.ones(n_y, dtype=ref.dtype, device=ref.device)]
+    eye = torch.eye(n_y, dtype=ref.dtype, device=ref.device).reshape(n_y, *blk.y_shape)
+    cols = blk.G.forward(eye).reshape(n_y, -1)  # row i = G e_i
+    gram = (cols @ cols.T).abs()  # |G^T G|
+    out = []
+    if choice in ("aol", "best"):
+        out.append(gram.sum(1))
+    if choice in ("sll", "best"):
+        q = torch.ones(n_y, dtype=gram.dtype, device=gram.device)
+        for _ in range(100):  # Perron vector of the non-negative matrix |G^T G|
+            q = gram @ q + 1e-30
+            q = q / q.norm()
+        q = q.clamp_min(torch.finfo(q.dtype).tiny)
+        out.append((gram @ q) / q)
+    return out
 
 
 def _check_choice(name, value, choices):
