@@ -1,0 +1,200 @@
+"""The model card (``README.md``) of a lipzoo checkpoint, rendered from its ``config.json``.
+
+Every number in the card comes from the config (measured) or the ``card`` dict (the paper's
+numbers); nothing is typed by hand. Accuracies are fractions in ``[0, 1]`` (as ``lipzoo.certify``
+reports them) and shown as percentages.
+"""
+
+from __future__ import annotations
+
+import shlex
+from fractions import Fraction
+from typing import Any, Mapping
+
+import yaml
+
+__all__ = ["render_card", "certify_command", "metric_table"]
+
+_ACCURACY_KINDS = ("clean", "pgd", "certified")
+_CITATION = """@inproceedings{fazlyab2023certified,
+  title     = {Certified Robustness via Dynamic Margin Maximization and Improved Lipschitz Regularization},
+  author    = {Fazlyab, Mahyar and Entesari, Taha and Roy, Aniket and Chellappa, Rama},
+  booktitle = {Advances in Neural Information Processing Systems},
+  year      = {2023}
+}"""
+
+
+def certify_command(config: Mapping[str, Any], target: str) -> str:
+    """The ``lipzoo certify`` command line that reproduces a checkpoint's certified numbers.
+
+    Args:
+        config: the checkpoint's config (uses ``eps``).
+        target: what ``lipzoo certify`` loads: a zoo name, a Hub repo id or a directory.
+
+    Returns:
+        A shell-quoted command, e.g. ``lipzoo certify crm-cifar10-6c2f --eps 36/255``.
+    """
+    parts = ["lipzoo", "certify", target]
+    for eps in config.get("eps") or []:
+        parts += ["--eps", str(eps)]
+    return shlex.join(parts)
+
+
+def metric_table(metrics: Mapping[str, Any] | None, eps_list: list[str]) -> dict[str, dict[str, Any]]:
+    """Rows of ``clean`` and per-ε ``pgd`` / ``certified`` accuracies from a flat metrics dict.
+
+    ε keys (``certified@36/255``) are matched by exact value, so ``"1.58"`` and ``"79/50"`` are
+    the same row.
+
+    Args:
+        metrics: the zoo's flat metrics layout (may be ``None``).
+        eps_list: the ε values (strings) that get a row, in order; other ε found in ``metrics``
+            are appended.
+
+    Returns:
+        ``{eps_string: {"clean": v, "pgd": v, "certified": v}}`` with missing values as ``None``.
+    """
+    names: dict[Fraction, str] = {}
+    for eps in eps_list:
+        names.setdefault(Fraction(str(eps)), str(eps))
+    found: dict[tuple[str, Fraction], Any] = {}
+    metrics = metrics or {}
+    for key, value in metrics.items():
+        kind, sep, eps = key.partition("@")
+        if sep and kind in ("pgd", "certified"):
+            names.setdefault(Fraction(eps), eps)
+            found[kind, Fraction(eps)] = value
+    return {name: {"clean": metrics.get("clean"), "pgd": found.get(("pgd", frac)),
+                   "certified": found.get(("certified", frac))} for frac, name in names.items()}
+
+
+def _percent(value: Any) -> str:
+    return "–" if value is None else f"{100 * float(value):.2f}"
+
+
+def _duration(value: Any) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        minutes, seconds = divmod(int(round(value)), 60)
+        hours, minutes = divmod(minutes, 60)
+        return f"{hours}h {minutes:02d}m {seconds:02d}s"
+    return str(value)
+
+
+def _front_matter(config: Mapping[str, Any], card: Mapping[str, Any]) -> str:
+    tags = ["lipzoo", "certified-robustness", "lipschitz", "pytorch", "safetensors"]
+    for extra in (config.get("dataset"), config.get("architecture"), *card.get("tags", [])):
+        if extra and str(extra) not in tags:
+            tags.append(str(extra))
+    meta: dict[str, Any] = {"library_name": "lipzoo", "license": card.get("license", "mit"), "tags": tags}
+    if config.get("dataset"):
+        meta["datasets"] = [str(config["dataset"])]
+    meta["metrics"] = ["accuracy"]
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n"
+
+
+def _results(config: Mapping[str, Any], card: Mapping[str, Any]) -> list[str]:
+    eps_list = [str(e) for e in config.get("eps") or []]
+    ours = metric_table(config.get("metrics"), eps_list)
+    paper = None
+    if card.get("paper_metrics"):
+        paper = metric_table(card["paper_metrics"], list(ours))  # the same rows as ours
+    header = "| ε (ℓ2, pixels in [0, 1]) | clean | PGD | certified |"
+    rule = "|---|---|---|---|"
+    if paper is not None:
+        header += " paper clean | paper PGD | paper certified |"
+        rule += "---|---|---|"
+    lines = ["## Results", "", "Accuracy (%) on the test set, measured on these weights.", "", header, rule]
+    for eps, row in ours.items():
+        line = f"| {eps} | " + " | ".join(_percent(row[k]) for k in _ACCURACY_KINDS) + " |"
+        if paper is not None:
+            line += " " + " | ".join(_percent(paper[eps][k]) for k in _ACCURACY_KINDS) + " |"
+        lines.append(line)
+    if not ours:
+        lines.append("| – | – | – | – |" + (" – | – | – |" if paper is not None else ""))
+    if paper is not None and card.get("paper_source"):
+        lines += ["", f"Paper numbers: {card['paper_source']}."]
+    return lines
+
+
+def _bound(config: Mapping[str, Any]) -> list[str]:
+    bound = config.get("bound")
+    if not bound:
+        return []
+    lines = ["## Lipschitz bound", ""]
+    for key in ("method", "mode", "guarantee", "mean", "max", "failure_probability"):
+        if key in bound:
+            lines.append(f"- {key}: `{bound[key]}`")
+    if "values" in bound:
+        lines.append("- values: stored in `config.json` (`bound.values`)")
+    return lines
+
+
+def _pick(card: Mapping[str, Any], key: str, *fallbacks: Any) -> Any:
+    """``card[key]`` if given, else the first fallback that is not ``None``."""
+    if card.get(key) is not None:
+        return card[key]
+    return next((f for f in fallbacks if f is not None), None)
+
+
+def _training(config: Mapping[str, Any], card: Mapping[str, Any]) -> list[str]:
+    # what lipzoo.train records in config["training"]; the card dict may override it
+    training = config.get("training") or {}
+    recipe = _pick(card, "recipe", config.get("recipe"))
+    epochs = _pick(card, "epochs", training.get("epochs_trained"), (config.get("metrics") or {}).get("epochs_trained"))
+    hardware = _pick(card, "hardware", training.get("hardware"))
+    seconds = _pick(card, "training_time", training.get("seconds_total"))
+    lines = ["## Training", ""]
+    if epochs is not None:
+        planned = recipe.get("epochs") if isinstance(recipe, Mapping) else None
+        lines.append(f"- epochs actually trained: {epochs}" + (f" (recipe: {planned})" if planned else ""))
+    if hardware is not None:
+        lines.append(f"- hardware: {hardware}")
+    if seconds is not None:
+        lines.append(f"- training time: {_duration(seconds)}")
+    if recipe:
+        lines += ["", "Recipe:", "", "```yaml", yaml.safe_dump(recipe, sort_keys=False).rstrip(), "```"]
+    return lines if len(lines) > 2 else []
+
+
+def _checkpoint(config: Mapping[str, Any]) -> list[str]:
+    lines = ["## Checkpoint", "",
+             f"- architecture: `{config.get('architecture')}`, model_args: `{config.get('model_args', {})}`",
+             f"- input shape: `{config.get('input_shape')}`, classes: {config.get('num_classes')}",
+             f"- normalization (inside the model; feed pixels in [0, 1]): `{config.get('normalization')}`",
+             f"- `model.safetensors` sha256: `{config.get('sha256')}`",
+             f"- storage dtype: {config.get('storage_dtype')}, lipzoo version: {config.get('lipzoo_version')}"]
+    if config.get("storage_dtype") not in (None, "float32"):
+        lines.append(f"- weights are stored in {config['storage_dtype']} and loaded as float32: re-run "
+                     "`lipzoo certify` before relying on the numbers above for these exact weights")
+    return lines
+
+
+def render_card(config: Mapping[str, Any], card: Mapping[str, Any] | None = None) -> str:
+    """Render a checkpoint's model card (Markdown with YAML front matter for the Hub).
+
+    Args:
+        config: the checkpoint config as written to ``config.json``.
+        card: optional extras: ``title``, ``description``, ``license``, ``tags``, ``target``
+            (what ``lipzoo certify`` should load; default the config's ``name``),
+            ``paper_metrics`` (the paper's accuracies as fractions, same flat layout as
+            ``config["metrics"]``), ``paper_source`` (where they come from, e.g. "Table 1"), and
+            overrides of what ``config["recipe"]`` / ``config["training"]`` say: ``recipe``,
+            ``epochs``, ``hardware``, ``training_time`` (seconds or text).
+
+    Returns:
+        The card text.
+    """
+    card = dict(card or {})
+    title = card.get("title") or config.get("name") or f"lipzoo {config.get('architecture')}"
+    target = card.get("target") or config.get("name") or "path/to/this/checkpoint"
+    sections = [
+        [f"# {title}", "", card.get("description") or
+         f"A certifiably robust `{config.get('architecture')}` classifier for `{config.get('dataset')}` "
+         "(ℓ2 threat model), trained with lipzoo."],
+        _results(config, card),
+        ["## Reproduce the certified numbers", "", "```bash", certify_command(config, target), "```"],
+        _bound(config), _training(config, card), _checkpoint(config),
+        ["## Citation", "", "```bibtex", _CITATION, "```"],
+    ]
+    body = "\n\n".join("\n".join(s) for s in sections if s)
+    return _front_matter(config, card) + "\n" + body + "\n"

@@ -1,0 +1,562 @@
+"""lipzoo.hub: save/load round trips, strict and checksum errors, zoo / Hub resolution, push, card.
+
+Offline: the Hub is replaced by monkeypatched ``snapshot_download`` / ``HfApi`` methods, or by a
+hand-built Hugging Face cache with ``HF_HUB_OFFLINE=1`` and sockets disabled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import socket
+from pathlib import Path
+from types import SimpleNamespace
+
+import huggingface_hub
+import pytest
+import torch
+import yaml
+from huggingface_hub import constants as hf_constants
+from huggingface_hub.utils import filter_repo_objects
+from safetensors import safe_open
+from torch import nn
+
+import lipzoo.hub
+import lipzoo.models.zoo as zoo
+from lipzoo.models import create_model
+from lipzoo.hub import checkpoint, load, push, read_config, render_card, save_pretrained
+from lipzoo.hub.card import certify_command, metric_table
+
+FP16_UNIT_ROUNDOFF = 2.0 ** -11  # relative rounding error of float16 (10 stored mantissa bits, normal range)
+BF16_UNIT_ROUNDOFF = 2.0 ** -8  # bfloat16: 7 stored mantissa bits
+FILES = ["README.md", "config.json", "model.safetensors"]
+
+
+class TinyNet(nn.Module):
+    """A plain torch stand-in for a registered architecture (normalization inside, like the zoo)."""
+
+    def __init__(self, num_classes: int = 3, hidden: int = 8, extra: bool = False,
+                 mean=(0.0,), std=(1.0,)):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean))
+        self.register_buffer("std", torch.tensor(std))
+        self.fc1 = nn.Linear(4, hidden)
+        self.fc2 = nn.Linear(hidden, num_classes)
+        if extra:
+            self.fc3 = nn.Linear(num_classes, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.fc2(torch.relu(self.fc1((x - self.mean) / self.std)))
+        return self.fc3(out) if hasattr(self, "fc3") else out
+
+
+@pytest.fixture
+def built(monkeypatch):
+    """Route the hub's architecture lookup to TinyNet; records every build's kwargs."""
+    calls = []
+
+    def fake_create_model(name, **kwargs):
+        if name != "tiny":
+            raise ValueError(f"Unknown model {name!r}.")
+        calls.append(kwargs)
+        return TinyNet(**kwargs)
+
+    monkeypatch.setattr(checkpoint, "create_model", fake_create_model)
+    return calls
+
+
+def make_config(**overrides):
+    config = {"architecture": "tiny", "model_args": {"hidden": 8}, "num_classes": 3, "input_shape": [4],
+              "normalization": {"mean": [0.5], "std": [0.25]}, "dataset": "toy", "eps": ["36/255", "1.58"],
+              "bound": {"method": "liplt", "mode": "pairwise", "guarantee": "exact", "mean": 3.25},
+              "metrics": {"clean": 0.9627, "certified": {"36/255": 0.6416, "1.58": 0.6337},
+                          "pgd": {"36/255": 0.7231, "1.58": 0.8804}, "epochs_trained": 7}}
+    config.update(overrides)
+    return config
+
+
+def make_model(seed: int = 0, **kwargs) -> TinyNet:
+    torch.manual_seed(seed)
+    return TinyNet(mean=[0.5], std=[0.25], **kwargs).eval()
+
+
+@pytest.fixture
+def saved(tmp_path, built):
+    model = make_model()
+    directory = save_pretrained(model, tmp_path / "ckpt", config=make_config())
+    return model, directory
+
+
+def edit_config(directory: Path, **changes) -> None:
+    path = directory / "config.json"
+    config = json.loads(path.read_text())
+    config.update(changes)
+    path.write_text(json.dumps(config))
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def fake_zoo(monkeypatch):
+    """Add temporary zoo entries on top of the real ones; returns the dict to fill."""
+    entries: dict[str, dict] = {}
+    real_get, real_list = zoo.get_entry, zoo.list_entries
+    monkeypatch.setattr(zoo, "get_entry", lambda name: entries[name] if name in entries else real_get(name))
+    monkeypatch.setattr(zoo, "list_entries", lambda: sorted({*real_list(), *entries}))
+    return entries
+
+
+def zoo_entry(name: str, weights) -> dict:
+    return {"name": name, **make_config(), "recipe": {"epochs": 10}, "certify": {"eps": ["36/255"]},
+            "weights": weights}
+
+
+@pytest.fixture
+def no_download(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"snapshot_download called with {args} {kwargs}")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", refuse)
+
+
+# ---- save / load round trips -------------------------------------------------------------------
+
+def test_round_trip_float32(saved, built):
+    model, directory = saved
+    assert sorted(p.name for p in directory.iterdir()) == FILES
+    loaded = load(directory)
+    x = torch.rand(5, 4)
+    torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    assert loaded.state_dict().keys() == model.state_dict().keys()
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    assert not loaded.training
+    assert built[-1] == {"num_classes": 3, "hidden": 8, "mean": [0.5], "std": [0.25]}
+    config = json.loads((directory / "config.json").read_text())
+    assert loaded.lipzoo_config == config
+    assert config["sha256"] == file_sha256(directory / "model.safetensors")
+    assert config["eps"] == ["36/255", "1.58"] and config["storage_dtype"] == "float32"
+    assert config["metrics"] == {"clean": 0.9627, "certified@36/255": 0.6416, "certified@1.58": 0.6337,
+                                 "pgd@36/255": 0.7231, "pgd@1.58": 0.8804, "epochs_trained": 7}
+    assert config["lipzoo_version"] == lipzoo.__version__
+    with safe_open(directory / "model.safetensors", framework="pt") as f:
+        assert f.metadata() == {"format": "pt", "lipzoo_version": lipzoo.__version__, "storage_dtype": "float32"}
+
+
+@pytest.mark.parametrize("storage_dtype, unit_roundoff", [("float16", FP16_UNIT_ROUNDOFF),
+                                                          ("bfloat16", BF16_UNIT_ROUNDOFF)])
+def test_round_trip_half_storage(tmp_path, built, storage_dtype, unit_roundoff):
+    model = make_model()
+    directory = save_pretrained(model, tmp_path / "half", config=make_config(), storage_dtype=storage_dtype)
+    with safe_open(directory / "model.safetensors", framework="pt") as f:
+        assert f.get_tensor("fc1.weight").dtype == getattr(torch, storage_dtype)
+    loaded = load(directory)
+    for key, value in model.state_dict().items():
+        got = loaded.state_dict()[key]
+        assert got.dtype == torch.float32
+        assert torch.all((got - value).abs() <= unit_roundoff * value.abs()), key
+        assert not torch.equal(got, value) or key in ("mean", "std")  # really rounded, not a copy
+    assert json.loads((directory / "config.json").read_text())["storage_dtype"] == storage_dtype
+
+
+def test_float16_overflow_is_refused(tmp_path, built):
+    model = make_model()
+    with torch.no_grad():
+        model.fc1.weight[0, 0] = 1e6
+    with pytest.raises(ValueError, match=r"state_dict\['fc1.weight'\] overflows float16"):
+        save_pretrained(model, tmp_path / "x", config=make_config(), storage_dtype="float16")
+
+
+def test_map_location_moves_model(saved):
+    loaded = load(saved[1], map_location="meta")
+    assert all(p.device.type == "meta" for p in loaded.parameters())
+
+
+# ---- strict loading --------------------------------------------------------------------------------
+
+def test_missing_keys_are_named(saved):
+    edit_config(saved[1], model_args={"hidden": 8, "extra": True})
+    with pytest.raises(ValueError, match=r"missing keys \['fc3.bias', 'fc3.weight'\], unexpected keys \[\]"):
+        load(saved[1])
+
+
+def test_unexpected_keys_are_named(tmp_path, built):
+    directory = save_pretrained(make_model(extra=True), tmp_path / "x",
+                                config=make_config(model_args={"hidden": 8, "extra": True}))
+    edit_config(directory, model_args={"hidden": 8})
+    with pytest.raises(ValueError, match=r"missing keys \[\], unexpected keys \['fc3.bias', 'fc3.weight'\]"):
+        load(directory)
+
+
+def test_shape_mismatch_is_named(saved):
+    edit_config(saved[1], model_args={"hidden": 6})
+    expected = (r"shape mismatch for 'fc1.weight': file has \(8, 4\), the model expects \(6, 4\); "
+                r"'fc1.bias': file has \(8,\), the model expects \(6,\); 'fc2.weight'")
+    with pytest.raises(ValueError, match=expected):
+        load(saved[1])
+
+
+# ---- damaged files -----------------------------------------------------------------------------------
+
+def test_truncated_weights_fail_the_checksum(saved):
+    weights = saved[1] / "model.safetensors"
+    expected = file_sha256(weights)
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(ValueError, match=f"sha256 is {file_sha256(weights)}, but .*config.json expects {expected}"):
+        load(saved[1])
+
+
+def test_truncated_weights_with_matching_hash_name_the_file(saved):
+    weights = saved[1] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    edit_config(saved[1], sha256=file_sha256(weights))  # a checkpoint saved from a truncated file
+    with pytest.raises(ValueError, match=r"Cannot read .*model.safetensors: .*truncated"):
+        load(saved[1])
+
+
+def test_checksum_mismatch_names_both_hashes(saved):
+    weights = saved[1] / "model.safetensors"
+    expected = file_sha256(weights)
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=f"Checksum mismatch .*sha256 is {file_sha256(weights)}.*{expected}"):
+        load(saved[1])
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{not json", r"Invalid .*config.json: not valid JSON"),
+    ("[1, 2]", r"Invalid .*config.json: expected a JSON object, got list"),
+    ('{"architecture": "tiny"}', r"Invalid .*config.json: missing key\(s\) \['num_classes', 'input_shape', 'sha256'\]"),
+])
+def test_invalid_config_json(saved, text, message):
+    (saved[1] / "config.json").write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load(saved[1])
+
+
+def test_folder_without_files(tmp_path, saved):
+    with pytest.raises(ValueError, match="No config.json in"):
+        load(tmp_path)
+    (saved[1] / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match="No model.safetensors in"):
+        load(saved[1])
+
+
+def test_load_argument_errors(tmp_path):
+    with pytest.raises(ValueError, match="Checkpoint directory .*missing.* does not exist"):
+        load(tmp_path / "missing")
+    with pytest.raises(TypeError, match="name_or_path must be a str or path; got int"):
+        load(3)
+
+
+# ---- save_pretrained validation ------------------------------------------------------------------
+
+@pytest.mark.parametrize("config, error, message", [
+    ({"architecture": "tiny"}, ValueError, r"missing required key\(s\) \['num_classes', 'input_shape'\]"),
+    (make_config(eps=[0.1411]), TypeError, r"config\['eps'\]: eps must be a string .*got float 0.1411"),
+    (make_config(eps=["36/two"]), ValueError, "'36/two' is not a fraction"),
+    (make_config(metrics={"clean": 96.27}), ValueError, r"\['metrics'\]\['clean'\] must be an accuracy as a fraction"),
+    (make_config(metrics={"certified": {"1.58": "63"}}), ValueError, r"\['certified@1.58'\] must be an accuracy"),
+    (make_config(metrics={"pgd@1/0": 50.0}), ValueError, "'1/0' is not a fraction"),
+    (make_config(metrics=[1]), ValueError, r"config\['metrics'\] must be None or a dict"),
+    (make_config(num_classes=0), ValueError, r"num_classes'\] must be a positive int; got 0"),
+    (make_config(input_shape=[4, 0]), ValueError, r"input_shape'\] must be a list of positive ints"),
+    (make_config(architecture=""), ValueError, r"config\['architecture'\] must be a registered"),
+    (make_config(normalization=[0.5]), ValueError, r"config\['normalization'\] must be None or a dict"),
+    (make_config(extra=torch.ones(2)), ValueError, "config must be plain JSON"),
+    ([("architecture", "tiny")], TypeError, "config must be a dict; got list"),
+])
+def test_save_rejects_bad_config(tmp_path, config, error, message):
+    with pytest.raises(error, match=message):
+        save_pretrained(make_model(), tmp_path, config=config)
+    assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_save_rejects_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match=r"must be one of \['float32', 'float16', 'bfloat16'\]; got 'half'"):
+        save_pretrained(make_model(), tmp_path, config=make_config(), storage_dtype="half")
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module; got dict"):
+        save_pretrained({}, tmp_path, config=make_config())
+
+
+def test_resave_replaces_computed_fields(tmp_path, saved):
+    model, directory = saved
+    config = dict(load(directory).lipzoo_config, sha256="0" * 64, storage_dtype="float16")
+    again = save_pretrained(model, tmp_path / "again", config=config)
+    assert read_config(again)["sha256"] == file_sha256(again / "model.safetensors")
+    assert read_config(again)["storage_dtype"] == "float32"
+
+
+# ---- names: zoo entries, Hub repos ----------------------------------------------------------------
+
+def test_zoo_entry_with_local_weights(tmp_path, monkeypatch, saved, fake_zoo, no_download):
+    model, directory = saved
+    shutil.copytree(directory, tmp_path / "pkg" / "weights" / "fake-tiny")
+    monkeypatch.setattr(checkpoint, "_PACKAGE_DIR", tmp_path / "pkg")
+    sha = file_sha256(directory / "model.safetensors")
+    fake_zoo["crm-fake-tiny"] = zoo_entry("crm-fake-tiny", {
+        "repo_id": "lipzoo/fake-tiny", "revision": "v1", "sha256": sha, "filename": "model.safetensors",
+        "local": "weights/fake-tiny", "storage_dtype": "float32"})
+    x = torch.rand(3, 4)
+    torch.testing.assert_close(load("crm-fake-tiny")(x), model(x), rtol=0, atol=0)
+
+
+def test_zoo_entry_pin_is_checked(tmp_path, monkeypatch, saved, fake_zoo, no_download):
+    monkeypatch.setattr(checkpoint, "_PACKAGE_DIR", saved[1].parent)
+    fake_zoo["crm-fake-tiny"] = zoo_entry("crm-fake-tiny", {
+        "repo_id": None, "revision": None, "sha256": "a" * 64, "filename": "model.safetensors", "local": "ckpt"})
+    actual = file_sha256(saved[1] / "model.safetensors")
+    with pytest.raises(ValueError, match=f"sha256 is {actual}, but the zoo entry expects {'a' * 64}"):
+        load("crm-fake-tiny")
+
+
+def test_zoo_entry_without_local_copy_or_repo(tmp_path, monkeypatch, fake_zoo, no_download):
+    monkeypatch.setattr(checkpoint, "_PACKAGE_DIR", tmp_path)
+    fake_zoo["crm-fake-tiny"] = zoo_entry("crm-fake-tiny", {"repo_id": None, "revision": None, "sha256": None,
+                                                             "filename": None, "local": "weights/absent"})
+    with pytest.raises(ValueError, match="local weights 'weights/absent' not found .* no repo_id"):
+        load("crm-fake-tiny")
+
+
+def test_zoo_entry_with_foreign_filename(fake_zoo, no_download):
+    fake_zoo["crm-fake-tiny"] = zoo_entry("crm-fake-tiny", {"repo_id": "o/r", "revision": None, "sha256": None,
+                                                             "filename": "pytorch_model.bin", "local": None})
+    with pytest.raises(ValueError, match="weights.filename is 'pytorch_model.bin', but lipzoo checkpoints store"):
+        load("crm-fake-tiny")
+
+
+def test_zoo_entry_downloads_pinned_revision(monkeypatch, saved, fake_zoo):
+    seen = []
+
+    def fake_snapshot_download(repo_id, **kwargs):
+        seen.append((repo_id, kwargs["revision"], kwargs["local_files_only"]))
+        return str(saved[1])
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    sha = file_sha256(saved[1] / "model.safetensors")
+    fake_zoo["crm-fake-tiny"] = zoo_entry("crm-fake-tiny", {
+        "repo_id": "lipzoo/fake-tiny", "revision": "3f2c", "sha256": sha, "filename": "model.safetensors",
+        "local": None})
+    load("crm-fake-tiny")
+    load("crm-fake-tiny", revision="v2")  # an explicit revision wins over the pin
+    load("someone/tiny-repo", revision="main")
+    assert seen == [("lipzoo/fake-tiny", "3f2c", False), ("lipzoo/fake-tiny", "v2", False),
+                    ("someone/tiny-repo", "main", False)]
+
+
+def test_explicit_revision_skips_entry_pin(monkeypatch, saved, fake_zoo, caplog):
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **kw: str(saved[1]))
+    fake_zoo["crm-fake-tiny"] = zoo_entry("crm-fake-tiny", {
+        "repo_id": "lipzoo/fake-tiny", "revision": "v1", "sha256": "b" * 64, "filename": None, "local": None})
+    with pytest.raises(ValueError, match="the zoo entry expects"):
+        load("crm-fake-tiny")
+    load("crm-fake-tiny", revision="v2")  # a different revision cannot match the pin of v1
+    assert "only the config.json checksum is verified" in caplog.text
+
+
+def test_entry_without_weights(fake_zoo):
+    fake_zoo["crm-fake-tiny"] = zoo_entry("crm-fake-tiny", None)
+    with pytest.raises(ValueError, match=r"'crm-fake-tiny' has no trained weights yet.*`lipzoo train crm-fake-tiny`"):
+        load("crm-fake-tiny")
+
+
+def test_unknown_name_suggests_entries(fake_zoo, no_download):
+    fake_zoo["crm-fake-tiny"] = zoo_entry("crm-fake-tiny", None)
+    with pytest.raises(ValueError, match=r"Unknown model 'crm-fak-tiny'.*Did you mean 'crm-fake-tiny'"):
+        load("crm-fak-tiny")
+    with pytest.raises(ValueError, match=r"Unknown model 'zzzzzzzz': .*Hub repo id \('owner/name'\)\. See"):
+        load("zzzzzzzz")
+
+
+def _fake_hf_cache(cache: Path, repo_id: str, source: Path) -> str:
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    storage = cache / ("models--" + repo_id.replace("/", "--"))
+    (storage / "refs").mkdir(parents=True)
+    (storage / "refs" / "main").write_text(commit)
+    shutil.copytree(source, storage / "snapshots" / commit)
+    return commit
+
+
+def test_offline_mode_uses_cache_without_network(tmp_path, monkeypatch, saved):
+    cache = tmp_path / "hf-cache"
+    _fake_hf_cache(cache, "owner/tiny", saved[1])
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # set after import: load must still honour it
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    x = torch.rand(2, 4)
+    torch.testing.assert_close(load("owner/tiny")(x), saved[0](x), rtol=0, atol=0)
+    with pytest.raises(FileNotFoundError, match=r"'owner/absent' .* not in the local Hugging Face cache .*OFFLINE"):
+        load("owner/absent")
+
+
+def test_hub_repo_not_found_is_a_value_error(monkeypatch):
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    def missing(repo_id, **kwargs):
+        raise RepositoryNotFoundError("404 Repository Not Found",
+                                      response=SimpleNamespace(headers={}, request=None, status_code=404))
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", missing)
+    with pytest.raises(ValueError, match=r"Hub repo 'owner/nope' \(revision None\) not found"):
+        load("owner/nope")
+
+
+# ---- registry hook ---------------------------------------------------------------------------------
+
+def test_create_model_pretrained_goes_through_load(tmp_path, monkeypatch, saved, fake_zoo, no_download):
+    monkeypatch.setattr(checkpoint, "_PACKAGE_DIR", saved[1].parent)
+    fake_zoo["crm-fake-tiny"] = zoo_entry("crm-fake-tiny", {
+        "repo_id": None, "revision": None, "sha256": file_sha256(saved[1] / "model.safetensors"),
+        "filename": None, "local": "ckpt"})
+    lipzoo.hub._register_pretrained_loader()  # another test may have replaced it
+    model = create_model("crm-fake-tiny", pretrained=True)
+    assert model.lipzoo_config["sha256"] == file_sha256(saved[1] / "model.safetensors")
+    assert create_model("crm-fake-tiny", pretrained=True, num_classes=3).lipzoo_config["num_classes"] == 3
+    with pytest.raises(ValueError, match=r"got builder arguments \{'num_classes': 5\} that differ"):
+        create_model("crm-fake-tiny", pretrained=True, num_classes=5)
+
+
+@pytest.mark.parametrize("architecture", ["6c2f", "lt-res-s"])
+def test_real_architecture_round_trip(tmp_path, architecture):
+    """Registered lipzoo architectures through the real registry (no monkeypatching)."""
+    torch.manual_seed(0)
+    model = create_model(architecture, num_classes=7, mean=[0.25, 0.5, 0.75], std=[0.5, 0.25, 0.125]).eval()
+    with torch.no_grad():  # move every parameter off its initial value, so a fresh build cannot pass
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    config = {"architecture": architecture, "num_classes": 7, "input_shape": list(model.input_shape),
+              "model_args": model.model_args, "normalization": {"mean": [0.25, 0.5, 0.75], "std": [0.5, 0.25, 0.125]},
+              "dataset": "cifar10", "eps": ["36/255"]}
+    loaded = load(save_pretrained(model, tmp_path / architecture, config=config))
+    x = torch.rand(2, *model.input_shape)
+    torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    torch.testing.assert_close(loaded[0].std, torch.tensor([0.5, 0.25, 0.125]), rtol=0, atol=0)
+
+
+# ---- push ------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def fake_hfapi(monkeypatch):
+    calls = []
+
+    def record(method):
+        def fake(self, *args, **kwargs):
+            calls.append((method, self.token, args, kwargs))
+            return huggingface_hub.CommitInfo(commit_url="https://huggingface.co/o/r/commit/abc",
+                                              commit_message="m", commit_description="", oid="abc") \
+                if method == "upload_folder" else None
+        return fake
+
+    for method in ("create_repo", "create_branch", "upload_folder"):
+        monkeypatch.setattr(huggingface_hub.HfApi, method, record(method))
+    return calls
+
+
+def test_push_uploads_exactly_the_checkpoint(saved, fake_hfapi):
+    directory = saved[1]
+    (directory / "train.log").write_text("not part of the checkpoint")
+    info = push(directory, "owner/tiny", token="hf_x", revision="v1", private=True, commit_message="c")
+    assert info.oid == "abc"
+    assert [c[0] for c in fake_hfapi] == ["create_repo", "create_branch", "upload_folder"]
+    assert all(c[1] == "hf_x" for c in fake_hfapi)
+    assert fake_hfapi[0][2:] == (("owner/tiny",), {"exist_ok": True, "private": True})
+    assert fake_hfapi[1][2:] == (("owner/tiny",), {"branch": "v1", "exist_ok": True})
+    upload = fake_hfapi[2][3]
+    assert (upload["repo_id"], upload["folder_path"], upload["revision"], upload["commit_message"]) == \
+        ("owner/tiny", str(directory), "v1", "c")
+    uploaded = list(filter_repo_objects(sorted(p.name for p in directory.iterdir()),
+                                        allow_patterns=upload["allow_patterns"]))
+    assert uploaded == FILES
+
+
+def test_push_main_creates_no_branch(saved, fake_hfapi):
+    push(saved[1], "owner/tiny")
+    assert [c[0] for c in fake_hfapi] == ["create_repo", "upload_folder"]
+    assert fake_hfapi[0][3] == {"exist_ok": True, "private": False} and fake_hfapi[1][3]["revision"] is None
+
+
+def test_push_refuses_bad_folders(tmp_path, saved, fake_hfapi):
+    with pytest.raises(ValueError, match="push: directory .*nowhere.* does not exist"):
+        push(tmp_path / "nowhere", "owner/tiny")
+    with pytest.raises(ValueError, match="push: repo_id must look like 'owner/name'; got 'tiny'"):
+        push(saved[1], "tiny")
+    weights = saved[1] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"!")
+    with pytest.raises(ValueError, match="Checksum mismatch"):
+        push(saved[1], "owner/tiny")
+    (saved[1] / "README.md").unlink()
+    with pytest.raises(ValueError, match=r"lacks \['README.md'\]"):
+        push(saved[1], "owner/tiny")
+    assert fake_hfapi == []
+
+
+# ---- model card ------------------------------------------------------------------------------------
+
+def test_card_has_metrics_table_and_certify_command(tmp_path, built):
+    card = {"target": "owner/tiny", "paper_metrics": {"clean": 0.7482, "certified@36/255": 0.6416},
+            "paper_source": "Table 1",
+            "recipe": {"epochs": 10, "batch_size": 256}, "epochs": 7, "hardware": "1x H100",
+            "training_time": 3725}
+    directory = save_pretrained(make_model(), tmp_path / "c", config=make_config(), card=card)
+    text = (directory / "README.md").read_text()
+    front = yaml.safe_load(text.split("---\n")[1])
+    assert front["library_name"] == "lipzoo" and front["datasets"] == ["toy"] and front["metrics"] == ["accuracy"]
+    assert {"lipzoo", "certified-robustness", "tiny"} <= set(front["tags"])
+    assert "| 36/255 | 96.27 | 72.31 | 64.16 | 74.82 | – | 64.16 |" in text
+    assert "| 1.58 | 96.27 | 88.04 | 63.37 | 74.82 | – | – |" in text
+    assert "lipzoo certify owner/tiny --eps 36/255 --eps 1.58" in text
+    assert "epochs actually trained: 7 (recipe: 10)" in text
+    assert "training time: 1h 02m 05s" in text and "1x H100" in text
+    assert read_config(directory)["sha256"] in text
+
+
+def test_card_without_extras_and_float16_note():
+    config = dict(make_config(metrics=None), sha256="f" * 64, storage_dtype="float16", name="crm-x")
+    text = render_card(config)
+    assert "| 36/255 | – | – | – |" in text and "paper" not in text.split("## Reproduce")[0]
+    assert "lipzoo certify crm-x --eps 36/255 --eps 1.58" in text
+    assert "stored in float16" in text
+
+
+def test_metric_table_matches_eps_by_value():
+    table = metric_table({"clean": 0.5, "certified@79/50": 0.25, "pgd@1.58": 0.4, "pgd@2": 0.1}, ["1.58"])
+    assert table == {"1.58": {"clean": 0.5, "pgd": 0.4, "certified": 0.25},
+                     "2": {"clean": 0.5, "pgd": 0.1, "certified": None}}
+    assert certify_command({"eps": ["36/255"]}, "a b") == "lipzoo certify 'a b' --eps 36/255"
+
+
+def test_certify_command_parses_with_the_cli():
+    from lipzoo.cli import build_parser
+
+    command = certify_command({"eps": ["36/255", "72/255"]}, "owner/crm-cifar10-6c2f")
+    args = build_parser().parse_args(command.split()[1:])
+    assert (args.command, args.model, args.eps) == ("certify", "owner/crm-cifar10-6c2f", ["36/255", "72/255"])
+
+
+def test_trainer_shaped_config_round_trip(tmp_path):
+    """The config lipzoo.train writes (zoo entry + training block + eps) saves, loads and fills the card."""
+    entry = zoo.get_entry("crm-mnist-4c3f")
+    config = dict(entry, eps=list(entry["certify"]["eps"]),
+                  training={"epochs_trained": 3, "seconds_total": 61.0, "hardware": "CPU (x86_64, 2 threads)"})
+    torch.manual_seed(0)
+    model = create_model("crm-mnist-4c3f").eval()
+    directory = save_pretrained(model, tmp_path / "final", config=config)
+    loaded = load(directory)
+    x = torch.rand(2, 1, 28, 28)
+    torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    assert loaded.lipzoo_config["training"] == config["training"]
+    text = (directory / "README.md").read_text()
+    assert "# crm-mnist-4c3f" in text and "lipzoo certify crm-mnist-4c3f --eps 1.58" in text
+    assert "epochs actually trained: 3 (recipe: 400)" in text
+    assert "hardware: CPU (x86_64, 2 threads)" in text and "training time: 0h 01m 01s" in text
