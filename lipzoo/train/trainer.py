@@ -189,6 +189,8 @@ class _Run:
         with torch.autocast(self.device.type, dtype=amp_dtype, enabled=self.opts.amp):
             logits = self.net(x)
         logits = logits.float()
+        if not bool(torch.isfinite(logits).all()):
+            raise FloatingPointError("the network produced non-finite logits")
         if self.recipe.get("loss", "crm") == "crm":
             pairwise = self.estimator()  # the bound stays in float32, outside autocast
             loss, parts = crm_loss(logits, y, pairwise, t=float(crm.get("t", 5.0)), lam=float(crm.get("lam", 15.0)),
@@ -218,13 +220,15 @@ class _Run:
             if step >= steps:
                 break
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            logits, pairwise, loss, _ = self.loss(x, y, regularize)
-            if not torch.isfinite(loss):
+            try:
+                logits, pairwise, loss, _ = self.loss(x, y, regularize)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"the loss became {loss.item()}")
+            except FloatingPointError as err:
                 bar.close()
                 raise FloatingPointError(
-                    f"Loss became {loss.item()} at epoch {self.epoch + 1}, step {step + 1}; training stopped. "
-                    f"The last good checkpoint ({self.ckpt}) is kept: lower the learning rate or lambda and "
-                    "resume.")
+                    f"Training stopped at epoch {self.epoch + 1}, step {step + 1}: {err}. The last good "
+                    f"checkpoint ({self.ckpt}) is kept: lower the learning rate or lambda and resume.") from err
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
