@@ -1,0 +1,269 @@
+"""Zoo entries: every YAML against the schema, the reference recipes, eps parsing, the docs table."""
+
+from __future__ import annotations
+
+import copy
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import lipzoo.models as M
+from lipzoo.models import zoo
+
+ENTRIES = zoo.list_entries()
+CONFIG_DIR = Path(zoo.__file__).resolve().parent.parent / "zoo_configs"
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "models.md"
+
+
+def test_the_zoo_has_the_reference_entries():
+    assert set(ENTRIES) == {"crm-mnist-4c3f", "ce-mnist-4c3f", "crm-cifar10-6c2f", "crm-tinyimagenet-8c2f",
+                            "crm-cifar10-lt-res-s", "crm-cifar10-lt-res-m", "crm-cifar10-lt-res-l"}
+    assert ENTRIES == sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", ENTRIES)
+def test_entry_is_valid_and_consistent(name):
+    raw = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
+    assert zoo.validate_entry(raw) is raw
+    entry = zoo.get_entry(name)
+    assert entry == raw and entry["name"] == name
+    json.dumps(entry, allow_nan=False)  # config.json of the hub copies it
+    assert entry["weights"] is None and entry["metrics"] is None  # filled in after training
+    assert all(zoo.parse_eps(e) > 0 for e in entry["certify"]["eps"])
+
+
+@pytest.mark.parametrize("name", ENTRIES)
+def test_entry_builds_its_architecture(name):
+    entry = zoo.get_entry(name)
+    model = M.create_model(name)
+    assert model.architecture == entry["architecture"]
+    assert list(model.input_shape) == entry["input_shape"] and model.num_classes == entry["num_classes"]
+    torch.testing.assert_close(model[0].mean, torch.tensor(entry["normalization"]["mean"]))
+    torch.testing.assert_close(model[0].std, torch.tensor(entry["normalization"]["std"]))
+
+
+def test_get_entry_returns_a_copy():
+    entry = zoo.get_entry("crm-mnist-4c3f")
+    entry["recipe"]["epochs"] = 1
+    assert zoo.get_entry("crm-mnist-4c3f")["recipe"]["epochs"] == 400
+
+
+def test_reference_recipes():
+    mnist = zoo.get_entry("crm-mnist-4c3f")["recipe"]
+    assert (mnist["epochs"], mnist["batch_size"], mnist["power_iterations"]) == (400, 512, 10)
+    assert mnist["optimizer"] == {"name": "adam", "lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-7}
+    assert mnist["scheduler"] == {"name": "exponential", "start_epoch": 25, "final_lr": 1e-6}
+    assert mnist["crm"] == {"t": 5.0, "lam": 30.0, "r0": 2.2, "g": "linear", "warmup_epochs": 10}
+    ce = zoo.get_entry("ce-mnist-4c3f")
+    assert ce["recipe"]["loss"] == "ce" and ce["recipe"]["crm"] is None
+    assert ce["certify"]["eps"] == ["1.58"] and ce["dataset"] == "mnist"
+    cifar = zoo.get_entry("crm-cifar10-6c2f")
+    assert cifar["recipe"]["scheduler"]["start_epoch"] == 200 and cifar["recipe"]["power_iterations"] == 5
+    assert cifar["recipe"]["augmentation"] == ["hflip", {"affine": {"degrees": 10, "translate": 0.1}}]
+    assert cifar["recipe"]["crm"] == {"t": 5.0, "lam": 15.0, "r0": 0.2, "g": "linear", "warmup_epochs": 10}
+    assert cifar["certify"]["eps"] == ["36/255", "18/255"]
+    tiny = zoo.get_entry("crm-tinyimagenet-8c2f")["recipe"]
+    assert (tiny["epochs"], tiny["batch_size"], tiny["optimizer"]["lr"]) == (300, 256, 1e-4)
+    assert tiny["crm"]["t"] == 12.0 and tiny["crm"]["lam"] == 150.0
+
+
+# -- eps ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("text,value", [("36/255", Fraction(36, 255)), ("1.58", Fraction(79, 50)),
+                                        (" 0.5 ", Fraction(1, 2)), ("2", Fraction(2))])
+def test_parse_eps_is_exact(text, value):
+    assert zoo.parse_eps(text) == value
+
+
+@pytest.mark.parametrize("bad,error,match", [
+    (1.58, TypeError, "eps must be a string such as '36/255'.*got float 1.58; quote it"),
+    ("abc", ValueError, "eps 'abc' is not a fraction"),
+    ("1/0", ValueError, "eps '1/0' is not a fraction"),
+    ("0", ValueError, "eps must be positive, got '0'"),
+    ("-36/255", ValueError, "eps must be positive"),
+])
+def test_parse_eps_errors(bad, error, match):
+    with pytest.raises(error, match=match):
+        zoo.parse_eps(bad)
+
+
+# -- schema errors -----------------------------------------------------------------------------------
+def _set(entry, path, value):
+    *parents, last = path
+    target = entry
+    for key in parents:
+        target = target[key]
+    if value is _DELETE:
+        del target[last]
+    else:
+        target[last] = value
+
+
+_DELETE = object()
+_WEIGHTS = {"repo_id": "lipzoo/crm-mnist-4c3f", "revision": "abc", "sha256": "a" * 64,
+            "filename": "model.safetensors", "local": None, "storage_dtype": "float32"}
+
+BAD = [
+    (("colour",), "red", r"entry: unknown key\(s\) \['colour'\]"),
+    (("metrics",), _DELETE, r"entry: missing key\(s\) \['metrics'\]"),
+    (("name",), "CRM MNIST", "name: expected lowercase letters"),
+    (("architecture",), "5c3f", "architecture: expected a registered architecture"),
+    (("model_args",), [], "model_args: expected a mapping"),
+    (("model_args",), {"num_classes": 3}, r"model_args: \['num_classes'\] have their own keys"),
+    (("model_args",), {"activation": {1, 2}}, "model_args: must be JSON-serializable"),
+    (("dataset",), "imagenet", r"dataset: expected one of \['mnist', 'cifar10', 'tinyimagenet'\]"),
+    (("num_classes",), 100, "num_classes: expected 10 for dataset 'mnist', got 100"),
+    (("num_classes",), True, "num_classes: expected an int, got True"),
+    (("input_shape",), [28, 28], r"input_shape: expected \[channels, height, width\]"),
+    (("input_shape", 1), 0, r"input_shape\[1\]: expected an int >= 1, got 0"),
+    (("normalization", "mean"), [0.1, 0.2], "normalization.mean: expected a list of 1 numbers"),
+    (("normalization", "std"), [0.0], r"normalization.std\[0\]: expected a number > 0, got 0.0"),
+    (("normalization", "median"), [0.0], r"normalization: unknown key\(s\) \['median'\]"),
+    (("recipe", "loss"), "hinge", r"recipe.loss: expected one of \['crm', 'ce'\]"),
+    (("recipe", "epochs"), 0, "recipe.epochs: expected an int >= 1, got 0"),
+    (("recipe", "batch_size"), 51.2, "recipe.batch_size: expected an int, got 51.2"),
+    (("recipe", "power_iterations"), 0, "recipe.power_iterations: expected an int >= 1"),
+    (("recipe", "validation_split"), 1.0, "recipe.validation_split: expected a number < 1"),
+    (("recipe", "seed"), 0, r"recipe: unknown key\(s\) \['seed'\]"),
+    (("recipe", "optimizer", "name"), "lion", "recipe.optimizer.name: expected one of"),
+    (("recipe", "optimizer", "lr"), "1e-3", r"recipe.optimizer.lr: expected a number \(PyYAML reads 1e-3 as a "
+                                            r"string; write 1.0e-3\)"),
+    (("recipe", "optimizer", "lr"), 0.0, "recipe.optimizer.lr: expected a number > 0"),
+    (("recipe", "optimizer", "lr"), float("nan"), "recipe.optimizer.lr: expected a finite number"),
+    (("recipe", "optimizer", "betas"), [0.9], r"recipe.optimizer.betas: expected \[beta1, beta2\]"),
+    (("recipe", "optimizer", "betas"), [0.9, 1.0], r"recipe.optimizer.betas\[1\]: expected a number < 1"),
+    (("recipe", "optimizer", "eps"), -1.0, "recipe.optimizer.eps: expected a number > 0"),
+    (("recipe", "optimizer", "weight_decay"), -1.0, "recipe.optimizer.weight_decay: expected a number >= 0"),
+    (("recipe", "optimizer", "nesterov"), True, r"recipe.optimizer: unknown key\(s\) \['nesterov'\]"),
+    (("recipe", "scheduler"), "cosine", "recipe.scheduler: expected a mapping with a name"),
+    (("recipe", "scheduler", "name"), "step", "recipe.scheduler.name: expected one of"),
+    (("recipe", "scheduler", "start_epoch"), 400, "recipe.scheduler.start_epoch: expected an int < 400"),
+    (("recipe", "scheduler", "final_lr"), _DELETE, r"recipe.scheduler: missing key\(s\) \['final_lr'\]"),
+    (("recipe", "scheduler"), {"name": "constant", "final_lr": 1.0e-6},
+     r"recipe.scheduler: unknown key\(s\) \['final_lr'\]"),
+    (("recipe", "augmentation"), "hflip", "recipe.augmentation: expected a list"),
+    (("recipe", "augmentation"), ["vflip"], r"recipe.augmentation\[0\]: expected 'hflip' or"),
+    (("recipe", "augmentation"), [{"affine": {"degrees": 10}}],
+     r"recipe.augmentation\[0\].affine: missing key\(s\) \['translate'\]"),
+    (("recipe", "augmentation"), [{"rotate": {}}], r"recipe.augmentation\[0\] kind: expected one of \['affine'\]"),
+    (("recipe", "augmentation"), [{"affine": {"degrees": 10, "translate": 0.1}, "x": 1}],
+     r"recipe.augmentation\[0\]: expected 'hflip' or a one-key mapping"),
+    (("recipe", "augmentation"), [{"affine": {"degrees": 500, "translate": 0.1}}],
+     r"recipe.augmentation\[0\].affine.degrees: expected a number <= 180"),
+    (("recipe", "crm"), None, "recipe.crm: expected a mapping {t, lam, r0, g, warmup_epochs} when recipe.loss is"),
+    (("recipe", "crm", "t"), 0.0, "recipe.crm.t: expected a number > 0"),
+    (("recipe", "crm", "lam"), -1.0, "recipe.crm.lam: expected a number >= 0"),
+    (("recipe", "crm", "r0"), 0, "recipe.crm.r0: expected a number > 0"),
+    (("recipe", "crm", "g"), "quadratic", r"recipe.crm.g: expected one of \['linear', 'exp'\]"),
+    (("recipe", "crm", "warmup_epochs"), 400, "recipe.crm.warmup_epochs: expected an int < 400"),
+    (("certify",), {"eps": ["1.58"], "norm": 2}, r"certify: unknown key\(s\) \['norm'\]"),
+    (("certify", "eps"), [], "certify.eps: expected a non-empty list"),
+    (("certify", "eps"), [1.58], r"certify.eps\[0\]: eps must be a string"),
+    (("certify", "eps"), ["1.58", "x"], r"certify.eps\[1\]: eps 'x' is not a fraction"),
+    (("weights",), {**_WEIGHTS, "url": "x"}, r"weights: unknown key\(s\) \['url'\]"),
+    (("weights",), {**_WEIGHTS, "repo_id": "crm"}, "weights.repo_id: expected a Hub repo id 'owner/name'"),
+    (("weights",), {**_WEIGHTS, "revision": ""}, "weights.revision: expected a non-empty string"),
+    (("weights",), {**_WEIGHTS, "sha256": "A" * 64}, "weights.sha256: expected 64 lowercase hex digits"),
+    (("weights",), {**_WEIGHTS, "local": 3}, "weights.local: expected a non-empty string"),
+    (("weights",), {**_WEIGHTS, "storage_dtype": "int8"}, "weights.storage_dtype: expected one of"),
+    (("metrics",), {1: 2.0}, "metrics: expected null or a mapping with string keys"),
+    (("metrics",), {"clean": float("nan")}, "metrics: must be JSON-serializable"),
+]
+
+
+@pytest.mark.parametrize("path,value,match", BAD, ids=[".".join(map(str, b[0])) for b in BAD])
+def test_validate_entry_names_the_bad_key(path, value, match):
+    entry = copy.deepcopy(zoo.get_entry("crm-mnist-4c3f"))
+    _set(entry, path, value)
+    with pytest.raises(ValueError, match=match):
+        zoo.validate_entry(entry)
+
+
+def test_validate_entry_accepts_weights_metrics_and_ce_without_crm():
+    entry = zoo.get_entry("crm-mnist-4c3f")
+    entry["weights"] = dict(_WEIGHTS)
+    entry["metrics"] = {"clean": 96.3, "certified@1.58": 63.4, "epochs_trained": 400}
+    assert zoo.validate_entry(entry) is entry
+    entry["recipe"]["loss"] = "ce"
+    entry["recipe"]["crm"] = None
+    zoo.validate_entry(entry)
+
+
+def test_validate_entry_rejects_non_mapping():
+    with pytest.raises(ValueError, match="entry: expected a mapping, got"):
+        zoo.validate_entry(["name"])
+
+
+def test_get_entry_unknown_suggests():
+    with pytest.raises(ValueError, match=r"Unknown zoo entry 'crm-mnist-4c3'\. Did you mean 'crm-mnist-4c3f'"):
+        zoo.get_entry("crm-mnist-4c3")
+
+
+@pytest.fixture
+def fake_config_dir(tmp_path, monkeypatch):
+    """Point the zoo at a temporary folder (caches cleared before and after)."""
+    monkeypatch.setattr(zoo, "_config_dir", lambda: tmp_path)
+    zoo._entry_files.cache_clear()
+    zoo._load.cache_clear()
+    yield tmp_path
+    zoo._entry_files.cache_clear()
+    zoo._load.cache_clear()
+
+
+def test_file_name_must_equal_entry_name(fake_config_dir):
+    source = (CONFIG_DIR / "crm-mnist-4c3f.yaml").read_text()
+    (fake_config_dir / "other-name.yaml").write_text(source)
+    zoo._entry_files.cache_clear()
+    assert zoo.list_entries() == ["other-name"]
+    with pytest.raises(ValueError, match="declares name 'crm-mnist-4c3f'; the name must equal the file name"):
+        zoo.get_entry("other-name")
+
+
+def test_invalid_file_is_reported_with_its_path(fake_config_dir):
+    source = (CONFIG_DIR / "crm-mnist-4c3f.yaml").read_text().replace("epochs: 400", "epochs: -1")
+    (fake_config_dir / "crm-mnist-4c3f.yaml").write_text(source)
+    zoo._entry_files.cache_clear()
+    with pytest.raises(ValueError, match=r"crm-mnist-4c3f.yaml is invalid: recipe.epochs: expected an int >= 1"):
+        zoo.get_entry("crm-mnist-4c3f")
+
+
+# -- docs --------------------------------------------------------------------------------------------
+def test_markdown_table_lists_everything():
+    text = zoo.markdown_table()
+    for name in M.list_architectures():
+        assert f"| `{name}` |" in text
+    for name in ENTRIES:
+        assert f"| `{name}` | `{zoo.get_entry(name)['architecture']}` |" in text
+    assert "| `4c3f` | 1x28x28 | 1,974,762 |" in text
+    assert "do not edit by hand" in text
+
+
+def test_markdown_table_shows_metrics(monkeypatch):
+    real = zoo.get_entry
+
+    def with_metrics(name):
+        entry = real(name)
+        if name == "crm-cifar10-6c2f":
+            entry["metrics"] = {"clean": 74.821, "certified@36/255": 64.16, "pgd@36/255": 72.31}
+        return entry
+
+    monkeypatch.setattr(zoo, "get_entry", with_metrics)
+    row = next(line for line in zoo.markdown_table().splitlines() if line.startswith("| `crm-cifar10-6c2f`"))
+    assert "| 74.82 | 64.16 / — | 72.31 / — |" in row
+
+
+def test_docs_page_is_generated_from_the_entries():
+    assert DOCS.read_text(encoding="utf-8") == zoo.markdown_table(), \
+        "docs/models.md is stale: run `python -m lipzoo.models.zoo --markdown > docs/models.md`"
+
+
+def test_main_cli(capsys):
+    assert zoo.main(["--validate"]) == 0
+    assert capsys.readouterr().out.split() == ENTRIES
+    assert zoo.main(["--markdown"]) == 0
+    assert capsys.readouterr().out == zoo.markdown_table()
+    with pytest.raises(SystemExit):
+        zoo.main([])
