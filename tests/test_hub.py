@@ -143,7 +143,10 @@ def test_round_trip_float32(saved, built):
                                  "pgd@36/255": 0.7231, "pgd@1.58": 0.8804, "epochs_trained": 7}
     assert config["lipzoo_version"] == lipzoo.__version__
     with safe_open(directory / "model.safetensors", framework="pt") as f:
-        assert f.metadata() == {"format": "pt", "lipzoo_version": lipzoo.__version__, "storage_dtype": "float32"}
+        assert f.metadata() == {"format": "pt"}
+    # saving the same tensors again gives the same bytes, so a pinned sha256 survives a re-save
+    again = save_pretrained(model, directory.parent / "again", config=make_config())
+    assert file_sha256(again / "model.safetensors") == config["sha256"]
 
 
 @pytest.mark.parametrize("storage_dtype, unit_roundoff", [("float16", FP16_UNIT_ROUNDOFF),

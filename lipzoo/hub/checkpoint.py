@@ -185,7 +185,10 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, config: M
     directory.mkdir(parents=True, exist_ok=True)
     version = _lipzoo_version()
     tensors = _storage_tensors(model, storage_dtype)
-    metadata = {"format": "pt", "lipzoo_version": version, "storage_dtype": storage_dtype}
+    # One metadata key only: safetensors writes its metadata map in hash order, so several keys make
+    # the bytes (and the sha256) differ between two saves of the same tensors. Version and storage
+    # dtype live in config.json.
+    metadata = {"format": "pt"}
     weights = directory / WEIGHTS_NAME
     _replace_write(weights, lambda p: save_file(tensors, str(p), metadata=metadata))
     out.update(lipzoo_version=version, storage_dtype=storage_dtype, sha256=_sha256(weights))
