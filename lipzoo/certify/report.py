@@ -73,7 +73,7 @@ def certify(model: nn.Module, dataset: Dataset, eps_list: Sequence[str], *, inpu
                 w.writerow([i, y, p, f"{m:.6g}", f"{r:.6g}"])
         curves = {name: result["radii"], **(compare or {})}
         plot_certified_curve(curves, out / "certified_curve.png", eps_marks=list(eps_list),
-                             title=f"{name}: certified accuracy (pairwise LipLT, {bound.guarantee})")
+                             title=f"{Path(name).name}: pairwise LipLT ({bound.guarantee})")
         report["files"] = [str(out / f) for f in ("report.json", "radii.csv", "certified_curve.png")]
     report["radii"] = result["radii"]
     return report
