@@ -60,6 +60,8 @@ def main() -> None:
         config["bound"] = {k: report["bound"][k] for k in ("method", "mode", "norm", "guarantee", "guaranteed",
                                                          "pairwise_mean", "pairwise_max", "value")}
         config["certify_attack"] = report["attack"]
+        # the report comes from `lipzoo certify NAME`, which loads the shipped (rounded) weights
+        config["metrics_measured_on_stored_weights"] = True
     out = PKG / "weights" / args.name
     save_pretrained(model, out, config=config, card=card, storage_dtype=args.dtype)
     saved = json.loads((out / "config.json").read_text())

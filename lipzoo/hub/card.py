@@ -37,6 +37,9 @@ def certify_command(config: Mapping[str, Any], target: str) -> str:
     parts = ["lipzoo", "certify", target]
     for eps in config.get("eps") or []:
         parts += ["--eps", str(eps)]
+    attack = config.get("certify_attack")
+    if isinstance(attack, Mapping):
+        parts += ["--attack-steps", str(attack.get("steps", 50)), "--restarts", str(attack.get("restarts", 1))]
     return shlex.join(parts)
 
 
@@ -164,8 +167,12 @@ def _checkpoint(config: Mapping[str, Any]) -> list[str]:
              f"- `model.safetensors` sha256: `{config.get('sha256')}`",
              f"- storage dtype: {config.get('storage_dtype')}, lipzoo version: {config.get('lipzoo_version')}"]
     if config.get("storage_dtype") not in (None, "float32"):
-        lines.append(f"- weights are stored in {config['storage_dtype']} and loaded as float32: re-run "
-                     "`lipzoo certify` before relying on the numbers above for these exact weights")
+        if config.get("metrics_measured_on_stored_weights"):
+            lines.append(f"- weights are stored in {config['storage_dtype']} and loaded as float32; the numbers "
+                         "above were measured on exactly these stored weights")
+        else:
+            lines.append(f"- weights are stored in {config['storage_dtype']} and loaded as float32: re-run "
+                         "`lipzoo certify` before relying on the numbers above for these exact weights")
     return lines
 
 
