@@ -11,11 +11,11 @@ from pathlib import Path
 __all__ = ["main"]
 
 
-def _load_model(target: str):
-    """A model with its config from a zoo entry, a checkpoint folder or a Hub repo id."""
+def _load_model(target: str, device: str | None = None):
+    """A model with its config from a zoo entry, a checkpoint folder or a Hub repo id, on ``device``."""
     from lipzoo.hub import load
 
-    model = load(target)
+    model = load(target, map_location=device or "cpu")
     return model, dict(getattr(model, "lipzoo_config", {}) or {})
 
 
@@ -37,7 +37,7 @@ def _cmd_certify(args) -> int:
     from lipzoo.certify.report import certify, format_table
     from lipzoo.data import load_dataset
 
-    model, config = _load_model(args.model)
+    model, config = _load_model(args.model, args.device)  # evaluate() runs where the model is
     data = args.data or config.get("dataset")
     if data is None:
         raise ValueError("No dataset: pass --data (mnist, cifar10, tinyimagenet or a .npz path).")
@@ -48,7 +48,7 @@ def _cmd_certify(args) -> int:
     attack = None if args.no_attack else {"steps": args.attack_steps, "restarts": args.restarts}
     compare = None
     if args.compare:
-        other, other_cfg = _load_model(args.compare)
+        other, other_cfg = _load_model(args.compare, args.device)
         rep = certify(other, dataset, eps_list, input_shape=other_cfg["input_shape"], limit=args.limit,
                       attack=None, norm=args.norm, max_dense=args.max_dense, progress=not args.no_progress,
                       name=args.compare)

@@ -131,7 +131,7 @@ def make_loaders(
     image_size = tuple(train_dataset[0][0].shape[-2:]) if len(augmentation) else None
     train_part = _Part(train_dataset, order[n_val:], build_augmentation(augmentation, image_size))
     common: dict[str, Any] = dict(batch_size=batch_size, num_workers=num_workers,
-                                  persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())
+                                  persistent_workers=False, pin_memory=torch.cuda.is_available())
     if distributed:
         sampler = DistributedSampler(train_part, shuffle=True, seed=seed)
         train = DataLoader(train_part, sampler=sampler, **common)

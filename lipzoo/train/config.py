@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 __all__ = ["resolve_config", "apply_overrides"]
+
+# YAML 1.1 (PyYAML) reads 1e-3 as a string; a command-line override means the number.
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def resolve_config(target: str, overrides: list[str] | None = None) -> dict[str, Any]:
@@ -41,6 +45,13 @@ def resolve_config(target: str, overrides: list[str] | None = None) -> dict[str,
 
 
 def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """A copy of ``config`` with ``"dotted.key=value"`` overrides applied (values parsed as YAML).
+
+    ``1e-4`` is read as a number (plain YAML would read a string).
+
+    Raises:
+        ValueError: an override without ``=``, or a key that is not in the config.
+    """
     config = copy.deepcopy(config)
     for item in overrides:
         if "=" not in item:
@@ -54,7 +65,10 @@ def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, A
                 known = sorted(node) if isinstance(node, dict) else []
                 raise ValueError(f"Unknown config key {key!r}: {part!r} is not in {where} (known: {known}).")
             if i == len(parts) - 1:
-                node[part] = yaml.safe_load(raw)
+                value = yaml.safe_load(raw)
+                if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(raw.strip()):
+                    value = float(raw)
+                node[part] = value
             else:
                 node = node[part]
     return config

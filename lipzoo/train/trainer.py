@@ -84,11 +84,23 @@ def _distributed() -> tuple[int, int]:
 
 
 def _make_optimizer(model: nn.Module, recipe: dict) -> torch.optim.Optimizer:
+    """Adam / AdamW / SGD with every key the zoo schema allows (none is silently dropped)."""
     opt = recipe["optimizer"]
-    if opt.get("name", "adam").lower() != "adam":
-        raise ValueError(f"recipe.optimizer.name must be 'adam', got {opt.get('name')!r}.")
-    return torch.optim.Adam(model.parameters(), lr=float(opt["lr"]), betas=tuple(opt.get("betas", (0.9, 0.999))),
-                            eps=float(opt.get("eps", 1e-8)))
+    name = str(opt.get("name", "adam")).lower()
+    kwargs: dict[str, Any] = {"lr": float(opt["lr"])}
+    if "weight_decay" in opt:  # absent: the optimizer's own default (AdamW: 1e-2)
+        kwargs["weight_decay"] = float(opt["weight_decay"])
+    if name in ("adam", "adamw"):
+        if "momentum" in opt:
+            raise ValueError(f"recipe.optimizer.momentum applies to sgd, not {name}; remove it or use betas.")
+        kwargs.update(betas=tuple(opt.get("betas", (0.9, 0.999))), eps=float(opt.get("eps", 1e-8)))
+        return (torch.optim.Adam if name == "adam" else torch.optim.AdamW)(model.parameters(), **kwargs)
+    if name == "sgd":
+        extra = sorted(k for k in ("betas", "eps") if k in opt)
+        if extra:
+            raise ValueError(f"recipe.optimizer {extra} apply to adam/adamw, not sgd; remove them.")
+        return torch.optim.SGD(model.parameters(), momentum=float(opt.get("momentum", 0.0)), **kwargs)
+    raise ValueError(f"recipe.optimizer.name must be 'adam', 'adamw' or 'sgd', got {opt.get('name')!r}.")
 
 
 def _make_scheduler(optimizer, recipe: dict):
@@ -317,6 +329,9 @@ def train(config: dict, opts: TrainOptions) -> Path:
             logger.info("epoch %d: %s", run.epoch, row)
     if run.rank == 0:
         _finish(run, time.time() - start)
+    if run.world > 1 and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
     return out
 
 

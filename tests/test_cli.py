@@ -1,0 +1,237 @@
+"""``lipzoo certify / bounds / push`` through ``lipzoo.cli.main`` on a tiny saved checkpoint (offline)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import lipzoo
+from lipzoo.bounds import lipschitz_bounds
+from lipzoo.cli import main
+from lipzoo.layers import Flatten, LTConv2d, LTLinear, Normalize
+from lipzoo.models import registry
+from lipzoo.models.base import LipschitzSequential
+
+ARCH = "cli-tiny"
+NUM_CLASSES = 4
+# csv radii are written with 6 significant digits
+CSV_RTOL = 1e-5
+
+
+def lipzoo_cli_tiny(num_classes: int = NUM_CLASSES, *, mean=(0.5,), std=(0.25,)) -> LipschitzSequential:
+    """Normalize, two strided 3x3 convolutions, Flatten, readout: 1x8x8 -> 4x4x4 -> 4x2x2 -> K."""
+    layers = [Normalize(mean, std), LTConv2d(1, 4, 3, stride=2, padding=1), LTConv2d(4, 4, 3, stride=2, padding=1),
+              Flatten(), LTLinear(16, num_classes, activation=None)]
+    return LipschitzSequential(layers, architecture=ARCH, input_shape=(1, 8, 8))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread (restored afterwards): on a loaded 2-core machine the thread pool makes
+    these tiny operators ~30x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def tiny_arch(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Register ``cli-tiny`` in a scratch registry (restored after the test; no timm hook)."""
+    monkeypatch.setattr(registry, "_ARCHITECTURES", dict(registry._ARCHITECTURES))
+    monkeypatch.setattr(registry, "_REGISTER_HOOKS", [])
+    registry.register_model(lipzoo_cli_tiny)
+    return ARCH
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path, tiny_arch: str) -> SimpleNamespace:
+    """A saved tiny model and a test set labelled by the model's own predictions (clean accuracy 1)."""
+    torch.manual_seed(0)
+    model = lipzoo_cli_tiny().eval()
+    folder = lipzoo.save_pretrained(model, tmp_path / "ckpt", config={
+        "architecture": ARCH, "num_classes": NUM_CLASSES, "input_shape": [1, 8, 8],
+        "normalization": {"mean": [0.5], "std": [0.25]}, "eps": ["1/255"]})
+    g = np.random.default_rng(0)
+    x = g.integers(0, 256, (24, 8, 8), dtype=np.uint8)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(x).float().div_(255)[:, None])
+    data = tmp_path / "tiny.npz"
+    y = logits.argmax(1).numpy().astype(np.int64)
+    np.savez(data, x_train=x, y_train=y, x_test=x, y_test=y)
+    return SimpleNamespace(dir=folder, data=data, model=model, logits=logits, labels=torch.from_numpy(y))
+
+
+def _certify(ck, out: Path, *extra: str) -> int:
+    return main(["certify", str(ck.dir), "--data", str(ck.data), "--eps", "1/255", "--eps", "0.5", "--limit", "16",
+                 "--attack-steps", "5", "--out", str(out), "--no-progress", *extra])
+
+
+def test_certify_report_files_and_table(checkpoint, tmp_path, capsys):
+    out = tmp_path / "cert"
+    assert _certify(checkpoint, out) == 0
+    printed = capsys.readouterr().out
+    assert {p.name for p in out.iterdir()} == {"report.json", "radii.csv", "certified_curve.png"}
+    assert (out / "certified_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    report = json.loads((out / "report.json").read_text())
+    m = report["metrics"]
+    assert report["num_samples"] == 16 and report["eps"] == ["1/255", "0.5"]
+    assert set(m) == {"clean"} | {f"{k}@{e}" for k in ("certified", "pgd", "consistency_violations")
+                                  for e in ("1/255", "0.5")}
+    assert m["clean"] == 1.0  # labels are the model's own predictions
+    assert m["consistency_violations@1/255"] == 0 and m["consistency_violations@0.5"] == 0
+    assert report["bound"]["guaranteed"] is True and report["bound"]["guarantee"] in ("exact", "proved")
+    assert report["bound"]["method"] == "liplt" and report["bound"]["mode"] == "pairwise"
+
+    # radii.csv against an independent eq. (4) computation from the reported bound
+    with open(out / "radii.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 16 and list(rows[0]) == ["index", "label", "prediction", "margin", "radius"]
+    L = torch.tensor(report["bound"]["value"], dtype=torch.float32)
+    z, y = checkpoint.logits[:16], checkpoint.labels[:16]
+    expected = []
+    for zi, yi in zip(z, y):
+        expected.append(min(float((zi[yi] - zi[j]) / L[yi, j]) for j in range(NUM_CLASSES) if j != yi))
+    radii = [float(r["radius"]) for r in rows]
+    assert radii == pytest.approx(expected, rel=CSV_RTOL)
+    assert [int(r["label"]) for r in rows] == y.tolist() == [int(r["prediction"]) for r in rows]
+    for eps, value in (("1/255", 1 / 255), ("0.5", 0.5)):
+        assert m[f"certified@{eps}"] == pytest.approx(np.mean([r > value for r in expected]))
+        assert m[f"certified@{eps}"] <= m[f"pgd@{eps}"]  # certified points survive the attack
+    assert m["certified@1/255"] > 0  # the radii are not all zero: the comparison above means something
+
+    assert "clean accuracy: 100.00%" in printed and "guarantee=" + report["bound"]["guarantee"] in printed
+    for eps in ("1/255", "0.5"):
+        line = next(line for line in printed.splitlines() if line.strip().startswith(eps + " |"))
+        assert f"{100 * m[f'certified@{eps}']:.2f}%" in line and f"{100 * m[f'pgd@{eps}']:.2f}%" in line
+    assert str(out / "report.json") in printed
+
+
+def test_certify_power_norm_is_an_estimate(checkpoint, tmp_path, capsys):
+    out = tmp_path / "cert"
+    assert _certify(checkpoint, out, "--norm", "power", "--no-attack", "--compare", str(checkpoint.dir)) == 0
+    assert (out / "certified_curve.png").stat().st_size > 0  # two curves: the model and --compare
+    report = json.loads((out / "report.json").read_text())
+    assert report["bound"]["guarantee"] == "estimate" and report["bound"]["guaranteed"] is False
+    assert report["attack"] is None and not any(k.startswith("pgd@") for k in report["metrics"])
+    assert "guarantee=estimate (guaranteed=False)" in capsys.readouterr().out
+
+
+def test_certify_input_errors_exit_2(checkpoint, tmp_path, monkeypatch, capsys):
+    import lipzoo.hub
+
+    seen = []
+    real_load = lipzoo.hub.load
+
+    def spy_load(target, *args, **kwargs):
+        seen.append(kwargs.get("map_location"))
+        return real_load(target, *args, **kwargs)
+
+    monkeypatch.setattr(lipzoo.hub, "load", spy_load)
+    base = ["certify", str(checkpoint.dir), "--out", str(tmp_path / "c"), "--no-progress", "--device", "cpu"]
+    assert main(base) == 2  # the checkpoint names no dataset
+    assert "No dataset: pass --data" in capsys.readouterr().err
+    assert seen == ["cpu"]  # the model is loaded where it will be evaluated
+    assert main([*base, "--data", str(checkpoint.data), "--limit", "0"]) == 2
+    assert "limit must be a positive number of samples, got 0" in capsys.readouterr().err
+    no_eps = lipzoo.save_pretrained(checkpoint.model, tmp_path / "no-eps", config={
+        "architecture": ARCH, "num_classes": NUM_CLASSES, "input_shape": [1, 8, 8],
+        "normalization": {"mean": [0.5], "std": [0.25]}})
+    assert main(["certify", str(no_eps), "--data", str(checkpoint.data), "--no-progress"]) == 2
+    assert "No eps: pass --eps" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+def test_certify_exit_code_3_on_consistency_violations(checkpoint, tmp_path, monkeypatch, capsys):
+    import lipzoo.certify.report as report_mod
+
+    fake = {"model": "m", "num_samples": 1, "eps": ["0.5"], "files": [],
+            "metrics": {"clean": 1.0, "certified@0.5": 1.0, "pgd@0.5": 0.0, "consistency_violations@0.5": 1},
+            "bound": {"guarantee": "exact", "guaranteed": True, "pairwise_mean": 1.0}}
+    monkeypatch.setattr(report_mod, "certify", lambda *args, **kwargs: fake)
+    assert _certify(checkpoint, tmp_path / "cert") == 3
+    assert "0.5 |" in capsys.readouterr().out
+
+
+def test_bounds_json_naive_is_never_tighter(checkpoint, capsys):
+    assert main(["bounds", str(checkpoint.dir), "--json"]) == 0
+    table = json.loads(capsys.readouterr().out)
+    assert set(table) == {"naive", "liplt"}
+    for key in ("L_ij", "L_i+L_j", "sqrt2_L"):
+        assert table["naive"][key] >= table["liplt"][key] > 0
+    for row in table.values():
+        assert row["L_ij"] <= row["L_i+L_j"] and row["L_ij"] <= row["sqrt2_L"]
+        assert row["guarantee"] in ("exact", "proved")
+    # independent of the CLI's averaging: the library's bounds for the same model
+    b = lipschitz_bounds(checkpoint.model, (1, 8, 8), method="liplt")
+    off = ~torch.eye(NUM_CLASSES, dtype=torch.bool)
+    assert table["liplt"]["L_ij"] == pytest.approx(float(b["pairwise"].value[off].mean()), rel=1e-12)
+    assert table["liplt"]["sqrt2_L"] == pytest.approx(2 ** 0.5 * float(b["global"].value), rel=1e-12)
+
+    assert main(["bounds", str(checkpoint.dir)]) == 0
+    printed = capsys.readouterr().out
+    assert "naive" in printed and "liplt" in printed and f"{table['liplt']['L_ij']:.4g}" in printed
+
+
+def test_push_uploads_the_checkpoint_without_network(checkpoint, monkeypatch, capsys):
+    import huggingface_hub
+
+    calls = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls.append(("init", token))
+
+        def create_repo(self, repo_id, exist_ok, private):
+            calls.append(("create_repo", repo_id, exist_ok, private))
+
+        def create_branch(self, repo_id, branch, exist_ok):
+            calls.append(("create_branch", repo_id, branch))
+
+        def upload_folder(self, **kwargs):
+            calls.append(("upload_folder", kwargs))
+            return SimpleNamespace(commit_url="https://hub.invalid/commit/abc", oid="abc")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    rc = main(["push", str(checkpoint.dir), "--repo-id", "someone/tiny", "--token", "t0", "--revision", "v1",
+               "--private"])
+    assert rc == 0
+    assert f"Pushed {checkpoint.dir} to someone/tiny" in capsys.readouterr().out
+    assert calls[:3] == [("init", "t0"), ("create_repo", "someone/tiny", True, True),
+                         ("create_branch", "someone/tiny", "v1")]
+    upload = calls[3][1]
+    assert upload["repo_id"] == "someone/tiny" and upload["revision"] == "v1"
+    assert Path(upload["folder_path"]) == checkpoint.dir
+    assert sorted(upload["allow_patterns"]) == ["README.md", "config.json", "model.safetensors"]
+
+    calls.clear()
+    assert main(["push", str(checkpoint.dir), "--repo-id", "no-owner"]) == 2
+    assert "repo_id must look like 'owner/name'" in capsys.readouterr().err and not calls
+
+
+def test_unknown_model_and_missing_data_exit_2(checkpoint, tmp_path, capsys):
+    assert main(["certify", "crm-mnist-4c3ff", "--eps", "1/255", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lipzoo certify: error: Unknown model 'crm-mnist-4c3ff'") and "'crm-mnist-4c3f'" in err
+    assert main(["bounds", "crm-cifar-6c2f"]) == 2
+    assert "Did you mean 'crm-cifar10-6c2f'" in capsys.readouterr().err
+
+    missing = tmp_path / "missing.npz"
+    assert main(["certify", str(checkpoint.dir), "--data", str(missing), "--out", str(tmp_path / "c"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "lipzoo certify: error: Dataset file" in err and str(missing) in err
+    assert not (tmp_path / "c").exists()
+
+
+def test_parser_requires_a_command(capsys):
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert info.value.code == 2 and "required: command" in capsys.readouterr().err
