@@ -313,7 +313,7 @@ def _validate_weights(weights: dict[str, Any]) -> None:
 def _fmt_metric(metrics: dict[str, Any] | None, key: str) -> str:
     value = None if metrics is None else metrics.get(key)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return f"{value:.2f}"
+        return f"{100 * value:.2f}"  # stored as fractions (0.4955), shown as percent
     return "—" if value is None else str(value)
 
 
@@ -339,7 +339,7 @@ def markdown_table() -> str:
     lines += ["", "## Zoo entries", "",
               "Metrics are percentages on the test split: clean accuracy, certified accuracy and PGD "
               "accuracy at each ε; — means not measured yet.", "",
-              "| entry | architecture | dataset | loss | epochs | ε | clean | certified | PGD | weights |",
+              "| entry | architecture | dataset | loss | epochs (trained of recipe) | ε | clean | certified | PGD | weights |",
               "|---|---|---|---|---:|---|---:|---:|---:|---|"]
     for name in list_entries():
         e = get_entry(name)
@@ -347,10 +347,12 @@ def markdown_table() -> str:
         metrics = e["metrics"]
         cert = " / ".join(_fmt_metric(metrics, f"certified@{x}") for x in eps)
         pgd = " / ".join(_fmt_metric(metrics, f"pgd@{x}") for x in eps)
-        weights = "—" if e["weights"] is None else f"[{e['weights']['repo_id']}](https://huggingface.co/" \
-                                                     f"{e['weights']['repo_id']})"
+        weights = "—" if e["weights"] is None else f"shipped (`{e['weights']['local']}`), Hub: " \
+                                                     f"`{e['weights']['repo_id']}`"
+        trained = (metrics or {}).get("epochs_trained")
+        epochs = f"{trained} of {e['recipe']['epochs']}" if trained is not None else str(e["recipe"]["epochs"])
         lines.append(f"| `{name}` | `{e['architecture']}` | {e['dataset']} | {e['recipe']['loss']} | "
-                     f"{e['recipe']['epochs']} | {', '.join(eps)} | {_fmt_metric(metrics, 'clean')} | {cert} | "
+                     f"{epochs} | {', '.join(eps)} | {_fmt_metric(metrics, 'clean')} | {cert} | "
                      f"{pgd} | {weights} |")
     return "\n".join(lines) + "\n"
 
