@@ -82,3 +82,37 @@ def linear_model():
         return torch.nn.Sequential(torch.nn.Flatten(1), layer)
 
     return _make
+
+
+def tiny_builder(arch: str, default_classes: int):
+    """A registry builder for a tiny 1x8x8 network: Normalize, two strided convs, Flatten, readout."""
+    from lipzoo.layers import Flatten, LTConv2d, LTLinear, Normalize
+    from lipzoo.models.base import LipschitzSequential
+
+    def builder(num_classes: int = default_classes, *, mean=(0.5,), std=(0.25,)):
+        layers = [Normalize(mean, std), LTConv2d(1, 4, 3, stride=2, padding=1),
+                  LTConv2d(4, 4, 3, stride=2, padding=1), Flatten(), LTLinear(16, num_classes, activation=None)]
+        return LipschitzSequential(layers, architecture=arch, input_shape=(1, 8, 8))
+
+    builder.__name__ = "lipzoo_" + arch.replace("-", "_")
+    return builder
+
+
+def register_tiny(monkeypatch: pytest.MonkeyPatch, arch: str, default_classes: int) -> str:
+    """Register a tiny architecture in a scratch registry (restored after the test; no timm hook)."""
+    from lipzoo.models import registry
+
+    monkeypatch.setattr(registry, "_ARCHITECTURES", dict(registry._ARCHITECTURES))
+    monkeypatch.setattr(registry, "_REGISTER_HOOKS", [])
+    registry.register_model(tiny_builder(arch, default_classes))
+    return arch
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread (restored afterwards): on a loaded 2-core machine the thread pool makes
+    tiny operators ~30x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -14,9 +14,7 @@ import torch
 import lipzoo
 from lipzoo.bounds import lipschitz_bounds
 from lipzoo.cli import main
-from lipzoo.layers import Flatten, LTConv2d, LTLinear, Normalize
-from lipzoo.models import registry
-from lipzoo.models.base import LipschitzSequential
+from conftest import register_tiny, tiny_builder
 
 ARCH = "cli-tiny"
 NUM_CLASSES = 4
@@ -24,37 +22,20 @@ NUM_CLASSES = 4
 CSV_RTOL = 1e-5
 
 
-def lipzoo_cli_tiny(num_classes: int = NUM_CLASSES, *, mean=(0.5,), std=(0.25,)) -> LipschitzSequential:
-    """Normalize, two strided 3x3 convolutions, Flatten, readout: 1x8x8 -> 4x4x4 -> 4x2x2 -> K."""
-    layers = [Normalize(mean, std), LTConv2d(1, 4, 3, stride=2, padding=1), LTConv2d(4, 4, 3, stride=2, padding=1),
-              Flatten(), LTLinear(16, num_classes, activation=None)]
-    return LipschitzSequential(layers, architecture=ARCH, input_shape=(1, 8, 8))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread (restored afterwards): on a loaded 2-core machine the thread pool makes
-    these tiny operators ~30x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
 def tiny_arch(monkeypatch: pytest.MonkeyPatch) -> str:
     """Register ``cli-tiny`` in a scratch registry (restored after the test; no timm hook)."""
-    monkeypatch.setattr(registry, "_ARCHITECTURES", dict(registry._ARCHITECTURES))
-    monkeypatch.setattr(registry, "_REGISTER_HOOKS", [])
-    registry.register_model(lipzoo_cli_tiny)
-    return ARCH
+    return register_tiny(monkeypatch, ARCH, NUM_CLASSES)
 
 
 @pytest.fixture
 def checkpoint(tmp_path: Path, tiny_arch: str) -> SimpleNamespace:
     """A saved tiny model and a test set labelled by the model's own predictions (clean accuracy 1)."""
     torch.manual_seed(0)
-    model = lipzoo_cli_tiny().eval()
+    model = tiny_builder(ARCH, NUM_CLASSES)().eval()
     folder = lipzoo.save_pretrained(model, tmp_path / "ckpt", config={
         "architecture": ARCH, "num_classes": NUM_CLASSES, "input_shape": [1, 8, 8],
         "normalization": {"mean": [0.5], "std": [0.25]}, "eps": ["1/255"]})

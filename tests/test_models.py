@@ -200,6 +200,12 @@ def test_plain_forward_matches_independent_functional_network():
 
 @pytest.mark.parametrize("activation", ["relu", "leaky_relu", "tanh", "sigmoid", "softplus", "elu", "gelu"])
 def test_every_activation_builds_and_is_used(activation):
+    if activation == "gelu":  # non-monotone (alpha < 0): Proposition 2 does not hold, residual layers refuse it
+        with pytest.raises(ValueError, match="monotone activation"):
+            M.create_model("lt-res-s", activation=activation, img_size=16)
+        model = M.create_model("6c2f", activation=activation, img_size=16)
+        assert {type(m.act) for m in model if hasattr(m, "act") and m.activation_name is not None} == {nn.GELU}
+        return
     model = M.create_model("lt-res-s", activation=activation, img_size=16)
     acts = {type(m.act) for m in model if hasattr(m, "act") and m.activation_name is not None}
     assert acts == {type(_torch_act(activation))}
@@ -305,7 +311,7 @@ def test_list_models_and_patterns():
                                                "crm-cifar10-lt-res-s"]
     assert M.list_models("*4c3f") == ["4c3f", "ce-mnist-4c3f", "crm-mnist-4c3f"]
     assert M.list_architectures("lt-res-*") == ["lt-res-l", "lt-res-m", "lt-res-s"]
-    assert M.list_pretrained() == []  # no weights published yet
+    assert M.list_pretrained() == ["ce-mnist-4c3f", "crm-cifar10-6c2f", "crm-mnist-4c3f"]  # shipped
     assert M.is_model("6c2f") and M.is_model("crm-cifar10-6c2f") and not M.is_model("7c2f")
     with pytest.raises(TypeError, match="pattern must be an fnmatch string"):
         M.list_models(3)
@@ -334,7 +340,8 @@ def test_create_model_zoo_entry_uses_its_config():
     entry = zoo.get_entry("crm-tinyimagenet-8c2f")
     model = M.create_model("crm-tinyimagenet-8c2f")
     assert model.architecture == "8c2f" and model.num_classes == 200
-    assert model.normalization == entry["normalization"]
+    for key in ("mean", "std"):  # float32 buffers
+        assert model.normalization[key] == pytest.approx(entry["normalization"][key], rel=1e-6)
     assert list(model.input_shape) == entry["input_shape"]
     assert M.create_model("crm-mnist-4c3f", num_classes=4, mean=[0.5], std=[0.5]).normalization == \
         {"mean": [0.5], "std": [0.5]}
@@ -357,8 +364,8 @@ def test_pretrained_architecture_is_refused():
 
 
 def test_pretrained_entry_without_weights_is_refused():
-    with pytest.raises(ValueError, match=r"Zoo entry 'crm-mnist-4c3f' has no published weights yet \(weights: null"):
-        M.create_model("crm-mnist-4c3f", pretrained=True)
+    with pytest.raises(ValueError, match=r"Zoo entry 'crm-tinyimagenet-8c2f' has no published weights yet \(weights: null"):
+        M.create_model("crm-tinyimagenet-8c2f", pretrained=True)
 
 
 @pytest.fixture
@@ -377,7 +384,7 @@ def entry_with_weights(monkeypatch):
 
 
 def test_pretrained_loader_hook(scratch_registry, entry_with_weights):
-    assert M.list_pretrained() == ["crm-mnist-4c3f"]
+    assert "crm-mnist-4c3f" in M.list_pretrained()
     with pytest.raises(RuntimeError, match="No pretrained loader is installed"):
         M.create_model("crm-mnist-4c3f", pretrained=True)
     calls = []
@@ -385,7 +392,7 @@ def test_pretrained_loader_hook(scratch_registry, entry_with_weights):
     M.set_pretrained_loader(lambda name, **kw: calls.append((name, kw)) or sentinel)
     assert M.create_model("crm-mnist-4c3f", pretrained=True, num_classes=3, map_location="cpu") is sentinel
     assert calls == [("crm-mnist-4c3f", {"num_classes": 3, "map_location": "cpu"})]
-    with pytest.raises(ValueError, match=r"pretrained weights belong to the zoo entries \['crm-mnist-4c3f'\]"):
+    with pytest.raises(ValueError, match=r"pretrained weights belong to the zoo entries \['ce-mnist-4c3f', 'crm-mnist-4c3f'\]"):
         M.create_model("4c3f", pretrained=True)
     with pytest.raises(TypeError, match="set_pretrained_loader expects a callable or None"):
         M.set_pretrained_loader("hub")

@@ -25,9 +25,7 @@ from safetensors.torch import load_file
 
 import lipzoo
 from lipzoo.cli import main
-from lipzoo.layers import Flatten, LTConv2d, LTLinear, Normalize
-from lipzoo.models import registry
-from lipzoo.models.base import LipschitzSequential
+from conftest import register_tiny, tiny_builder
 from lipzoo.train import apply_overrides, exponential_decay, resolve_config
 from lipzoo.train import trainer as trainer_mod
 
@@ -36,30 +34,13 @@ METRIC_KEYS = {"epoch", "lr", "train_loss", "train_acc", "train_radius_est", "va
                "val_cert_est@1/255", "val_cert_est@0.5", "epoch_seconds"}
 
 
-def lipzoo_train_tiny(num_classes: int = 10, *, mean=(0.5,), std=(0.25,)) -> LipschitzSequential:
-    """Normalize, two strided 3x3 convolutions, Flatten, readout: 1x8x8 -> 4x4x4 -> 4x2x2 -> K."""
-    layers = [Normalize(mean, std), LTConv2d(1, 4, 3, stride=2, padding=1), LTConv2d(4, 4, 3, stride=2, padding=1),
-              Flatten(), LTLinear(16, num_classes, activation=None)]
-    return LipschitzSequential(layers, architecture=ARCH, input_shape=(1, 8, 8))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread (restored afterwards): on a loaded 2-core machine the thread pool makes
-    these tiny operators ~30x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
 def tiny_arch(monkeypatch: pytest.MonkeyPatch) -> str:
     """Register ``train-tiny`` in a scratch registry (restored after the test; no timm hook)."""
-    monkeypatch.setattr(registry, "_ARCHITECTURES", dict(registry._ARCHITECTURES))
-    monkeypatch.setattr(registry, "_REGISTER_HOOKS", [])
-    registry.register_model(lipzoo_train_tiny)
-    return ARCH
+    return register_tiny(monkeypatch, ARCH, 10)
 
 
 def _entry(**recipe) -> dict:
@@ -155,7 +136,7 @@ def test_train_writes_metrics_checkpoint_and_loadable_final(recipe_file, data_ro
 
     state = _ckpt(out)
     assert state["epoch"] == 2
-    trained = lipzoo_train_tiny()
+    trained = tiny_builder(ARCH, 10)()
     trained.load_state_dict(state["model"])
     loaded = lipzoo.load(final)
     _assert_same(loaded.state_dict(), trained.state_dict())
@@ -164,7 +145,7 @@ def test_train_writes_metrics_checkpoint_and_loadable_final(recipe_file, data_ro
         assert torch.equal(loaded(x), trained.eval()(x))
     # training moved the weights away from the seed-0 initialisation
     torch.manual_seed(0)
-    assert not torch.equal(lipzoo_train_tiny()[1].weight, trained[1].weight)
+    assert not torch.equal(tiny_builder(ARCH, 10)()[1].weight, trained[1].weight)
 
 
 def test_resume_is_bit_for_bit(recipe_file, data_root, tmp_path, monkeypatch):
@@ -235,7 +216,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(recipe_file, data_root, t
     state = _ckpt(out)
     assert state["epoch"] == 1
     _assert_same(state["model"], saved[1], "model")
-    fresh = lipzoo_train_tiny()
+    fresh = tiny_builder(ARCH, 10)()
     fresh.load_state_dict(state["model"])  # strict: the file is complete
     assert torch.isfinite(torch.cat([p.flatten() for p in fresh.parameters()])).all()
 

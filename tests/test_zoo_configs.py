@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from fractions import Fraction
 from pathlib import Path
@@ -32,7 +33,12 @@ def test_entry_is_valid_and_consistent(name):
     entry = zoo.get_entry(name)
     assert entry == raw and entry["name"] == name
     json.dumps(entry, allow_nan=False)  # config.json of the hub copies it
-    assert entry["weights"] is None and entry["metrics"] is None  # filled in after training
+    # weights and metrics are filled in together once an entry is trained and certified
+    assert (entry["weights"] is None) == (entry["metrics"] is None)
+    if entry["weights"] is not None and entry["weights"]["local"] is not None:
+        local = CONFIG_DIR.parent / entry["weights"]["local"] / entry["weights"]["filename"]
+        assert hashlib.sha256(local.read_bytes()).hexdigest() == entry["weights"]["sha256"]
+        assert 0 <= entry["metrics"]["clean"] <= 1  # fractions, not percent
     assert all(zoo.parse_eps(e) > 0 for e in entry["certify"]["eps"])
 
 
@@ -247,7 +253,7 @@ def test_markdown_table_shows_metrics(monkeypatch):
     def with_metrics(name):
         entry = real(name)
         if name == "crm-cifar10-6c2f":
-            entry["metrics"] = {"clean": 74.821, "certified@36/255": 64.16, "pgd@36/255": 72.31}
+            entry["metrics"] = {"clean": 0.74821, "certified@36/255": 0.6416, "pgd@36/255": 0.7231}
         return entry
 
     monkeypatch.setattr(zoo, "get_entry", with_metrics)

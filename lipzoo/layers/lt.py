@@ -20,28 +20,38 @@ from lipzoo.layers.state import LipschitzState
 __all__ = ["LTLinear", "LTConv2d", "Normalize", "Flatten", "AvgPool2d", "AvgPool2dOp"]
 
 
-class LTLinear(nn.Linear):
-    """``phi(W x + b)`` with a slope-restricted activation (``activation=None``: a readout layer)."""
+class _ActivationMixin:
+    """An affine torch layer followed by a registered slope-restricted activation (H = 0, G = I)."""
 
-    def __init__(self, in_features: int, out_features: int, activation: str | None = "relu",
-                 bias: bool = True, device=None, dtype=None):
-        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        self.activation_name = activation
+    def _init_activation(self, activation: str | None) -> None:
         spec = get_activation(activation)
+        self.activation_name = activation
         self.act = spec.factory()
         self._slopes = (spec.alpha, spec.beta)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(super().forward(x))
 
-    def lipschitz_state(self) -> LipschitzState:
-        return LipschitzState(W=DenseOp(self.weight), alpha=self._slopes[0], beta=self._slopes[1])
+    def _state(self, W) -> LipschitzState:
+        return LipschitzState(W=W, alpha=self._slopes[0], beta=self._slopes[1])
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, activation={self.activation_name!r}"
 
 
-class LTConv2d(nn.Conv2d):
+class LTLinear(_ActivationMixin, nn.Linear):
+    """``phi(W x + b)`` with a slope-restricted activation (``activation=None``: a readout layer)."""
+
+    def __init__(self, in_features: int, out_features: int, activation: str | None = "relu",
+                 bias: bool = True, device=None, dtype=None):
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self._init_activation(activation)
+
+    def lipschitz_state(self) -> LipschitzState:
+        return self._state(DenseOp(self.weight))
+
+
+class LTConv2d(_ActivationMixin, nn.Conv2d):
     """``phi(conv2d(x) + b)`` with a slope-restricted activation; zero padding only."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
@@ -51,20 +61,10 @@ class LTConv2d(nn.Conv2d):
             raise ValueError(f"LTConv2d needs an explicit integer padding, got padding={padding!r}.")
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
                          dilation=dilation, groups=groups, bias=bias, device=device, dtype=dtype)
-        self.activation_name = activation
-        spec = get_activation(activation)
-        self.act = spec.factory()
-        self._slopes = (spec.alpha, spec.beta)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(super().forward(x))
+        self._init_activation(activation)
 
     def lipschitz_state(self) -> LipschitzState:
-        W = Conv2dOp(self.weight, self.stride, self.padding, self.dilation, self.groups)
-        return LipschitzState(W=W, alpha=self._slopes[0], beta=self._slopes[1])
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, activation={self.activation_name!r}"
+        return self._state(Conv2dOp(self.weight, self.stride, self.padding, self.dilation, self.groups))
 
 
 class Normalize(nn.Module):

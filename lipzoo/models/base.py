@@ -129,6 +129,13 @@ class LipschitzSequential(nn.Sequential):
         self.num_classes = int(layers[-1].out_features)
         self.pretrained_cfg = self._make_pretrained_cfg()
 
+    def __getitem__(self, idx):
+        # nn.Sequential rebuilds slices with self.__class__(OrderedDict), which a model with a required
+        # readout and metadata cannot take: a slice is a plain nn.Sequential.
+        if isinstance(idx, slice):
+            return nn.Sequential(*list(self._modules.values())[idx])
+        return super().__getitem__(idx)
+
     # -- timm-style helpers ---------------------------------------------------------------------
     @property
     def default_cfg(self) -> dict[str, Any]:
