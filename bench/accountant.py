@@ -19,11 +19,10 @@ Times are medians over ``--repeats`` runs after ``--warmup`` runs. The output op
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from dataclasses import replace
 
 import torch
+from _common import timed
 
 import lipzoo
 from lipzoo.bounds import build_structure
@@ -61,19 +60,6 @@ def _unit(shape, gen, device):
     return v / v.norm()
 
 
-def _timed(fn, device, warmup: int, repeats: int) -> float:
-    """Median wall time of ``fn()`` in milliseconds."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(1e3 * (time.perf_counter() - t0))
-    return statistics.median(times)
 
 
 def bench_model(name: str, device: torch.device, warmup: int, repeats: int, rtol: float, max_iter: int,
@@ -97,8 +83,8 @@ def bench_model(name: str, device: torch.device, warmup: int, repeats: int, rtol
         counter = [0]
         power_iteration(_counted_structure(structure, counter), v0, 1)
         liplt_calls = counter[0]
-        t_liplt = _timed(liplt_iteration, device, warmup, repeats)
-        t_naive = _timed(naive_iteration, device, warmup, repeats)
+        t_liplt = timed(liplt_iteration, device, warmup, repeats)
+        t_naive = timed(naive_iteration, device, warmup, repeats)
 
         # (c) cold start until every ||S v|| moves by < rtol
         v, previous, iters = dict(v0), None, None

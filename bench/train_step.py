@@ -12,10 +12,9 @@ default; medians over ``--repeats`` steps after ``--warmup`` steps.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from _common import timed
 import torch.nn.functional as F
 
 import lipzoo
@@ -24,19 +23,6 @@ from lipzoo.models import get_entry
 ENTRIES = {"4c3f": "crm-mnist-4c3f", "6c2f": "crm-cifar10-6c2f", "8c2f": "crm-tinyimagenet-8c2f"}
 
 
-def _timed(step, device, warmup: int, repeats: int) -> float:
-    """Median wall time of ``step()`` in milliseconds."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        step()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        sync()
-        times.append(1e3 * (time.perf_counter() - t0))
-    return statistics.median(times)
 
 
 def bench_model(name: str, device: torch.device, batch_size: int, warmup: int, repeats: int, seed: int) -> dict:
@@ -69,8 +55,8 @@ def bench_model(name: str, device: torch.device, batch_size: int, warmup: int, r
         loss.backward()
         opt.step()
 
-    t_ce = _timed(ce_step, device, warmup, repeats)
-    t_crm = _timed(crm_step, device, warmup, repeats)
+    t_ce = timed(ce_step, device, warmup, repeats)
+    t_crm = timed(crm_step, device, warmup, repeats)
     return {"model": name, "input": "x".join(map(str, shape)), "power_iterations": int(recipe["power_iterations"]),
             "operators": len(estimator.keys), "ce_ms": t_ce, "crm_ms": t_crm, "ratio": t_crm / t_ce}
 

@@ -460,11 +460,13 @@ def test_timm_tags_are_refused(bridge):
         timm.create_model("lipzoo_4c3f.crm")
 
 
-def test_timm_bridges_later_registrations(bridge, scratch_registry):
+def test_timm_bridges_later_registrations(bridge, scratch_registry, monkeypatch):
+    builder = scratch_registry._ARCHITECTURES["6c2f"]
+    monkeypatch.setattr(scratch_registry, "_ARCHITECTURES", {})  # nothing to replay: timm keeps its entries
     scratch_registry.add_register_hook(bridge._bridge)
 
     def lipzoo_bridge_probe(num_classes=3):
-        return M.create_model("6c2f", num_classes=num_classes, img_size=8)
+        return builder(num_classes=num_classes, img_size=8)
 
     try:
         scratch_registry.register_model(lipzoo_bridge_probe)
