@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from lipzoo.bounds.norms import EXACT_MARGIN, NormResult, chain_norm, weakest_guarantee
+from lipzoo.bounds.norms import EXACT_MARGIN, NormResult, _tensor_of, chain_norm, weakest_guarantee
 from lipzoo.bounds.structure import Structure, build_structure, numel
 from lipzoo.layers.operators import DiagonalOp, compose
 from lipzoo.bounds.sweep import adjoint_sweep, forward_sweep, power_iteration
@@ -111,19 +111,11 @@ def liplt_recursion(structure: Structure, inner: dict, final: dict) -> tuple[tor
 
 
 def _reference_tensor(structure: Structure) -> torch.Tensor:
-    for blk in structure.blocks:
-        w = getattr(blk.W, "weight", None)
-        if torch.is_tensor(w):
-            return w
-        for op in getattr(blk.W, "ops", []):
-            w = getattr(op, "weight", None)
-            if torch.is_tensor(w):
-                return w
-    for p in (structure.output,):
-        for op in [p] + list(getattr(p, "ops", [])):
-            w = getattr(op, "weight", None)
-            if torch.is_tensor(w):
-                return w
+    """A parameter tensor of the network (for the dtype and device of the vectors we create)."""
+    for op in [b.W for b in structure.blocks] + [structure.output]:
+        t = _tensor_of(op) if op is not None else None
+        if t is not None:
+            return t
     return torch.empty(0)
 
 
