@@ -364,7 +364,8 @@ def test_pretrained_architecture_is_refused():
 
 
 def test_pretrained_entry_without_weights_is_refused():
-    with pytest.raises(ValueError, match=r"Zoo entry 'crm-tinyimagenet-8c2f' has no published weights yet \(weights: null"):
+    with pytest.raises(ValueError,
+                       match=r"Zoo entry 'crm-tinyimagenet-8c2f' has no published weights yet \(weights: null"):
         M.create_model("crm-tinyimagenet-8c2f", pretrained=True)
 
 
@@ -392,7 +393,8 @@ def test_pretrained_loader_hook(scratch_registry, entry_with_weights):
     M.set_pretrained_loader(lambda name, **kw: calls.append((name, kw)) or sentinel)
     assert M.create_model("crm-mnist-4c3f", pretrained=True, num_classes=3, map_location="cpu") is sentinel
     assert calls == [("crm-mnist-4c3f", {"num_classes": 3, "map_location": "cpu"})]
-    with pytest.raises(ValueError, match=r"pretrained weights belong to the zoo entries \['ce-mnist-4c3f', 'crm-mnist-4c3f'\]"):
+    with pytest.raises(ValueError,
+                       match=r"pretrained weights belong to the zoo entries \['ce-mnist-4c3f', 'crm-mnist-4c3f'\]"):
         M.create_model("4c3f", pretrained=True)
     with pytest.raises(TypeError, match="set_pretrained_loader expects a callable or None"):
         M.set_pretrained_loader("hub")

@@ -339,7 +339,8 @@ def markdown_table() -> str:
     lines += ["", "## Zoo entries", "",
               "Metrics are percentages on the test split: clean accuracy, certified accuracy and PGD "
               "accuracy at each ε; — means not measured yet.", "",
-              "| entry | architecture | dataset | loss | epochs (trained of recipe) | ε | clean | certified | PGD | weights |",
+              "| entry | architecture | dataset | loss | epochs (trained of recipe) | ε | clean | certified | PGD "
+              "| weights |",
               "|---|---|---|---|---:|---|---:|---:|---:|---|"]
     for name in list_entries():
         e = get_entry(name)
