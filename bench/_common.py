@@ -21,3 +21,23 @@ def timed(fn, device: torch.device, warmup: int, repeats: int) -> float:
         sync()
         times.append(1e3 * (time.perf_counter() - t0))
     return statistics.median(times)
+
+
+def add_timing_args(p) -> None:
+    """The options every timing benchmark takes."""
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def setup(p, args) -> tuple[torch.device, str]:
+    """Check the timing options, set the thread count; returns the device and a description of it."""
+    if args.repeats < 1 or args.warmup < 0:
+        p.error(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"CPU, {torch.get_num_threads()} threads"
+    return device, where

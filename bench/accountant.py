@@ -22,7 +22,7 @@ import argparse
 from dataclasses import replace
 
 import torch
-from _common import timed
+from _common import add_timing_args, setup, timed
 
 import lipzoo
 from lipzoo.bounds import build_structure
@@ -105,20 +105,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["4c3f", "6c2f", "8c2f"])
     p.add_argument("--device", default="cpu")
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=2)
+    add_timing_args(p)
     p.add_argument("--rtol", type=float, default=1e-3, help="convergence threshold of (c)")
     p.add_argument("--max-iter", type=int, default=1000, help="cap on the iterations of (c)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    if args.repeats < 1 or args.warmup < 0:
-        p.error(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"CPU, {torch.get_num_threads()} threads"
+    device, where = setup(p, args)
     print(f"# Accountant power iteration ({where}; torch {torch.__version__}; median of {args.repeats} after "
           f"{args.warmup} warm-up)\n")
     print("| model | input | blocks L | operators S_tj | layer calls / iter LipLT | layer calls / iter naive | "

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _common import timed
+from _common import add_timing_args, setup, timed
 import torch.nn.functional as F
 
 import lipzoo
@@ -66,18 +66,9 @@ def main(argv=None) -> int:
     p.add_argument("--models", nargs="+", default=["4c3f", "6c2f"], choices=sorted(ENTRIES))
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--seed", type=int, default=0)
+    add_timing_args(p)
     args = p.parse_args(argv)
-    if args.repeats < 1 or args.warmup < 0:
-        p.error(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"CPU, {torch.get_num_threads()} threads"
+    device, where = setup(p, args)
     print(f"# Training step, batch {args.batch_size} ({where}; torch {torch.__version__}; median of "
           f"{args.repeats} after {args.warmup} warm-up)\n")
     print("| model | input | power iterations | operators S_tj | CE step (ms) | CRM step (ms) | ratio CRM/CE |")
