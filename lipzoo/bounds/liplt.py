@@ -17,12 +17,15 @@ any number of classes.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import FrozenInstanceError, dataclass, field
+from types import MappingProxyType
 
 import torch
 from torch import nn
 
-from lipzoo.bounds.norms import EXACT_MARGIN, NormResult, _tensor_of, chain_norm, weakest_guarantee
+from lipzoo.bounds.norms import (EXACT_MARGIN, GUARANTEE_ORDER, NormResult, _tensor_of, chain_norm,
+                                 weakest_guarantee)
 from lipzoo.bounds.structure import Structure, build_structure, numel
 from lipzoo.layers.operators import DiagonalOp, compose
 from lipzoo.bounds.sweep import adjoint_sweep, forward_sweep, power_iteration
@@ -35,55 +38,190 @@ SDP_T = ("sn", "aol", "sll", "best")
 NORMS = ("auto", "exact", "power")
 
 
-@dataclass
+class _ReadOnlyTensor:
+    """Field descriptor: stores a detached private copy, hands out a fresh clone on every read.
+
+    Writing into ``bound.value`` (``bound.value[0, 1] = 0``) therefore changes nothing that the bound
+    holds; assigning ``bound.value = ...`` raises like any other field of a frozen dataclass.
+    """
+
+    def __set_name__(self, owner, name):
+        self._slot = "_" + name
+
+    def __get__(self, obj, objtype=None):
+        if obj is None:  # no class-level default: the dataclass field is required
+            raise AttributeError(self._slot[1:])
+        return obj.__dict__[self._slot].clone()
+
+    def __set__(self, obj, value):
+        if self._slot in obj.__dict__:
+            raise FrozenInstanceError(f"cannot assign to field {self._slot[1:]!r}")
+        tensor = torch.as_tensor(value).detach().clone()
+        obj.__dict__[self._slot] = tensor
+
+
+def _freeze(obj):
+    """Immutable copy of nested dicts / lists (``MappingProxyType`` / tuples)."""
+    if isinstance(obj, Mapping):
+        return MappingProxyType({k: _freeze(v) for k, v in obj.items()})
+    if isinstance(obj, (list, tuple)):
+        return tuple(_freeze(v) for v in obj)
+    if torch.is_tensor(obj):
+        return obj.detach().cpu().tolist()
+    return obj
+
+
+def _thaw(obj):
+    """Plain ``dict`` / ``list`` copy of :func:`_freeze` output (for JSON)."""
+    if isinstance(obj, Mapping):
+        return {k: _thaw(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_thaw(v) for v in obj]
+    return obj
+
+
+@dataclass(frozen=True, eq=False)
 class LipschitzBound:
-    """A Lipschitz bound and the guarantee it carries.
+    """A Lipschitz bound and the guarantee it carries: the certificate type of lipzoo.
+
+    Immutable: the dataclass is frozen, ``value`` is a private copy (each read returns a fresh
+    clone, so writing into it changes nothing), ``layer_bounds`` is a tuple and ``details`` a
+    read-only mapping. :func:`lipzoo.certify.evaluate` and :func:`lipzoo.certify.report.certify`
+    take this type, never a raw tensor, and refuse ``guarantee="estimate"`` unless asked.
 
     Attributes:
         value: ``()`` for ``mode="global"``, ``(K,)`` for ``"per_class"``, ``(K, K)`` for
             ``"pairwise"`` (zero diagonal; entry ``(i, j)`` bounds the Lipschitz constant of
             ``z_i - z_j``).
         guaranteed: True only when every operator norm inside is a proved upper bound.
-        guarantee: ``"exact"`` (all norms exact up to a 1e-6 relative rounding margin),
-            ``"proved"`` (some norms are proved upper bounds, e.g. FFT bounds of convolutions) or
-            ``"estimate"`` (power iteration: may *under*-estimate; not a certificate).
+        guarantee: ``"exact"`` (all norms exact, computed in float64, with a rounding margin, see
+            :data:`lipzoo.bounds.norms.EXACT_MARGIN`), ``"proved"`` (some norms are proved upper
+            bounds, e.g. FFT bounds of convolutions) or ``"estimate"`` (power iteration: may
+            *under*-estimate; not a certificate).
         method, mode, norm: how it was computed.
         layer_bounds: ``m_t`` for every block (global Lipschitz constant of ``x_0 -> y_t``).
         details: per-operator norms and their guarantees.
     """
 
-    value: torch.Tensor
-    guaranteed: bool
-    guarantee: str
-    method: str
-    mode: str
-    norm: str
-    layer_bounds: list[float] = field(default_factory=list)
-    details: dict = field(default_factory=dict)
+    value: torch.Tensor = _ReadOnlyTensor()
+    guaranteed: bool = True
+    guarantee: str = "exact"
+    method: str = "liplt"
+    mode: str = "pairwise"
+    norm: str = "auto"
+    layer_bounds: tuple = ()
+    details: Mapping = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.guarantee not in GUARANTEE_ORDER:
+            raise ValueError(f"guarantee must be one of {tuple(GUARANTEE_ORDER)}, got {self.guarantee!r}.")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}.")
+        if bool(self.guaranteed) != (self.guarantee != "estimate"):
+            raise ValueError(f"guaranteed={self.guaranteed!r} contradicts guarantee={self.guarantee!r}.")
+        object.__setattr__(self, "guaranteed", bool(self.guaranteed))
+        object.__setattr__(self, "layer_bounds", tuple(float(x) for x in self.layer_bounds))
+        object.__setattr__(self, "details", _freeze(self.details))
+
+    @property
+    def num_classes(self) -> int | None:
+        """``K`` for per-class / pairwise bounds, None for a global one."""
+        return None if self.mode == "global" else int(self.__dict__["_value"].shape[0])
 
     def to_dict(self) -> dict:
         return {"method": self.method, "mode": self.mode, "norm": self.norm,
                 "guaranteed": self.guaranteed, "guarantee": self.guarantee,
-                "value": self.value.detach().cpu().tolist(), "layer_bounds": self.layer_bounds}
+                "value": self.__dict__["_value"].tolist(), "layer_bounds": list(self.layer_bounds)}
+
+    @classmethod
+    def from_dict(cls, record: Mapping) -> "LipschitzBound":
+        """A bound from :meth:`to_dict` output (e.g. the ``bound`` stored with a checkpoint).
+
+        This trusts the record: its ``guarantee`` is only as good as whatever computed and stored
+        it. Recompute with :func:`lipschitz_bound` for an independent certificate.
+        """
+        return cls(value=torch.tensor(record["value"], dtype=torch.float64),
+                   guaranteed=record.get("guaranteed", record.get("guarantee", "estimate") != "estimate"),
+                   guarantee=record.get("guarantee", "estimate"), method=record.get("method", "liplt"),
+                   mode=record.get("mode", "pairwise"), norm=record.get("norm", "auto"),
+                   layer_bounds=record.get("layer_bounds", ()))
 
 
-def output_norms(rows: torch.Tensor, mode: str, margin: float = 0.0) -> torch.Tensor:
+def _unit_roundoff(dtype: torch.dtype) -> float:
+    return torch.finfo(dtype).eps / 2
+
+
+def _pairwise_sq_direct(rows: torch.Tensor, pairs_i: torch.Tensor, pairs_j: torch.Tensor,
+                        budget: int = 1 << 24) -> torch.Tensor:
+    """``||rows[i] - rows[j]||^2`` for the listed pairs from the differences themselves (no cancellation)."""
+    n = max(rows.shape[1], 1)
+    step = max(1, budget // n)
+    parts = [(rows[pairs_i[s:s + step]] - rows[pairs_j[s:s + step]]).square().sum(1)
+             for s in range(0, pairs_i.numel(), step)]
+    return torch.cat(parts) if parts else rows.new_zeros(0)
+
+
+def output_norms(rows: torch.Tensor, mode: str, margin: float = 0.0, *, rho: float = 1e-7) -> torch.Tensor:
     """Norms of the output-side operator from its rows ``S^T e_i`` (a ``(K, n)`` matrix).
 
     ``global``: ``||S||``; ``per_class``: ``||S^T e_i||``; ``pairwise``: ``||S^T (e_i - e_j)||``.
+
+    Everything is computed in float64 (the result is returned in ``rows``' dtype) and, for the
+    given rows, the floating-point rounding of this computation is bounded a priori (``u`` the unit
+    roundoff of float64, standard error bounds of dot products, ``gamma_n = n u / (1 - n u)``), so
+    the result is never below the exact norm of the given rows:
+
+    * ``per_class``: ``sqrt(fl(sum r^2))`` times ``1 + 2 (n + 4) u``.
+    * ``pairwise``: the Gram form ``g_ii + g_jj - 2 g_ij`` cancels catastrophically when two rows
+      nearly coincide (rows 1e-5 apart at scale 1e3 gave ``L_01 = 1.5e-154``). It is used only where
+      its proved absolute error ``E_ij = 2 (n + 8) u (sqrt(g_ii) + sqrt(g_jj))^2`` is at most
+      ``rho`` times the computed square, and then ``E_ij`` is added; every other pair is computed
+      from the difference ``r_i - r_j`` itself (relative error ``<= 2 (n + 4) u``), in chunks.
+    * ``global``: ``sqrt(eigvalsh(G) + E)`` with ``E`` covering the Gram rounding
+      (``2 (n + 8) u (sum_i ||r_i||)^2``) and the backward error of ``eigvalsh``
+      (``8 K u ||G||_F``).
+
+    ``margin`` (relative) is applied on top, for rounding in the rows themselves. Differentiable
+    (the training estimator uses this with ``margin=0``).
     """
-    gram = rows @ rows.T
-    if mode == "global":
-        val = torch.linalg.eigvalsh(gram)[-1].clamp_min(0).sqrt()
-    elif mode == "per_class":
-        val = rows.norm(dim=1)
+    out_dtype = rows.dtype
+    r = rows.to(torch.float64)
+    k, n = r.shape
+    u = _unit_roundoff(torch.float64)
+    gamma = 2 * (n + 8) * u
+    if mode == "per_class":
+        val = r.square().sum(1).clamp_min(torch.finfo(torch.float64).tiny).sqrt() * (1 + 2 * (n + 4) * u)
+    elif mode == "global":
+        gram = r @ r.T
+        diag_norms = gram.diagonal().clamp_min(0).sqrt()
+        err = gamma * diag_norms.sum().square() + 8 * k * u * gram.norm()
+        val = (torch.linalg.eigvalsh(gram)[-1].clamp_min(0) + err).sqrt() * (1 + 4 * u)
     else:
-        diag = gram.diagonal()
+        gram = r @ r.T
+        diag = gram.diagonal().clamp_min(0)
         sq = (diag[:, None] + diag[None, :] - 2 * gram).clamp_min(0)
-        eye = torch.eye(sq.shape[0], dtype=torch.bool, device=sq.device)
+        err = gamma * (diag.sqrt()[:, None] + diag.sqrt()[None, :]).square()
+        eye = torch.eye(k, dtype=torch.bool, device=r.device)
+        cancel = (err > rho * sq) & ~eye
+        sq = sq + err
+        if cancel.any():
+            ii, jj = cancel.nonzero(as_tuple=True)
+            keep = ii < jj  # symmetric: compute each pair once
+            ii, jj = ii[keep], jj[keep]
+            direct = _pairwise_sq_direct(r, ii, jj) * (1 + 2 * (n + 4) * u)
+            fix = torch.zeros_like(sq).index_put((ii, jj), direct).index_put((jj, ii), direct)
+            sq = torch.where(cancel, fix, sq)
         # sqrt has an infinite derivative at 0; the floor keeps training gradients finite.
-        val = torch.where(eye, torch.zeros_like(sq), sq.clamp_min(torch.finfo(sq.dtype).tiny).sqrt())
-    return val * (1 + margin)
+        val = torch.where(eye, torch.zeros_like(sq),
+                          sq.clamp_min(torch.finfo(torch.float64).tiny).sqrt() * (1 + 4 * u))
+    return _round_up(val * (1 + margin), out_dtype) if margin else val.to(out_dtype)
+
+
+def _round_up(value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``value`` cast to ``dtype`` rounding toward ``+inf`` (never below ``value``)."""
+    out = value.to(dtype)
+    up = torch.nextafter(out.detach(), torch.full_like(out.detach(), float("inf")))
+    return torch.where(out.detach().to(value.dtype) < value.detach(), out + (up - out.detach()), out)
 
 
 def output_rows(structure: Structure, sources) -> dict:
@@ -163,7 +301,9 @@ def lipschitz_bound(model: nn.Module, input_shape, *, method: str = "liplt", mod
             (``n_iter`` power iterations: an estimate, ``guaranteed=False``).
         max_dense: size limit for exact materialization under ``norm="auto"``.
         n_iter: power iterations for ``norm="power"``.
-        dtype: computation dtype; float64 is used for guarantees.
+        dtype: dtype of the returned value, and computation dtype of ``norm="power"``. Guaranteed
+            norms (``"auto"``, ``"exact"``) are always computed in float64 (the rounding margins
+            are sized for it) and the result is rounded up to ``dtype``.
         device: where to compute (defaults to the model's device).
         seed: seed of the power-iteration start vectors.
         sdp_t: the diagonal ``T`` of ``method="lt_sdp"``.
@@ -182,7 +322,11 @@ def lipschitz_bounds(model: nn.Module, input_shape, *, method: str = "liplt", mo
     for mode in modes:
         _check_choice("mode", mode, MODES)
     _check_choice("norm", norm, NORMS)
-    net = copy.deepcopy(model).to(dtype=dtype)
+    # Guaranteed norms are always computed in float64, whatever ``dtype`` asks for: EXACT_MARGIN is
+    # sized for float64 rounding (a float32 exact norm came out 8e-6 low, above a 1e-6 margin). The
+    # value is then rounded *up* to ``dtype``. ``dtype`` is the computation dtype of ``norm="power"``.
+    work_dtype = dtype if norm == "power" else torch.float64
+    net = copy.deepcopy(model).to(dtype=work_dtype)
     if device is not None:
         net = net.to(device)
     net.eval()
@@ -224,9 +368,11 @@ def lipschitz_bounds(model: nn.Module, input_shape, *, method: str = "liplt", mo
             for mode in modes:
                 values[mode] = output_norms(r, mode, margin) * total
     guarantee = weakest_guarantee(kinds + ["exact"])
-    return {mode: LipschitzBound(value=values[mode].detach().cpu(), guaranteed=guarantee != "estimate",
+    values = {mode: _round_up(v.detach(), dtype).cpu() for mode, v in values.items()}
+    return {mode: LipschitzBound(value=values[mode], guaranteed=guarantee != "estimate",
                                  guarantee=guarantee, method=method, mode=mode, norm=norm,
-                                 layer_bounds=[float(x) for x in m], details=details) for mode in modes}
+                                 layer_bounds=[_round_up(torch.as_tensor(x).detach(), torch.float64).item()
+                                               for x in m], details=details) for mode in modes}
 
 
 def _layerwise(structure, layer_bound):

@@ -42,6 +42,8 @@ def _check_inputs(logits: Tensor, labels: Tensor, pairwise_L: Tensor) -> None:
     if torch.isnan(pairwise_L).any():
         raise ValueError("pairwise_L contains NaN; check the Lipschitz bound computation.")
     off_diag = ~torch.eye(k, dtype=torch.bool, device=pairwise_L.device)
+    # Checked on the given values; the radius is then computed in float64, so a tiny positive
+    # float64 constant cannot underflow to 0 in a float32 computation.
     if (pairwise_L[off_diag] <= 0).any():
         raise ValueError(
             "pairwise_L must be positive off the diagonal; got a value <= 0. "
@@ -49,8 +51,32 @@ def _check_inputs(logits: Tensor, labels: Tensor, pairwise_L: Tensor) -> None:
         )
 
 
+def _round_down(value: Tensor, dtype: torch.dtype) -> Tensor:
+    """Cast float64 ``value`` to ``dtype`` rounding toward ``-inf`` (never above ``value``).
+
+    Differentiable: the one-ulp correction is a constant for autograd.
+    """
+    out = value.to(dtype)
+    if dtype == value.dtype:
+        return out
+    down = torch.nextafter(out.detach(), torch.full_like(out.detach(), float("-inf")))
+    too_big = out.detach().to(value.dtype) > value.detach()
+    finite = torch.isfinite(out.detach())
+    out = out + torch.where(too_big & finite, down - out.detach(), torch.zeros_like(down))
+    return torch.where(too_big & ~finite, down, out)  # overflow to +inf becomes the largest finite value
+
+
 def pairwise_radii(logits: Tensor, labels: Tensor, pairwise_L: Tensor) -> Tensor:
-    """Per-class radii ``(z_y - z_i) / L_yi`` (the terms of eq. 4).
+    """Per-class radii ``(z_y - z_i) / L_yi`` (the terms of eq. 4), rounded down.
+
+    Low level: ``pairwise_L`` is trusted as given. The radii are certificates only when it is a
+    proved upper bound (a :class:`lipzoo.LipschitzBound` with ``guaranteed=True``; use
+    :func:`lipzoo.certify.evaluate`, which checks that). Training uses this with estimates.
+
+    The quotient is formed in float64 (so a tiny ``L`` does not underflow to 0 in the logits'
+    dtype), lowered by 4 float64 ulps (covering the rounding of the subtraction and the division)
+    and cast to the logits' dtype rounding toward ``-inf``: a returned radius never exceeds the
+    exact quotient of the given numbers.
 
     Args:
         logits: ``(N, K)`` logits ``z(x)``.
@@ -59,25 +85,33 @@ def pairwise_radii(logits: Tensor, labels: Tensor, pairwise_L: Tensor) -> Tensor
             (the diagonal is ignored).
 
     Returns:
-        ``(N, K)`` tensor, ``+inf`` in column ``y`` of each row. Negative entries mean class ``i``
-        already beats ``y``. Differentiable in ``logits`` and ``pairwise_L``.
+        ``(N, K)`` tensor in the logits' dtype, ``+inf`` in column ``y`` of each row. Negative
+        entries mean class ``i`` already beats ``y``. Differentiable in ``logits`` and ``pairwise_L``.
 
     Raises:
         ValueError: on wrong shapes, NaN, labels out of range or non-positive constants.
     """
     _check_inputs(logits, labels, pairwise_L)
     n, k = logits.shape
-    z_y = logits.gather(1, labels[:, None])
-    L_y = pairwise_L.to(logits.dtype)[labels]  # (N, K): row y of the pairwise matrix
+    z = logits.to(torch.float64)
+    z_y = z.gather(1, labels[:, None])
+    L_y = pairwise_L.to(device=logits.device, dtype=torch.float64)[labels]  # (N, K): row y of the pairwise matrix
     is_y = torch.nn.functional.one_hot(labels, k).bool()
     # Replace the diagonal before dividing so that no 0/0 enters the autograd graph.
     safe_L = torch.where(is_y, torch.ones_like(L_y), L_y)
-    radii = (z_y - logits) / safe_L
-    return radii.masked_fill(is_y, float("inf"))
+    radii = (z_y - z) / safe_L
+    radii = radii - radii.detach().abs() * (4 * torch.finfo(torch.float64).eps)
+    return _round_down(radii, logits.dtype).masked_fill(is_y, float("inf"))
 
 
 def certified_radius(logits: Tensor, labels: Tensor, pairwise_L: Tensor) -> Tensor:
-    """Certified l2 radius of eq. (4): ``min_{i != y} (z_y - z_i) / L_yi``; 0 when misclassified.
+    """Radius of eq. (4) from a raw tensor: ``min_{i != y} (z_y - z_i) / L_yi``; 0 when misclassified.
+
+    Low level, for training metrics: ``pairwise_L`` is trusted as given (the trainer passes the
+    power-iteration *estimate* of :class:`lipzoo.LipLTEstimator`), so the result is a certified
+    radius only when ``pairwise_L`` is a proved upper bound. For certificates use
+    :func:`lipzoo.certify.certified_radius` / :func:`lipzoo.certify.evaluate`, which take a
+    :class:`lipzoo.LipschitzBound` and refuse estimates. Rounded down like :func:`pairwise_radii`.
 
     A point is certified at ``eps`` iff ``radius > eps`` (strict). A point whose prediction
     ``argmax z`` differs from ``y`` (ties included, argmax picks the first maximum) gets radius 0.
