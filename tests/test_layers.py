@@ -165,6 +165,13 @@ def test_lt_layers_match_torch_and_declare_state():
     assert torch.allclose(lin(torch.ones(1, 4)), F.linear(torch.ones(1, 4), lin.weight, lin.bias))
 
 
+class _NegativeSlope(nn.Module):
+    """phi(x) = -0.75 x: a decreasing activation (slopes in [-1, -0.5])."""
+
+    def forward(self, x):
+        return -0.75 * x
+
+
 def test_layer_input_errors():
     with pytest.raises(ValueError, match="explicit integer padding"):
         LTConv2d(1, 1, 3, padding="same")
@@ -183,7 +190,7 @@ def test_layer_input_errors():
     with pytest.raises(ValueError, match=r"expects inputs \(B, 3\)"):
         LTResidualLinear(3, 4)(torch.zeros(1, 2))
     try:
-        register_activation("negative_only", nn.Identity, -1.0, -0.5)
+        register_activation("negative_only", _NegativeSlope, -1.0, -0.5)
         with pytest.raises(ValueError, match="monotone activation"):
             LTResidualLinear(3, 4, activation="negative_only")
     finally:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from lipzoo.layers.operators import LinearOperator, ScaleOp, SumOp, compose
-from lipzoo.layers.torch_modules import module_state
+from lipzoo.layers.torch_modules import check_declared_forward, check_hooks, check_sequential, module_state
 
 Shape = tuple[int, ...]
 
@@ -87,14 +87,22 @@ class Structure:
 
 
 def flatten_modules(model: nn.Module) -> list[nn.Module]:
-    """The leaf modules of a (nested) ``nn.Sequential`` in execution order."""
+    """The leaf modules of a (nested) ``nn.Sequential`` in execution order.
+
+    Containers are checked to compute exactly the chain of their children: no forward hooks, and
+    no ``nn.Sequential`` subclass with its own ``forward`` (e.g. ``x + block(x)``); a module with
+    ``lipschitz_modules()`` must not redefine ``forward`` below the class that declares it.
+    """
+    check_hooks(model)
     if hasattr(model, "lipschitz_state"):
         return [model]
     if hasattr(model, "lipschitz_modules"):
+        check_declared_forward(model, "lipschitz_modules")
         return [m for sub in model.lipschitz_modules() for m in flatten_modules(sub)]
     if isinstance(model, nn.Sequential):
+        check_sequential(model)
         return [m for sub in model for m in flatten_modules(sub)]
-    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+    if type(model) in (nn.parallel.DistributedDataParallel, nn.DataParallel):
         return flatten_modules(model.module)
     return [model]
 

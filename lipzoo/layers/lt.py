@@ -13,11 +13,91 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lipzoo.layers.activations import get_activation
-from lipzoo.layers.operators import Conv2dOp, DenseOp, DiagonalOp, FlattenOp, LinearOperator
-from lipzoo.layers.state import LipschitzState
+from lipzoo.layers.activations import get_activation, module_activation_slopes
+from lipzoo.layers.operators import (ComposeOp, Conv2dOp, DenseOp, DiagonalOp, FlattenOp, LinearOperator,
+                                     ScaleOp)
+from lipzoo.layers.state import LipschitzState, UnsupportedModule
 
-__all__ = ["LTLinear", "LTConv2d", "Normalize", "Flatten", "AvgPool2d", "AvgPool2dOp"]
+__all__ = ["LTLinear", "LTConv2d", "Normalize", "Flatten", "AvgPool2d", "AvgPool2dOp", "conv2d_operator",
+           "linear_operator", "avg_pool2d_operator", "flatten_operator"]
+
+
+# -- the linear maps of torch modules, from every attribute their forward reads ----------------------
+
+def _positive_pair(value, name: str) -> tuple[int, int]:
+    pair = _pair(value)
+    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair):
+        raise UnsupportedModule(f"{name}={value!r} is not one or two positive ints")
+    return pair
+
+
+def conv2d_operator(conv: nn.Conv2d) -> Conv2dOp:
+    """The operator of ``nn.Conv2d.forward`` (without bias) from the module's current attributes.
+
+    Reads what ``_conv_forward`` reads: ``padding_mode``, ``padding`` (ints or ``'valid'``), ``stride``,
+    ``dilation``, ``groups`` and ``weight``. Non-zero padding modes and ``padding='same'`` are refused.
+    """
+    if conv.padding_mode != "zeros":
+        raise UnsupportedModule(f"padding_mode={conv.padding_mode!r}: only explicit zero padding "
+                                "(padding_mode='zeros') is modelled")
+    padding = conv.padding
+    if isinstance(padding, str):
+        if padding != "valid":
+            raise UnsupportedModule(f"padding={padding!r}: only explicit zero padding (ints, or 'valid') is "
+                                    "modelled")
+        padding = (0, 0)
+    padding = _pair(padding)
+    if len(padding) != 2 or not all(isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in padding):
+        raise UnsupportedModule(f"padding={conv.padding!r} is not one or two non-negative ints")
+    stride = _positive_pair(conv.stride, "stride")
+    dilation = _positive_pair(conv.dilation, "dilation")
+    groups, w = conv.groups, conv.weight
+    if not isinstance(groups, int) or groups < 1 or w.dim() != 4 or w.shape[0] % groups:
+        raise UnsupportedModule(f"groups={groups!r} does not fit a weight of shape {tuple(w.shape)}")
+    return Conv2dOp(w, stride, padding, dilation, groups)
+
+
+def linear_operator(linear: nn.Linear) -> DenseOp:
+    """The operator of ``nn.Linear.forward`` (without bias)."""
+    if linear.weight.dim() != 2:
+        raise UnsupportedModule(f"weight of shape {tuple(linear.weight.shape)} is not a matrix")
+    return DenseOp(linear.weight)
+
+
+def flatten_operator(flatten: nn.Flatten) -> FlattenOp:
+    """``nn.Flatten(start_dim=1, end_dim=-1)``; other dimensions are refused."""
+    if flatten.start_dim != 1 or flatten.end_dim != -1:
+        raise UnsupportedModule(f"start_dim={flatten.start_dim}, end_dim={flatten.end_dim}: only "
+                                "Flatten(start_dim=1, end_dim=-1) is supported")
+    return FlattenOp()
+
+
+def avg_pool2d_operator(pool: nn.AvgPool2d) -> LinearOperator:
+    """The operator of ``nn.AvgPool2d.forward`` from ``kernel_size, stride, padding, ceil_mode,
+    count_include_pad, divisor_override``.
+
+    ``ceil_mode=True`` is refused (windows hanging over the border change the divisor);
+    ``count_include_pad=False`` is accepted without padding only (where it changes nothing);
+    ``divisor_override=d`` is the average scaled by ``k_h k_w / d``.
+    """
+    kernel = _positive_pair(pool.kernel_size, "kernel_size")
+    stride = kernel if pool.stride is None else _positive_pair(pool.stride, "stride")
+    padding = _pair(pool.padding)
+    if len(padding) != 2 or not all(isinstance(p, int) and 0 <= p <= k // 2 for p, k in zip(padding, kernel)):
+        raise UnsupportedModule(f"padding={pool.padding!r} must be ints between 0 and kernel_size // 2")
+    if pool.ceil_mode:
+        raise UnsupportedModule("needs ceil_mode=False (windows over the border change the divisor), "
+                                "count_include_pad=True, no divisor_override")
+    d = pool.divisor_override
+    if d is None and not pool.count_include_pad and any(padding):
+        raise UnsupportedModule("count_include_pad=False with padding divides border windows by fewer cells: "
+                                "needs ceil_mode=False, count_include_pad=True, no divisor_override")
+    op = AvgPool2dOp(kernel, stride, padding)
+    if d is None:
+        return op
+    if not isinstance(d, int) or isinstance(d, bool) or d <= 0:
+        raise UnsupportedModule(f"divisor_override={d!r} is not a positive int")
+    return ComposeOp([ScaleOp(kernel[0] * kernel[1] / d), op])
 
 
 class _ActivationMixin:
@@ -32,8 +112,11 @@ class _ActivationMixin:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(super().forward(x))
 
-    def _state(self, W) -> LipschitzState:
-        return LipschitzState(W=W, alpha=self._slopes[0], beta=self._slopes[1])
+    def _state(self, W, bias_shape) -> LipschitzState:
+        # slopes of the activation module as it is now (its attributes may have changed since __init__)
+        alpha, beta = module_activation_slopes(self.act, self.activation_name)
+        bias = None if self.bias is None else self.bias.reshape(bias_shape)
+        return LipschitzState(W=W, alpha=alpha, beta=beta, activation=self.act, bias=bias)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, activation={self.activation_name!r}"
@@ -48,7 +131,7 @@ class LTLinear(_ActivationMixin, nn.Linear):
         self._init_activation(activation)
 
     def lipschitz_state(self) -> LipschitzState:
-        return self._state(DenseOp(self.weight))
+        return self._state(linear_operator(self), (-1,))
 
 
 class LTConv2d(_ActivationMixin, nn.Conv2d):
@@ -64,7 +147,7 @@ class LTConv2d(_ActivationMixin, nn.Conv2d):
         self._init_activation(activation)
 
     def lipschitz_state(self) -> LipschitzState:
-        return self._state(Conv2dOp(self.weight, self.stride, self.padding, self.dilation, self.groups))
+        return self._state(conv2d_operator(self), (-1, 1, 1))
 
 
 class Normalize(nn.Module):
@@ -96,7 +179,10 @@ class Normalize(nn.Module):
         return (x - self._view(self.mean, x)) / self._view(self.std, x)
 
     def lipschitz_state(self) -> LipschitzState:
-        return LipschitzState(W=DiagonalOp(1.0 / self.std))
+        inv = 1.0 / self.std
+        if inv.numel() == 0 or not bool(torch.isfinite(inv).all()):
+            raise UnsupportedModule(f"std={self.std.tolist()} has zeros or non-finite entries")
+        return LipschitzState(W=DiagonalOp(inv))
 
     def extra_repr(self) -> str:
         return f"mean={self.mean.tolist()}, std={self.std.tolist()}"
@@ -109,7 +195,7 @@ class Flatten(nn.Flatten):
         super().__init__(start_dim=1, end_dim=-1)
 
     def lipschitz_state(self) -> LipschitzState:
-        return LipschitzState(W=FlattenOp())
+        return LipschitzState(W=flatten_operator(self))
 
 
 class AvgPool2dOp(LinearOperator):
@@ -135,10 +221,11 @@ class AvgPool2dOp(LinearOperator):
     def norm_bound(self, in_shape):
         # Schur test: ||A||^2 <= (max row sum) (max column sum); every row sums to 1 and every input
         # feeds at most prod(ceil(k/s)) outputs with weight 1/prod(k).
+        # In float64, rounded up: the bound is guaranteed, not a float32 approximation of it.
         col = 1.0
         for k, s in zip(self.kernel_size, self.stride):
             col *= math.ceil(k / s) / k
-        return torch.tensor(col).sqrt()
+        return torch.tensor(math.nextafter(math.sqrt(col), math.inf), dtype=torch.float64)
 
 
 class AvgPool2d(nn.AvgPool2d):
@@ -149,7 +236,7 @@ class AvgPool2d(nn.AvgPool2d):
                          count_include_pad=True)
 
     def lipschitz_state(self) -> LipschitzState:
-        return LipschitzState(W=AvgPool2dOp(self.kernel_size, self.stride, self.padding))
+        return LipschitzState(W=avg_pool2d_operator(self))
 
 
 def _pair(v):

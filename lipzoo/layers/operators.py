@@ -9,7 +9,8 @@ Every lipzoo layer describes its part of the structure ``y = W x``, ``x' = H x +
   ``output_padding`` is not);
 * ``out_shape(in_shape)``;
 * ``norm_bound(in_shape)``: a *proved* upper bound on the spectral norm ``||A||_2`` (used by the
-  certification path when an operator is too large to materialize).
+  certification path when an operator is too large to materialize), a float64 tensor computed in
+  float64 and rounded up (a float32 computation can round a guaranteed norm down).
 
 Operators hold references to the layer's parameters, so anything computed from them is
 differentiable.
@@ -24,6 +25,16 @@ import torch
 import torch.nn.functional as F
 
 Shape = tuple[int, ...]
+
+# Relative margin on norms computed by an SVD or FFT in float64: their backward error is a few
+# n * 2**-53 relative, far below this.
+NORM_ROUNDING = 1e-9
+# Relative margin per floating-point product or sum of bounds (one rounding each, 2**-53).
+_ULP = 2.0 ** -51
+
+
+def _f64(t) -> torch.Tensor:
+    return torch.as_tensor(t).to(torch.float64)
 
 __all__ = [
     "LinearOperator",
@@ -121,7 +132,7 @@ class DenseOp(LinearOperator):
         return (self.weight.shape[0],)
 
     def norm_bound(self, in_shape):
-        return torch.linalg.matrix_norm(self.weight, ord=2)
+        return torch.linalg.matrix_norm(_f64(self.weight), ord=2) * (1 + NORM_ROUNDING)
 
 
 class DiagonalOp(LinearOperator):
@@ -151,7 +162,7 @@ class DiagonalOp(LinearOperator):
         return tuple(in_shape)
 
     def norm_bound(self, in_shape):
-        return self.scale.abs().max()
+        return _f64(self.scale).abs().max()  # exact: float32 -> float64 is exact
 
 
 class ScaleOp(LinearOperator):
@@ -170,7 +181,9 @@ class ScaleOp(LinearOperator):
         return tuple(in_shape)
 
     def norm_bound(self, in_shape):
-        return torch.as_tensor(self.c).abs()
+        # a Python float is already a float64; torch.as_tensor would round it to float32
+        c = self.c
+        return _f64(c.detach() if torch.is_tensor(c) else float(c)).abs()
 
 
 class FlattenOp(LinearOperator):
@@ -186,7 +199,7 @@ class FlattenOp(LinearOperator):
         return (math.prod(in_shape),)
 
     def norm_bound(self, in_shape):
-        return torch.tensor(1.0)
+        return torch.tensor(1.0, dtype=torch.float64)
 
 
 class ComposeOp(LinearOperator):
@@ -217,9 +230,9 @@ class ComposeOp(LinearOperator):
 
     def norm_bound(self, in_shape):
         shapes = self._shapes(in_shape)
-        bound = torch.tensor(1.0)
+        bound = torch.tensor(1.0, dtype=torch.float64)
         for i, op in enumerate(reversed(self.ops)):
-            bound = bound * op.norm_bound(shapes[i])
+            bound = bound * _f64(op.norm_bound(shapes[i])).to(bound.device) * (1 + _ULP)
         return bound
 
 
@@ -239,7 +252,10 @@ class SumOp(LinearOperator):
         return self.ops[0].out_shape(in_shape)
 
     def norm_bound(self, in_shape):
-        return sum(op.norm_bound(in_shape) for op in self.ops)
+        total = torch.tensor(0.0, dtype=torch.float64)
+        for op in self.ops:
+            total = (total + _f64(op.norm_bound(in_shape)).to(total.device)) * (1 + _ULP)
+        return total
 
 
 class AdjointOp(LinearOperator):
@@ -288,6 +304,7 @@ def conv2d_norm_bound(weight: torch.Tensor, spatial: Sequence[int], padding=0, d
     the same way, so strided layers get a bound as tight as stride-1 ones.
     """
     padding, dilation, stride = _pair(padding), _pair(dilation), _pair(stride)
+    weight = _f64(weight.detach())  # a guaranteed bound: computed in float64, then rounded up
     c_out, c_in_g, kh, kw = weight.shape
     if dilation != (1, 1):
         dilated = weight.new_zeros(c_out, c_in_g, (kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1)
@@ -302,7 +319,12 @@ def conv2d_norm_bound(weight: torch.Tensor, spatial: Sequence[int], padding=0, d
     grid = [-(-(int(n) + 2 * p + k) // s) for n, p, k, s in zip(spatial, padding, (kh, kw), stride)]
     spectrum = torch.fft.fft2(w, s=grid)  # (g, co, ci*s*s, N1/s, N2/s)
     blocks = spectrum.permute(0, 3, 4, 1, 2)  # one small matrix per group and frequency
-    return torch.linalg.matrix_norm(blocks, ord=2).max()
+    top = torch.linalg.matrix_norm(blocks, ord=2).max()
+    # FFT rounding: every transform entry is a sum of the kernel's taps, off by at most
+    # ~(taps + log2 N) 2**-53 sum|w|; a margin far above that, plus the SVD's relative one.
+    taps = w.shape[-1] * w.shape[-2]
+    slack = 64 * (taps + math.log2(grid[0] * grid[1]) + 1) * 2.0 ** -53 * weight.abs().sum()
+    return top * (1 + NORM_ROUNDING) + slack
 
 
 def _pair(v) -> tuple[int, int]:

@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lipzoo.layers.activations import get_activation
+from lipzoo.layers.activations import get_activation, module_activation_slopes
 from lipzoo.layers.operators import (AdjointOp, Conv2dOp, DenseOp, DiagonalOp, LinearOperator,
                                      ScaleOp, compose, conv2d_norm_bound)
-from lipzoo.layers.state import LipschitzState
+from lipzoo.layers.state import LipschitzState, UnsupportedModule
 
 __all__ = ["LTResidualLinear", "LTResidualConv"]
 
@@ -78,10 +78,13 @@ class _ResidualBase(nn.Module):
                 "scale": self._scale().detach().clone(), "sqrt_rho": float(self.rho.detach().sqrt()),
                 "activation": self.activation_name}
 
-    def _state(self, W: LinearOperator, W_T: LinearOperator) -> LipschitzState:
+    def _state(self, W: LinearOperator, W_T: LinearOperator, bias_shape) -> LipschitzState:
         G = compose(W_T, DiagonalOp(-self._scale()))
-        return LipschitzState(W=W, H=ScaleOp(self.rho.sqrt()), G=G, alpha=self._slopes[0],
-                              beta=self._slopes[1])
+        # The accountant needs the slopes of the activation module as it is now; the registered ones
+        # (self._slopes) only set the Proposition 2 scale.
+        alpha, beta = module_activation_slopes(self.act, self.activation_name)
+        return LipschitzState(W=W, H=ScaleOp(self.rho.sqrt()), G=G, alpha=alpha, beta=beta,
+                              activation=self.act, bias=self.bias.reshape(bias_shape))
 
 
 class LTResidualLinear(_ResidualBase):
@@ -108,7 +111,7 @@ class LTResidualLinear(_ResidualBase):
 
     def lipschitz_state(self) -> LipschitzState:
         W = DenseOp(self.weight)
-        return self._state(W, AdjointOp(W, (self.features,)))
+        return self._state(W, AdjointOp(W, (self.features,)), (-1,))
 
     def extra_repr(self) -> str:
         return (f"features={self.features}, hidden_features={self.hidden_features}, "
@@ -128,10 +131,15 @@ class _SameConvTransposeOp(LinearOperator):
         return F.conv2d(y, self.weight, None, 1, self.padding)
 
     def out_shape(self, in_shape):
-        return (self.weight.shape[1], *in_shape[1:])
+        if len(in_shape) != 3 or in_shape[0] != self.weight.shape[0]:
+            raise ValueError(f"transposed convolution expects ({self.weight.shape[0]}, H, W) inputs, got "
+                             f"{tuple(in_shape)}")
+        k = self.weight.shape[-2:]
+        return (self.weight.shape[1], *(n - 1 + kk - 2 * self.padding for n, kk in zip(in_shape[1:], k)))
 
     def norm_bound(self, in_shape):
-        return conv2d_norm_bound(self.weight, in_shape[-2:], self.padding)
+        # ||A^T|| = ||A||, A the convolution on this operator's output space
+        return conv2d_norm_bound(self.weight, self.out_shape(in_shape)[-2:], self.padding)
 
 
 class LTResidualConv(_ResidualBase):
@@ -163,8 +171,12 @@ class LTResidualConv(_ResidualBase):
         return self.rho.sqrt() * x - F.conv_transpose2d(a, self.weight, None, 1, self.padding)
 
     def lipschitz_state(self) -> LipschitzState:
+        k, p = self.weight.shape[-1], self.padding
+        if (not isinstance(p, int) or isinstance(p, bool) or not 0 <= p < k
+                or self.weight.shape[-2] != k):
+            raise UnsupportedModule(f"padding={p!r} must be an int in [0, kernel_size) with a square kernel")
         W = Conv2dOp(self.weight, 1, self.padding)
-        return self._state(W, _SameConvTransposeOp(self.weight, self.padding))
+        return self._state(W, _SameConvTransposeOp(self.weight, self.padding), (-1, 1, 1))
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, hidden_channels={self.hidden_channels}, "

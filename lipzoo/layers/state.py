@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
+
+import torch
 
 from lipzoo.layers.operators import LinearOperator, ScaleOp, SumOp, compose
 
-__all__ = ["LipschitzState"]
+__all__ = ["LipschitzState", "UnsupportedModule"]
+
+
+class UnsupportedModule(TypeError):
+    """A module whose computation the accountant cannot model (the message says why)."""
 
 
 @dataclass
@@ -19,6 +26,11 @@ class LipschitzState:
         G: the operator applied after the activation; ``None`` means the identity.
         alpha, beta: slope bounds of ``phi``. ``alpha == beta`` makes the layer affine: the
             accountant then folds it into its neighbours as the linear map ``H + alpha G W``.
+        activation: the elementwise ``phi`` the layer applies (optional; the accountant only needs
+            ``alpha, beta``, but :func:`lipzoo.layers.check_lipschitz_state` uses it to compare the
+            layer's Jacobian with ``H + G diag(phi'(W x + bias)) W``).
+        bias: the offset added to ``W x`` before ``phi`` (broadcastable to the shape of ``y``), for
+            the same check.
     """
 
     W: LinearOperator
@@ -26,6 +38,8 @@ class LipschitzState:
     G: LinearOperator | None = None
     alpha: float = 1.0
     beta: float = 1.0
+    activation: Callable[[torch.Tensor], torch.Tensor] | None = None
+    bias: torch.Tensor | None = None
 
     @property
     def is_linear(self) -> bool:

@@ -1,61 +1,180 @@
-"""Lipschitz states of plain torch modules, so an existing ``nn.Sequential`` gets a bound as it is."""
+"""Which modules the accountant accepts, and their Lipschitz states.
+
+A module is accepted only when the state describes exactly what its ``forward`` computes:
+
+* no forward hooks or forward pre-hooks on it or any of its submodules, and none registered
+  globally (``torch.nn.modules.module.register_module_forward_hook``): a hook can change the output;
+* a plain torch module is looked up by class; a subclass that redefines ``forward`` (or
+  ``__call__``, ``_conv_forward``, ...) is refused, since the state models the known class's forward;
+* a module that declares ``lipschitz_state()`` must not redefine ``forward`` below the class that
+  declares it (a subclass of ``LTConv2d`` with its own ``forward`` is refused);
+* every attribute the known ``forward`` reads is checked (``padding_mode``, ``ceil_mode``,
+  ``training``, ...): modelled, or refused with the reason;
+* modules that behave differently in training mode (batch norm, dropout, RReLU) are refused there.
+
+Everything refused raises :class:`~lipzoo.layers.state.UnsupportedModule` (a ``TypeError``)
+naming the module and the reason. See ``docs/bounds.md`` ("What the accountant accepts").
+"""
 
 from __future__ import annotations
 
+import torch
+import torch.nn.modules.module as torch_module
 from torch import nn
 
-from lipzoo.layers.activations import activation_bounds_of_module
-from lipzoo.layers.lt import AvgPool2dOp
-from lipzoo.layers.operators import Conv2dOp, DenseOp, DiagonalOp, FlattenOp, ScaleOp
-from lipzoo.layers.state import LipschitzState
+from lipzoo.layers.activations import BEHAVIOUR_METHODS, activation_slopes, resolve_known_class
+from lipzoo.layers.lt import avg_pool2d_operator, conv2d_operator, flatten_operator, linear_operator
+from lipzoo.layers.operators import DiagonalOp, ScaleOp
+from lipzoo.layers.state import LipschitzState, UnsupportedModule
 
-__all__ = ["module_state", "SUPPORTED_TORCH_MODULES"]
+__all__ = ["module_state", "SUPPORTED_TORCH_MODULES", "check_hooks", "check_declared_forward",
+           "check_sequential"]
 
 SUPPORTED_TORCH_MODULES = (
-    "nn.Conv2d (zero padding), nn.Linear, nn.Flatten(1), nn.AvgPool2d (count_include_pad, no ceil_mode), "
-    "eval-mode nn.BatchNorm1d/2d, nn.Identity, eval-mode nn.Dropout, activations nn.ReLU/ReLU6/LeakyReLU/"
-    "PReLU/Tanh/Hardtanh/Sigmoid/Softplus/ELU/GELU, nested nn.Sequential, and any module with "
-    "lipschitz_state()"
+    "nn.Conv2d (zero padding), nn.Linear, nn.Flatten(1), nn.AvgPool2d (no ceil_mode), eval-mode "
+    "nn.BatchNorm1d/2d, nn.Identity, nn.Dropout* (eval mode), activations nn.ReLU/ReLU6/LeakyReLU/PReLU/RReLU/"
+    "ELU/CELU/SELU/GELU/SiLU/Mish/Tanh/Hardtanh/Sigmoid/Hardsigmoid/Hardswish/Softplus/Softsign/Tanhshrink/"
+    "LogSigmoid/Threshold/Softshrink/Hardshrink, nested nn.Sequential, and any module with "
+    "lipschitz_state(); see docs/bounds.md"
 )
 
 
-def _unsupported(module: nn.Module, why: str) -> TypeError:
-    return TypeError(f"Cannot bound the Lipschitz constant of {module!r}: {why}. Supported: "
-                     f"{SUPPORTED_TORCH_MODULES}.")
+def _unsupported(module: nn.Module, why: str) -> UnsupportedModule:
+    return UnsupportedModule(f"Cannot bound the Lipschitz constant of {module!r}: {why}. Supported: "
+                             f"{SUPPORTED_TORCH_MODULES}.")
+
+
+def _refused(module: nn.Module, why: str) -> UnsupportedModule:
+    return UnsupportedModule(f"Cannot bound the Lipschitz constant of {_short(module)}: {why}.")
+
+
+def _short(module: nn.Module) -> str:
+    text = repr(module)
+    return text if len(text) <= 300 else f"{text[:300]}...)"
+
+
+# -- acceptance checks -------------------------------------------------------------------------------
+
+def check_hooks(module: nn.Module) -> None:
+    """Refuse forward hooks / pre-hooks on ``module`` or any submodule, and global ones."""
+    for name, hooks in (("forward hook", torch_module._global_forward_hooks),
+                        ("forward pre-hook", torch_module._global_forward_pre_hooks)):
+        if len(hooks):
+            raise _refused(module, f"a global {name} is registered (torch.nn.modules.module.register_module_"
+                                   f"{name.replace(' ', '_').replace('-', '_')}); hooks can change what every "
+                                   "module computes, so the accountant refuses to run while one is registered")
+    for name, sub in module.named_modules():
+        for kind in ("_forward_hooks", "_forward_pre_hooks"):
+            if len(getattr(sub, kind, ())):
+                where = "it" if sub is module else f"its submodule {name!r} ({type(sub).__name__})"
+                raise _refused(module, f"{where} has {kind[1:].replace('_', ' ')[:-1]}(s); a hook can change the "
+                                       "output, which the accountant cannot see. Remove the hook(s) first")
+
+
+def _declaring_class(module: nn.Module, attr: str) -> type:
+    return next(cls for cls in type(module).__mro__ if attr in cls.__dict__)
+
+
+def check_declared_forward(module: nn.Module, attr: str = "lipschitz_state") -> None:
+    """Refuse a module whose ``forward`` is redefined below the class that declares ``attr``."""
+    owner = _declaring_class(module, attr)
+    for cls in type(module).__mro__:
+        if cls is owner:
+            return
+        over = [n for n in BEHAVIOUR_METHODS if n in cls.__dict__]
+        if over:
+            raise _refused(module, f"{cls.__qualname__} redefines {over} but inherits {attr}() from "
+                                   f"{owner.__qualname__}, which describes {owner.__qualname__}'s computation. "
+                                   f"Define {attr}() on {cls.__qualname__} too (and check it with "
+                                   "lipzoo.layers.check_lipschitz_state)")
+
+
+def check_sequential(module: nn.Sequential) -> None:
+    """Refuse an ``nn.Sequential`` subclass whose forward is not the plain chain."""
+    try:
+        resolve_known_class(module, (nn.Sequential,))
+    except UnsupportedModule as err:
+        raise _refused(module, f"{err}; its children are not simply applied in order") from None
+
+
+# -- states of plain torch modules -------------------------------------------------------------------
+
+def _conv2d(m: nn.Conv2d) -> LipschitzState:
+    return LipschitzState(W=conv2d_operator(m))
+
+
+def _linear(m: nn.Linear) -> LipschitzState:
+    return LipschitzState(W=linear_operator(m))
+
+
+def _flatten(m: nn.Flatten) -> LipschitzState:
+    return LipschitzState(W=flatten_operator(m))
+
+
+def _avg_pool2d(m: nn.AvgPool2d) -> LipschitzState:
+    return LipschitzState(W=avg_pool2d_operator(m))
+
+
+def _batch_norm(m: nn.modules.batchnorm._BatchNorm) -> LipschitzState:
+    # _BatchNorm.forward normalises by the batch statistics when training, or in eval mode when it has
+    # no running statistics; only eval mode with running statistics is a fixed affine map.
+    if m.training:
+        raise UnsupportedModule("BatchNorm is only an affine map in eval mode with running statistics; "
+                                "in training mode it normalises by batch statistics: call model.eval() first")
+    if m.running_mean is None or m.running_var is None:
+        raise UnsupportedModule("BatchNorm is only an affine map in eval mode with running statistics; this one "
+                                "has none (track_running_stats=False), so it normalises by batch statistics")
+    scale = (m.running_var + m.eps).rsqrt()
+    if m.weight is not None:
+        scale = scale * m.weight
+    if not bool(torch.isfinite(scale).all()):
+        raise UnsupportedModule("its scale weight / sqrt(running_var + eps) is not finite")
+    return LipschitzState(W=DiagonalOp(scale))
+
+
+def _dropout(m: nn.modules.dropout._DropoutNd) -> LipschitzState:
+    if m.training and m.p > 0:
+        raise UnsupportedModule(f"{type(m).__name__} in training mode is random (Dropout in training mode); "
+                                "call model.eval() first")
+    return LipschitzState(W=ScaleOp(1.0))  # eval mode (or p = 0): the identity
+
+
+_TORCH_LAYERS = {
+    nn.Conv2d: _conv2d,
+    nn.Linear: _linear,
+    nn.Flatten: _flatten,
+    nn.AvgPool2d: _avg_pool2d,
+    nn.BatchNorm1d: _batch_norm,
+    nn.BatchNorm2d: _batch_norm,
+    nn.Dropout: _dropout,
+    nn.Dropout1d: _dropout,
+    nn.Dropout2d: _dropout,
+    nn.Dropout3d: _dropout,
+    nn.AlphaDropout: _dropout,
+    nn.FeatureAlphaDropout: _dropout,
+}
+
+
+def accepted_torch_layer_types() -> tuple[type, ...]:
+    """Plain torch (non-activation) module classes the accountant accepts."""
+    return tuple(_TORCH_LAYERS)
 
 
 def module_state(module: nn.Module) -> LipschitzState:
     """The eq. (14) state of one module; raises ``TypeError`` for anything we cannot bound."""
-    if hasattr(module, "lipschitz_state"):
-        return module.lipschitz_state()
-    if isinstance(module, nn.Conv2d):
-        if module.padding_mode != "zeros" or isinstance(module.padding, str):
-            raise _unsupported(module, "only explicit zero padding is supported")
-        return LipschitzState(W=Conv2dOp(module.weight, module.stride, module.padding, module.dilation,
-                                         module.groups))
-    if isinstance(module, nn.Linear):
-        return LipschitzState(W=DenseOp(module.weight))
-    if isinstance(module, nn.Flatten):
-        if module.start_dim != 1 or module.end_dim != -1:
-            raise _unsupported(module, "only Flatten(start_dim=1, end_dim=-1) is supported")
-        return LipschitzState(W=FlattenOp())
-    if isinstance(module, nn.AvgPool2d):
-        if module.ceil_mode or not module.count_include_pad or module.divisor_override is not None:
-            raise _unsupported(module, "needs ceil_mode=False, count_include_pad=True, no divisor_override")
-        return LipschitzState(W=AvgPool2dOp(module.kernel_size, module.stride, module.padding))
-    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        if module.training or module.running_var is None:
-            raise _unsupported(module, "BatchNorm is only an affine map in eval mode with running "
-                                       "statistics; call model.eval() first")
-        scale = (module.running_var + module.eps).rsqrt()
-        if module.weight is not None:
-            scale = scale * module.weight
-        return LipschitzState(W=DiagonalOp(scale))
-    if isinstance(module, nn.Dropout):
-        if module.training and module.p > 0:
-            raise _unsupported(module, "Dropout in training mode is random; call model.eval() first")
-        return LipschitzState(W=ScaleOp(1.0))
-    bounds = activation_bounds_of_module(module)
-    if bounds is None:
+    check_hooks(module)
+    try:
+        if hasattr(module, "lipschitz_state"):
+            check_declared_forward(module)
+            return module.lipschitz_state()
+        base = resolve_known_class(module, _TORCH_LAYERS)
+        if base is not None:
+            return _TORCH_LAYERS[base](module)
+        slopes = activation_slopes(module)
+    except UnsupportedModule as err:
+        if str(err).startswith("Cannot bound"):
+            raise
+        raise _unsupported(module, str(err)) from None
+    if slopes is None:
         raise _unsupported(module, f"{type(module).__name__} has no declared Lipschitz structure")
-    return LipschitzState(W=ScaleOp(1.0), alpha=bounds[0], beta=bounds[1])
+    return LipschitzState(W=ScaleOp(1.0), alpha=slopes[0], beta=slopes[1], activation=module)
