@@ -9,13 +9,20 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from lipzoo.certify import (certified_accuracy, certified_curve, certified_radius, evaluate, margin_loss,
-                            pairwise_radii, parse_eps, pgd_l2, plot_certified_curve)
+from lipzoo import LipschitzBound
+from lipzoo.bounds.radius import certified_radius
+from lipzoo.certify import (certified_accuracy, certified_curve, evaluate, margin_loss, pairwise_radii, parse_eps,
+                            pgd_l2, plot_certified_curve)
 
 
 def _exact_pairwise_L(weight: torch.Tensor) -> torch.Tensor:
     """For a linear model the Lipschitz constant of z_i - z_j is exactly ||w_i - w_j||."""
     return torch.cdist(weight, weight)
+
+
+def _bound(L: torch.Tensor, guarantee: str = "exact") -> LipschitzBound:
+    """A pairwise certificate record for a tensor the test knows to be exact (or deliberately wrong)."""
+    return LipschitzBound(value=L, guaranteed=guarantee != "estimate", guarantee=guarantee)
 
 
 # ---------------------------------------------------------------- radius
@@ -209,7 +216,7 @@ def test_evaluate_summary_matches_direct_computation(rng, linear_model):
     model, loader, W, x, y = _eval_setup(rng, linear_model)
     L = _exact_pairwise_L(W)
     model.train()
-    out = evaluate(model, loader, L, [0.05, "1/10"], attack=dict(steps=20), progress=False)
+    out = evaluate(model, loader, _bound(L), [0.05, "1/10"], attack=dict(steps=20), progress=False)
     assert model.training  # mode restored
     with torch.no_grad():
         logits = model(x)
@@ -235,20 +242,20 @@ def test_evaluate_flags_an_unsound_bound(rng, linear_model, caplog):
     model, loader, W, _, _ = _eval_setup(rng, linear_model)
     too_small = _exact_pairwise_L(W) * 0.2  # not an upper bound: radii are inflated 5x
     with caplog.at_level(logging.ERROR, logger="lipzoo.certify.metrics"):
-        out = evaluate(model, loader, too_small, [0.1], attack=dict(steps=20, seed=3), progress=False)
+        out = evaluate(model, loader, _bound(too_small), [0.1], attack=dict(steps=20, seed=3), progress=False)
     assert out["summary"]["consistency_violations@0.1"] > 0
     assert "unsound" in caplog.text
 
 
 def test_evaluate_without_attack(rng, linear_model):
     model, loader, W, _, _ = _eval_setup(rng, linear_model)
-    out = evaluate(model, loader, _exact_pairwise_L(W), [0.1], progress=False)
+    out = evaluate(model, loader, _bound(_exact_pairwise_L(W)), [0.1], progress=False)
     assert out["attack_success"] == {} and "pgd@0.1" not in out["summary"]
 
 
 def test_evaluate_errors(rng, linear_model):
     model, loader, W, _, _ = _eval_setup(rng, linear_model)
-    L = _exact_pairwise_L(W)
+    L = _bound(_exact_pairwise_L(W))
     with pytest.raises(ValueError, match="eps_list must hold"):
         evaluate(model, loader, L, [], progress=False)
     with pytest.raises(ValueError, match="unknown keys"):

@@ -98,7 +98,7 @@ def test_certify_report_files_and_table(checkpoint, tmp_path, capsys):
 def test_certify_power_norm_is_an_estimate(checkpoint, tmp_path, capsys):
     out = tmp_path / "cert"
     assert _certify(checkpoint, out, "--norm", "power", "--no-attack", "--compare", str(checkpoint.dir)) == 0
-    assert (out / "certified_curve.png").stat().st_size > 0  # two curves: the model and --compare
+    assert (out / "estimated_curve.png").stat().st_size > 0  # two curves: the model and --compare
     report = json.loads((out / "report.json").read_text())
     assert report["bound"]["guarantee"] == "estimate" and report["bound"]["guaranteed"] is False
     assert report["attack"] is None and not any(k.startswith("pgd@") for k in report["metrics"])

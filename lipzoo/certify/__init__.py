@@ -1,7 +1,14 @@
-"""Certification: certified radius (eq. 4), certified / PGD accuracy, attacks and plots."""
+"""Certification: certified radius (eq. 4), certified / PGD accuracy, attacks and plots.
+
+The boundary takes a :class:`lipzoo.LipschitzBound`, never a raw tensor: :func:`evaluate`,
+:func:`certified_radius` and :func:`lipzoo.certify.report.certify` refuse an estimate unless
+``allow_estimate=True``, and then label everything ``estimated``. :func:`pairwise_radii` is the
+low-level term of eq. (4) on a raw tensor (trusted as given).
+"""
 
 from lipzoo.certify.attacks import margin_loss, pgd_l2
-from lipzoo.certify.metrics import certified_accuracy, certified_radius, evaluate, pairwise_radii, parse_eps
+from lipzoo.certify.metrics import (certified_accuracy, certified_radius, evaluate, pairwise_constants, pairwise_radii,
+                                    parse_eps, radius_kind)
 from lipzoo.certify.plots import certified_curve, plot_certified_curve
 
 __all__ = [
@@ -10,8 +17,10 @@ __all__ = [
     "certified_radius",
     "evaluate",
     "margin_loss",
+    "pairwise_constants",
     "pairwise_radii",
     "parse_eps",
     "pgd_l2",
     "plot_certified_curve",
+    "radius_kind",
 ]

@@ -17,10 +17,13 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from lipzoo.bounds.radius import certified_radius, pairwise_radii
+from lipzoo.bounds.liplt import LipschitzBound
+from lipzoo.bounds.radius import certified_radius as radius_from_tensor
+from lipzoo.bounds.radius import pairwise_radii
 from lipzoo.certify.attacks import margin_loss, pgd_l2
 
-__all__ = ["certified_radius", "pairwise_radii", "certified_accuracy", "evaluate", "parse_eps"]
+__all__ = ["certified_radius", "pairwise_radii", "pairwise_constants", "certified_accuracy", "evaluate",
+           "parse_eps", "radius_kind"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +45,84 @@ def parse_eps(eps: float | int | str) -> float:
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"eps must be finite and >= 0; got {eps!r}.")
     return value
+
+
+def _next_up(x: Tensor) -> Tensor:
+    return torch.nextafter(x, torch.full_like(x, float("inf")))
+
+
+def radius_kind(bound: LipschitzBound) -> str:
+    """``"certified"`` for a proved bound, ``"estimated"`` for an estimate: the word every output uses."""
+    return "certified" if bound.guaranteed else "estimated"
+
+
+def _check_bound_type(bound: Any, allow_estimate: bool) -> None:
+    if not isinstance(bound, LipschitzBound):
+        raise TypeError(
+            f"bound must be a lipzoo.LipschitzBound (from lipzoo.lipschitz_bound), got {type(bound).__name__}. "
+            "A raw tensor carries no guarantee; for a training metric use "
+            "lipzoo.bounds.radius.certified_radius(logits, labels, tensor).")
+    if bound.guarantee == "estimate" and not allow_estimate:
+        raise ValueError(
+            f"the bound is an estimate (norm={bound.norm!r}, guarantee='estimate'): it may under-estimate the "
+            "Lipschitz constant, so its radii are not certificates. Compute a guaranteed bound "
+            "(norm='auto' or 'exact') or pass allow_estimate=True to get radii labelled 'estimated'.")
+
+
+def pairwise_constants(bound: LipschitzBound, num_classes: int | None = None, *,
+                       allow_estimate: bool = False) -> Tensor:
+    """The ``(K, K)`` float64 pairwise constants a :class:`~lipzoo.LipschitzBound` proves.
+
+    ``pairwise`` bounds are used as they are (symmetrized by the entrywise max); ``per_class``
+    ones give ``L_ij <= L_i + L_j`` and a ``global`` one ``L_ij <= sqrt(2) L`` (``z_i - z_j =
+    (e_i - e_j)^T z`` and ``||e_i - e_j|| = sqrt(2)``), each rounded up by one ulp.
+
+    Args:
+        bound: the result of :func:`lipzoo.lipschitz_bound`.
+        num_classes: the ``K`` of the logits it will be used with (required for a global bound).
+        allow_estimate: accept ``guarantee="estimate"`` (power iteration). Radii from an estimate
+            are not certificates, and every output of :func:`evaluate` then says ``estimated``.
+
+    Raises:
+        TypeError: if ``bound`` is not a :class:`~lipzoo.LipschitzBound` (e.g. a raw tensor).
+        ValueError: on an estimate without ``allow_estimate``, a class-count mismatch, or values
+            that are not finite and non-negative.
+    """
+    _check_bound_type(bound, allow_estimate)
+    value = bound.value.detach().to(torch.float64).cpu()
+    if not torch.isfinite(value).all() or (value < 0).any():
+        raise ValueError(f"the {bound.mode} bound must be finite and non-negative; got {value.tolist()}.")
+    k = bound.num_classes if num_classes is None else int(num_classes)
+    if k is None:
+        raise ValueError("num_classes is required to use a global bound (mode='global').")
+    if bound.mode != "global" and bound.num_classes != k:
+        raise ValueError(f"the {bound.mode} bound is for {bound.num_classes} classes but the logits have {k}.")
+    eye = torch.eye(k, dtype=torch.bool)
+    if bound.mode == "pairwise":
+        if value.shape != (k, k):
+            raise ValueError(f"a pairwise bound must be ({k}, {k}); got {tuple(value.shape)}.")
+        L = torch.maximum(value, value.T)
+    elif bound.mode == "per_class":
+        L = _next_up(value[:, None] + value[None, :])
+    else:
+        L = _next_up(value.reshape(()) * _next_up(torch.tensor(2.0, dtype=torch.float64).sqrt())).expand(k, k)
+    return L.masked_fill(eye, 0.0).contiguous()
+
+
+def certified_radius(logits: Tensor, labels: Tensor, bound: LipschitzBound, *,
+                     allow_estimate: bool = False) -> Tensor:
+    """Certified l2 radius of eq. (4) from a :class:`~lipzoo.LipschitzBound`; 0 when misclassified.
+
+    Checks the bound (see :func:`pairwise_constants`: guaranteed unless ``allow_estimate``, the
+    number of classes, finite and non-negative values; per-class and global bounds are converted
+    soundly) and then evaluates :func:`lipzoo.bounds.radius.certified_radius`, which rounds down.
+    A point is certified at ``eps`` iff ``radius > eps`` (strict).
+    """
+    if not isinstance(logits, Tensor) or logits.dim() != 2:
+        got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(f"logits must be a (N, K) tensor; got {got}. Flatten or batch the logits first.")
+    L = pairwise_constants(bound, logits.shape[1], allow_estimate=allow_estimate)
+    return radius_from_tensor(logits, labels, L.to(logits.device))
 
 
 def certified_accuracy(radii: Tensor, eps: float | str) -> float:
@@ -85,9 +166,10 @@ def _model_device(model: nn.Module) -> torch.device:
 def evaluate(
     model: nn.Module,
     loader: Iterable[tuple[Tensor, Tensor]],
-    pairwise_L: Tensor,
+    bound: LipschitzBound,
     eps_list: Sequence[float | str],
     *,
+    allow_estimate: bool = False,
     attack: dict[str, Any] | None = None,
     device: torch.device | str | None = None,
     progress: bool = True,
@@ -100,9 +182,13 @@ def evaluate(
     Args:
         model: maps pixels in [0, 1] to logits.
         loader: iterable of ``(x, y)`` batches.
-        pairwise_L: ``(K, K)`` pairwise Lipschitz constants of the model's logit differences. Only a
-            proved upper bound gives a certificate.
+        bound: a :class:`~lipzoo.LipschitzBound` of the model's logits (from
+            :func:`lipzoo.lipschitz_bound`; a pairwise one is tightest, per-class and global ones
+            are converted soundly). A raw tensor is refused (TypeError).
         eps_list: radii to report, numbers or fraction strings (``"36/255"``).
+        allow_estimate: accept a bound with ``guarantee="estimate"``. Then nothing is called
+            certified: the accuracies are ``estimated@<eps>`` and ``result["kind"]`` is
+            ``"estimated"``.
         attack: None (no attack) or a dict with optional keys ``steps`` (50), ``restarts`` (1),
             ``step_size`` (``2.5 * eps / steps``), ``random_start`` (True), ``seed`` (0).
         device: where to run; default the model's device.
@@ -111,20 +197,26 @@ def evaluate(
     Returns:
         Dict with per-sample tensors ``labels``, ``predictions``, ``radii`` (certified radius, 0 if
         misclassified), ``margins`` (``z_y - max_{i != y} z_i``), ``attack_success`` (``{eps_key:
-        bool tensor}``, empty without attack) and ``summary``: ``clean``, ``certified@<eps>``,
-        ``num_samples`` and, with an attack, ``pgd@<eps>`` and ``consistency_violations@<eps>``
-        (points certified at eps yet broken at eps; any nonzero count means the bound is unsound).
-        ``<eps>`` is the string as given, or the number formatted with ``:g``.
+        bool tensor}``, empty without attack), ``kind`` (``"certified"`` or ``"estimated"``),
+        ``guarantee`` (the bound's) and ``summary``: ``clean``, ``certified@<eps>`` (or
+        ``estimated@<eps>`` for an estimate), ``num_samples`` and, with an attack, ``pgd@<eps>`` and
+        ``consistency_violations@<eps>`` (points with radius > eps yet broken at eps; for a proved
+        bound any nonzero count means the bound is unsound). ``<eps>`` is the string as given, or
+        the number formatted with ``:g``.
 
     Raises:
-        ValueError: on an empty ``eps_list`` or loader, invalid eps or attack settings.
+        TypeError: if ``bound`` is not a :class:`~lipzoo.LipschitzBound`.
+        ValueError: on an estimate without ``allow_estimate``, a bound for another number of
+            classes, an empty ``eps_list`` or loader, invalid eps or attack settings.
     """
+    _check_bound_type(bound, allow_estimate)
+    kind = radius_kind(bound)
     eps_values = {_eps_key(e): parse_eps(e) for e in eps_list}
     if not eps_values:
         raise ValueError("eps_list must hold at least one radius, e.g. [1.58] or ['36/255'].")
     attack = _check_attack(attack)
     device = torch.device(device) if device is not None else _model_device(model)
-    pairwise_L = pairwise_L.detach().to(device)
+    pairwise_L = None  # checked against the number of classes of the first batch
     generator = None
     if attack is not None:
         generator = torch.Generator(device=device).manual_seed(int(attack.pop("seed", 0)))
@@ -139,9 +231,12 @@ def evaluate(
             with torch.no_grad():
                 logits = model(x)
             pred = logits.argmax(dim=1)
+            if pairwise_L is None:
+                k = logits.shape[1] if logits.dim() == 2 else None
+                pairwise_L = pairwise_constants(bound, k, allow_estimate=allow_estimate).to(device)
             labels.append(y.cpu())
             predictions.append(pred.cpu())
-            radii.append(certified_radius(logits, y, pairwise_L).cpu())
+            radii.append(radius_from_tensor(logits, y, pairwise_L).cpu())
             margins.append((-margin_loss(logits, y)).cpu())
             if attack is None:
                 continue
@@ -164,19 +259,24 @@ def evaluate(
         "radii": torch.cat(radii),
         "margins": torch.cat(margins),
         "attack_success": {key: torch.cat(parts) for key, parts in success.items()},
+        "kind": kind,
+        "guarantee": bound.guarantee,
     }
     summary: dict[str, float | int] = {
         "num_samples": result["labels"].numel(),
         "clean": (result["predictions"] == result["labels"]).double().mean().item(),
     }
     for key, eps in eps_values.items():
-        summary[f"certified@{key}"] = certified_accuracy(result["radii"], eps)
+        summary[f"{kind}@{key}"] = certified_accuracy(result["radii"], eps)
         if attack is not None:
             broken = result["attack_success"][key]
             summary[f"pgd@{key}"] = (~broken).double().mean().item()
             violations = int(((result["radii"] > eps) & broken).sum())
             summary[f"consistency_violations@{key}"] = violations
-            if violations:
+            if violations and kind == "certified":
                 logger.error("%d points certified at eps=%s were broken by PGD: the bound is unsound.", violations, key)
+            elif violations:
+                logger.warning("%d points with estimated radius > eps=%s were broken by PGD: the estimate "
+                               "under-estimates the Lipschitz constant.", violations, key)
     result["summary"] = summary
     return result

@@ -38,6 +38,7 @@ def plot_certified_curve(
     path: str | os.PathLike[str],
     eps_marks: Sequence[float | str] = (),
     title: str | None = None,
+    ylabel: str = "certified accuracy",
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Plot certified accuracy against eps, one curve per model, and save it as a PNG.
 
@@ -50,6 +51,7 @@ def plot_certified_curve(
         path: output PNG file; its folder must exist.
         eps_marks: radii (numbers or fraction strings) drawn as dashed vertical lines.
         title: optional figure title.
+        ylabel: y-axis label; say "estimate" here when the radii come from an estimated bound.
 
     Returns:
         model name -> ``(eps_grid, certified_fraction)`` numpy arrays, exactly what was drawn.
@@ -89,7 +91,7 @@ def plot_certified_curve(
         ax.axvline(value, color="gray", linestyle="--", linewidth=0.8)
         ax.annotate(f"eps={label}", (value, 1.0), xytext=(2, -10), textcoords="offset points", fontsize=7)
     ax.set_xlabel("l2 radius eps (pixel units)")
-    ax.set_ylabel("certified accuracy")
+    ax.set_ylabel(ylabel)
     ax.set_xlim(0.0, top)
     ax.set_ylim(0.0, 1.02)
     ax.grid(True, alpha=0.3)

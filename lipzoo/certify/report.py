@@ -1,4 +1,9 @@
-"""One certification run: guaranteed pairwise bound, certified / PGD accuracy, files and a table."""
+"""One certification run: guaranteed pairwise bound, certified / PGD accuracy, files and a table.
+
+An estimate (``norm="power"`` or a precomputed bound with ``guarantee="estimate"``) is refused
+unless ``allow_estimate=True``; then every output (metrics keys, ``report.json``, the table, the
+plot) says ``estimated`` instead of ``certified``.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from lipzoo.bounds import LipschitzBound, lipschitz_bound, lipschitz_bounds
-from lipzoo.certify.metrics import evaluate
+from lipzoo.certify.metrics import evaluate, pairwise_constants, radius_kind
 from lipzoo.certify.plots import plot_certified_curve
 
 logger = logging.getLogger(__name__)
@@ -25,7 +30,8 @@ __all__ = ["certify", "format_table", "bounds_table"]
 def certify(model: nn.Module, dataset: Dataset, eps_list: Sequence[str], *, input_shape, out_dir=None,
             name: str = "model", limit: int | None = None, batch_size: int = 500, attack: dict | None = None,
             norm: str = "auto", max_dense: int = 4096, bound: LipschitzBound | None = None,
-            compare: dict[str, torch.Tensor] | None = None, device=None, progress: bool = True) -> dict[str, Any]:
+            compare: dict[str, torch.Tensor] | None = None, device=None, progress: bool = True,
+            allow_estimate: bool = False) -> dict[str, Any]:
     """Certify ``model`` on ``dataset`` at each eps (pixel units) and write the report files.
 
     Args:
@@ -33,13 +39,25 @@ def certify(model: nn.Module, dataset: Dataset, eps_list: Sequence[str], *, inpu
         dataset: yields ``(x, y)``; ``limit`` keeps the first ``limit`` samples.
         eps_list: radii as exact fraction strings (``"36/255"``) or numbers.
         input_shape: per-sample input shape for the bound.
-        out_dir: where ``report.json``, ``radii.csv`` and ``certified_curve.png`` go (None: nowhere).
+        out_dir: where ``report.json``, ``radii.csv`` and ``certified_curve.png`` (``estimated_curve.png``
+            for an estimate) go (None: nowhere).
         attack: PGD settings for :func:`lipzoo.certify.evaluate` (None: no attack).
         norm, max_dense: operator-norm path of the bound (see :func:`lipzoo.lipschitz_bound`); the
             default ``"auto"`` is guaranteed.
-        bound: a precomputed pairwise bound (skips the computation).
+        bound: a precomputed :class:`~lipzoo.LipschitzBound` (skips the computation).
         compare: extra radii curves for the plot, ``{label: radii}``.
+        allow_estimate: accept an estimate (``norm="power"``); everything is then labelled
+            ``estimated``, never ``certified``.
+
+    Raises:
+        TypeError: if ``bound`` is given and is not a :class:`~lipzoo.LipschitzBound`.
+        ValueError: on an estimate without ``allow_estimate`` (checked before the data is read).
     """
+    if bound is not None and not isinstance(bound, LipschitzBound):
+        raise TypeError(f"bound must be a lipzoo.LipschitzBound, got {type(bound).__name__}.")
+    if not allow_estimate and (norm == "power" if bound is None else bound.guarantee == "estimate"):
+        raise ValueError("this bound would be an estimate (norm='power' / guarantee='estimate'), not a "
+                         "certificate; use norm='auto' or pass allow_estimate=True.")
     if limit is not None:
         if limit <= 0:
             raise ValueError(f"limit must be a positive number of samples, got {limit}.")
@@ -48,14 +66,17 @@ def certify(model: nn.Module, dataset: Dataset, eps_list: Sequence[str], *, inpu
     if bound is None:
         bound = lipschitz_bound(model, input_shape, method="liplt", mode="pairwise", norm=norm, max_dense=max_dense)
     bound_seconds = time.time() - t0
+    kind = radius_kind(bound)
     if not bound.guaranteed:
-        logger.warning("The pairwise bound is an ESTIMATE (guarantee=%s): the radii below are not certificates.",
-                       bound.guarantee)
+        logger.warning("The %s bound is an ESTIMATE (guarantee=%s): the radii below are not certificates.",
+                       bound.mode, bound.guarantee)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    result = evaluate(model, loader, bound.value.float(), eps_list, attack=attack, device=device, progress=progress)
+    result = evaluate(model, loader, bound, eps_list, allow_estimate=allow_estimate, attack=attack, device=device,
+                      progress=progress)
     summary = dict(result["summary"])
-    off = bound.value[~torch.eye(bound.value.shape[0], dtype=torch.bool)]
-    report = {"model": name, "num_samples": summary.pop("num_samples"), "metrics": summary,
+    pair = pairwise_constants(bound, bound.num_classes or 2, allow_estimate=True)  # checked by evaluate above
+    off = pair[~torch.eye(pair.shape[0], dtype=torch.bool)]
+    report = {"model": name, "num_samples": summary.pop("num_samples"), "metrics": summary, "kind": kind,
               "bound": {**bound.to_dict(),
                         "pairwise_mean": float(off.mean()), "pairwise_max": float(off.max()),
                         "seconds": round(bound_seconds, 2)},
@@ -71,10 +92,13 @@ def certify(model: nn.Module, dataset: Dataset, eps_list: Sequence[str], *, inpu
             for i, (y, p, m, r) in enumerate(zip(result["labels"].tolist(), result["predictions"].tolist(),
                                                  result["margins"].tolist(), result["radii"].tolist())):
                 w.writerow([i, y, p, f"{m:.6g}", f"{r:.6g}"])
-        curves = {name: result["radii"], **(compare or {})}
-        plot_certified_curve(curves, out / "certified_curve.png", eps_marks=list(eps_list),
-                             title=f"{Path(name).name}: pairwise LipLT ({bound.guarantee})")
-        report["files"] = [str(out / f) for f in ("report.json", "radii.csv", "certified_curve.png")]
+        label = name if kind == "certified" else f"{name} (estimate)"
+        curves = {label: result["radii"], **(compare or {})}
+        plot_certified_curve(curves, out / f"{kind}_curve.png", eps_marks=list(eps_list),
+                             title=f"{Path(name).name}: {bound.mode} {bound.method} ({bound.guarantee})",
+                             ylabel="certified accuracy" if kind == "certified"
+                             else "estimated robust accuracy (estimate, not certified)")
+        report["files"] = [str(out / f) for f in ("report.json", "radii.csv", f"{kind}_curve.png")]
     report["radii"] = result["radii"]
     return report
 
@@ -82,15 +106,18 @@ def certify(model: nn.Module, dataset: Dataset, eps_list: Sequence[str], *, inpu
 def format_table(report: dict[str, Any]) -> str:
     """A printed table of one certification report."""
     m = report["metrics"]
+    kind = report.get("kind", "certified" if report["bound"]["guaranteed"] else "estimated")
     lines = [f"model: {report['model']}    samples: {report['num_samples']}",
-             f"bound: pairwise LipLT, guarantee={report['bound']['guarantee']} "
+             f"bound: {report['bound'].get('mode', 'pairwise')} LipLT, guarantee={report['bound']['guarantee']} "
              f"(guaranteed={report['bound']['guaranteed']}), mean L_ij={report['bound']['pairwise_mean']:.4g}",
-             f"clean accuracy: {100 * m['clean']:.2f}%", "",
-             f"{'eps':>10} | {'certified':>9} | {'PGD':>7} | {'violations':>10}", "-" * 46]
+             f"clean accuracy: {100 * m['clean']:.2f}%", ""]
+    if kind != "certified":
+        lines[-1:] = ["ESTIMATE: the bound may under-estimate the Lipschitz constant; these radii are not certificates.", ""]
+    lines += [f"{'eps':>10} | {kind:>9} | {'PGD':>7} | {'violations':>10}", "-" * 46]
     for eps in report["eps"]:
         pgd = m.get(f"pgd@{eps}")
         viol = m.get(f"consistency_violations@{eps}")
-        lines.append(f"{eps:>10} | {100 * m[f'certified@{eps}']:8.2f}% | "
+        lines.append(f"{eps:>10} | {100 * m[f'{kind}@{eps}']:8.2f}% | "
                      f"{'-' if pgd is None else f'{100 * pgd:6.2f}%':>7} | {'-' if viol is None else viol:>10}")
     return "\n".join(lines)
 
