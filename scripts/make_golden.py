@@ -40,6 +40,9 @@ def main() -> None:
     with torch.no_grad():
         logits = model(fixed_inputs(shape))
     report = json.loads(Path(args.report).read_text())
+    if not report["bound"]["guaranteed"] or report.get("kind", "certified") != "certified":
+        raise SystemExit(f"{args.report} comes from an estimated bound (guarantee={report['bound']['guarantee']}): "
+                         "golden certified numbers need a guaranteed one (`lipzoo certify NAME` without --norm power).")
     with open(Path(args.report).parent / "radii.csv") as fh:
         rows = list(csv.DictReader(fh))[: args.first]
     metrics = {"clean": sum(r["label"] == r["prediction"] for r in rows) / len(rows)}

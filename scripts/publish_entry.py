@@ -53,6 +53,9 @@ def main() -> None:
     card = {"target": args.name, "paper_metrics": PAPER.get(args.name)}
     if args.report:
         report = json.loads(Path(args.report).read_text())
+        if not report["bound"]["guaranteed"] or report.get("kind", "certified") != "certified":
+            raise SystemExit(f"{args.report} holds estimated radii (guarantee={report['bound']['guarantee']}); "
+                             "a zoo entry publishes certified numbers only: rerun `lipzoo certify` with --norm auto.")
         metrics = dict(report["metrics"])
         metrics["epochs_trained"] = config.get("training", {}).get("epochs_trained")
         metrics["num_test_samples"] = report["num_samples"]
