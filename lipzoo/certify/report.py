@@ -112,7 +112,8 @@ def format_table(report: dict[str, Any]) -> str:
              f"(guaranteed={report['bound']['guaranteed']}), mean L_ij={report['bound']['pairwise_mean']:.4g}",
              f"clean accuracy: {100 * m['clean']:.2f}%", ""]
     if kind != "certified":
-        lines[-1:] = ["ESTIMATE: the bound may under-estimate the Lipschitz constant; these radii are not certificates.", ""]
+        lines[-1:] = ["ESTIMATE: the bound may under-estimate the Lipschitz constant; "
+                      "these radii are not certificates.", ""]
     lines += [f"{'eps':>10} | {kind:>9} | {'PGD':>7} | {'violations':>10}", "-" * 46]
     for eps in report["eps"]:
         pgd = m.get(f"pgd@{eps}")
