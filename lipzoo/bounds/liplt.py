@@ -151,16 +151,6 @@ def _unit_roundoff(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).eps / 2
 
 
-def _pairwise_sq_direct(rows: torch.Tensor, pairs_i: torch.Tensor, pairs_j: torch.Tensor,
-                        budget: int = 1 << 24) -> torch.Tensor:
-    """``||rows[i] - rows[j]||^2`` for the listed pairs from the differences themselves (no cancellation)."""
-    n = max(rows.shape[1], 1)
-    step = max(1, budget // n)
-    parts = [(rows[pairs_i[s:s + step]] - rows[pairs_j[s:s + step]]).square().sum(1)
-             for s in range(0, pairs_i.numel(), step)]
-    return torch.cat(parts) if parts else rows.new_zeros(0)
-
-
 def output_norms(rows: torch.Tensor, mode: str, margin: float = 0.0, *, rho: float = 1e-7) -> torch.Tensor:
     """Norms of the output-side operator from its rows ``S^T e_i`` (a ``(K, n)`` matrix).
 
@@ -176,7 +166,8 @@ def output_norms(rows: torch.Tensor, mode: str, margin: float = 0.0, *, rho: flo
       nearly coincide (rows 1e-5 apart at scale 1e3 gave ``L_01 = 1.5e-154``). It is used only where
       its proved absolute error ``E_ij = 2 (n + 8) u (sqrt(g_ii) + sqrt(g_jj))^2`` is at most
       ``rho`` times the computed square, and then ``E_ij`` is added; every other pair is computed
-      from the difference ``r_i - r_j`` itself (relative error ``<= 2 (n + 4) u``), in chunks.
+      from the difference ``r_i - r_j`` itself (``torch.cdist`` without the matrix-multiplication
+      form; relative error ``<= 2 (n + 4) u``).
     * ``global``: ``sqrt(eigvalsh(G) + E)`` with ``E`` covering the Gram rounding
       (``2 (n + 8) u (sum_i ||r_i||)^2``) and the backward error of ``eigvalsh``
       (``8 K u ||G||_F``).
@@ -203,17 +194,16 @@ def output_norms(rows: torch.Tensor, mode: str, margin: float = 0.0, *, rho: flo
         err = gamma * (diag.sqrt()[:, None] + diag.sqrt()[None, :]).square()
         eye = torch.eye(k, dtype=torch.bool, device=r.device)
         cancel = (err > rho * sq) & ~eye
-        sq = sq + err
-        if cancel.any():
-            ii, jj = cancel.nonzero(as_tuple=True)
-            keep = ii < jj  # symmetric: compute each pair once
-            ii, jj = ii[keep], jj[keep]
-            direct = _pairwise_sq_direct(r, ii, jj) * (1 + 2 * (n + 4) * u)
-            fix = torch.zeros_like(sq).index_put((ii, jj), direct).index_put((jj, ii), direct)
-            sq = torch.where(cancel, fix, sq)
         # sqrt has an infinite derivative at 0; the floor keeps training gradients finite.
-        val = torch.where(eye, torch.zeros_like(sq),
-                          sq.clamp_min(torch.finfo(torch.float64).tiny).sqrt() * (1 + 4 * u))
+        val = (sq + err).clamp_min(torch.finfo(torch.float64).tiny).sqrt() * (1 + 4 * u)
+        if cancel.any():
+            # only the rows in a cancelling pair; cdist's direct mode sums (r_i - r_j)^2, no Gram
+            idx = (cancel.any(0) | cancel.any(1)).nonzero(as_tuple=True)[0]  # r @ r.T may be asymmetric
+            sub = r[idx]
+            direct = torch.cdist(sub, sub, compute_mode="donot_use_mm_for_euclid_dist") * (1 + 2 * (n + 4) * u)
+            fix = torch.zeros_like(val).index_put((idx[:, None], idx[None, :]), direct)
+            val = torch.where(cancel, fix, val)
+        val = torch.where(eye, torch.zeros_like(val), val)
     return _round_up(val * (1 + margin), out_dtype) if margin else val.to(out_dtype)
 
 
