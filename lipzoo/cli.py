@@ -26,7 +26,8 @@ def _cmd_train(args) -> int:
     out = args.out or f"runs/{config['name']}"
     opts = TrainOptions(out_dir=out, data_root=args.data_root, device=args.device, seed=args.seed,
                         resume=args.resume, amp=args.amp, num_workers=args.workers,
-                        max_steps_per_epoch=args.max_steps, progress=not args.no_progress, threads=args.threads)
+                        max_steps_per_epoch=args.max_steps, progress=not args.no_progress, threads=args.threads,
+                        time_budget=args.time_budget, compile=args.compile)
     run_dir = train(config, opts)
     print(f"Training finished: {run_dir}/final (metrics in {run_dir}/metrics.jsonl). Certify it with:\n"
           f"  lipzoo certify {run_dir}/final")
@@ -101,7 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
-    t.add_argument("--amp", action="store_true", help="mixed precision for the network (bound stays fp32)")
+    t.add_argument("--amp", action="store_true", help="bfloat16 autocast for the network (the bound stays float32)")
+    t.add_argument("--compile", action="store_true", help="torch.compile the network's forward")
+    t.add_argument("--time-budget", type=float, metavar="SECONDS",
+                   help="shrink the recipe's epochs, schedule and warm-up to what fits (measured on epoch 2)")
     t.add_argument("--workers", type=int, default=0, help="data loader workers")
     t.add_argument("--max-steps", type=int, help="cap steps per epoch (smoke tests)")
     t.add_argument("--threads", type=int, help="torch CPU threads")

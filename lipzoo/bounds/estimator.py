@@ -62,6 +62,9 @@ class LipLTEstimator(nn.Module):
 
     def forward(self, n_iter: int | None = None) -> torch.Tensor:
         model = self._model
+        ref = next(model.parameters(), None)
+        if ref is not None and next(iter(self.buffers())).device != ref.device:
+            self.to(ref.device)  # the model moved (model.cuda()) after the estimator was built
         structure = build_structure(model, self.input_shape)
         v = self.vectors()
         n = self.n_iter if n_iter is None else n_iter

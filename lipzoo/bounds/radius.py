@@ -66,7 +66,7 @@ def _round_down(value: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.where(too_big & ~finite, down, out)  # overflow to +inf becomes the largest finite value
 
 
-def pairwise_radii(logits: Tensor, labels: Tensor, pairwise_L: Tensor) -> Tensor:
+def pairwise_radii(logits: Tensor, labels: Tensor, pairwise_L: Tensor, *, validate: bool = True) -> Tensor:
     """Per-class radii ``(z_y - z_i) / L_yi`` (the terms of eq. 4), rounded down.
 
     Low level: ``pairwise_L`` is trusted as given. The radii are certificates only when it is a
@@ -91,7 +91,8 @@ def pairwise_radii(logits: Tensor, labels: Tensor, pairwise_L: Tensor) -> Tensor
     Raises:
         ValueError: on wrong shapes, NaN, labels out of range or non-positive constants.
     """
-    _check_inputs(logits, labels, pairwise_L)
+    if validate:  # the checks read values on the host; a training loop on a GPU skips them
+        _check_inputs(logits, labels, pairwise_L)
     n, k = logits.shape
     z = logits.to(torch.float64)
     z_y = z.gather(1, labels[:, None])
@@ -104,7 +105,7 @@ def pairwise_radii(logits: Tensor, labels: Tensor, pairwise_L: Tensor) -> Tensor
     return _round_down(radii, logits.dtype).masked_fill(is_y, float("inf"))
 
 
-def certified_radius(logits: Tensor, labels: Tensor, pairwise_L: Tensor) -> Tensor:
+def certified_radius(logits: Tensor, labels: Tensor, pairwise_L: Tensor, *, validate: bool = True) -> Tensor:
     """Radius of eq. (4) from a raw tensor: ``min_{i != y} (z_y - z_i) / L_yi``; 0 when misclassified.
 
     Low level, for training metrics: ``pairwise_L`` is trusted as given (the trainer passes the
@@ -124,6 +125,6 @@ def certified_radius(logits: Tensor, labels: Tensor, pairwise_L: Tensor) -> Tens
     Returns:
         ``(N,)`` non-negative radii.
     """
-    radius = pairwise_radii(logits, labels, pairwise_L).min(dim=1).values
+    radius = pairwise_radii(logits, labels, pairwise_L, validate=validate).min(dim=1).values
     correct = logits.argmax(dim=1) == labels
     return torch.where(correct, radius.clamp_min(0.0), torch.zeros_like(radius))

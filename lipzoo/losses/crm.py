@@ -65,6 +65,7 @@ def crm_loss(
     g: str = "linear",
     regularize: bool = True,
     return_parts: bool = False,
+    validate: bool = True,
 ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
     """CRM training loss (eq. 6 with the reference code's choices).
 
@@ -84,6 +85,9 @@ def crm_loss(
         r0: radius cut-off ``> 0`` above which points are no longer pushed, or None.
         g: ``"linear"`` or ``"exp"``.
         regularize: False gives cross-entropy only (the warm-up epochs).
+        validate: check the inputs (shapes, NaN, label range, positive constants). The checks read
+            values on the host; a training loop on an accelerator passes False and checks
+            finiteness itself (see :mod:`lipzoo.train.trainer`).
         return_parts: also return a dict with ``ce`` and ``reg`` (attached tensors), ``mean_radius``
             (detached mean certified radius, 0 for misclassified points) and ``active`` (detached
             count of regularized points).
@@ -102,20 +106,22 @@ def crm_loss(
     if g not in G_FUNCTIONS:
         raise ValueError(f"g must be one of {G_FUNCTIONS}; got {g!r}.")
 
-    radii = pairwise_radii(logits, labels, pairwise_L)
+    radii = pairwise_radii(logits, labels, pairwise_L, validate=validate)
     ce = F.cross_entropy(logits, labels)
     hard = radii.min(dim=1).values
     correct = logits.argmax(dim=1) == labels
     active = correct if r0 is None else correct & (hard < r0)
 
     if regularize:
-        # Index the active rows instead of masking the product: exp(-t r) of a misclassified point can
-        # overflow, and inf * 0 would poison the gradient with NaN.
+        # Inactive rows get radius 0 *before* the penalty (exp(-t r) of a misclassified point can
+        # overflow, and inf * 0 would poison the gradient with NaN), then are masked out. No
+        # boolean indexing: its data-dependent shape would make the host wait for the device.
+        safe = torch.where(active[:, None], radii, torch.zeros_like(radii).masked_fill(torch.isinf(radii), float("inf")))
         if g == "linear":
-            per_point = _neg_soft_radius(radii[active], t)
+            per_point = _neg_soft_radius(safe, t)
         else:
-            per_point = torch.exp(-t * hard[active]) / t
-        reg = per_point.sum() / logits.shape[0]
+            per_point = torch.exp(-t * safe.min(dim=1).values) / t
+        reg = torch.where(active, per_point, torch.zeros_like(per_point)).sum() / logits.shape[0]
         loss = ce + lam * reg
     else:
         reg = ce.new_zeros(())
@@ -169,11 +175,14 @@ class CRMLoss(nn.Module):
         self.epoch = epoch
 
     def forward(
-        self, logits: Tensor, labels: Tensor, pairwise_L: Tensor, return_parts: bool = False
+        self, logits: Tensor, labels: Tensor, pairwise_L: Tensor, return_parts: bool = False, *,
+        regularize: bool | None = None, validate: bool = True,
     ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        """The loss; ``regularize`` overrides the warm-up decision of the current epoch."""
         return crm_loss(
             logits, labels, pairwise_L, t=self.t, lam=self.lam, r0=self.r0, g=self.g,
-            regularize=self.regularize, return_parts=return_parts,
+            regularize=self.regularize if regularize is None else regularize, return_parts=return_parts,
+            validate=validate,
         )
 
     def extra_repr(self) -> str:

@@ -1,9 +1,15 @@
 """``lipzoo train``: CRM (or plain cross-entropy) training with exact resume.
 
 One run directory holds ``metrics.jsonl`` (one JSON line per epoch), ``checkpoint.pt`` (the state
-after the last *good* epoch: model, optimizer, scheduler, power-iteration vectors, RNG states),
-``config.yaml`` (the resolved recipe) and, at the end, ``final/`` (a Hub-format checkpoint).
-Re-running the same command with ``resume=True`` continues bit-for-bit where it stopped.
+after the last *good* epoch: model, optimizer, scheduler, power-iteration vectors, RNG states, all
+plain tensors and containers, so it loads with ``torch.load(..., weights_only=True)`` and never
+unpickles code), ``config.yaml`` (the resolved recipe) and, at the end, ``final/`` (a Hub-format
+checkpoint). Re-running the same command with ``resume=True`` continues bit-for-bit where it stopped.
+
+The hot loop is built for accelerators: the training split lives on the device as uint8
+(:class:`lipzoo.data.DeviceLoader`), augmentation runs there in batches, and a step never waits for
+the device: losses, accuracy, radii and the finiteness checks accumulate in device tensors that are
+read every ``sync_every`` steps and at the end of the epoch.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from tqdm.auto import tqdm
 
 from lipzoo.bounds.estimator import LipLTEstimator
 from lipzoo.bounds.radius import certified_radius
-from lipzoo.losses import crm_loss
+from lipzoo.losses import CRMLoss
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +56,9 @@ class TrainOptions:
     max_steps_per_epoch: int | None = None  # for smoke tests
     progress: bool = True
     threads: int | None = None
+    time_budget: float | None = None  # seconds: shrink the recipe's epochs (and schedule) to fit
+    sync_every: int = 50  # steps between reads of the device-side running metrics
+    compile: bool = False  # torch.compile the network's forward (the bound stays eager, float32)
 
 
 def exponential_decay(epoch: int, *, epochs: int, start_epoch: int, lr: float, final_lr: float) -> float:
@@ -61,18 +70,28 @@ def exponential_decay(epoch: int, *, epochs: int, start_epoch: int, lr: float, f
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every RNG state as tensors and plain containers (loadable with ``weights_only=True``)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)},
+             "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
+                        "gauss_next": gauss_next}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    """Inverse of :func:`_rng_state`; tensors may arrive on any device (they are moved to the CPU)."""
+    torch.set_rng_state(state["torch"].cpu())
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([t.cpu() for t in state["cuda"]])
 
 
 def _distributed() -> tuple[int, int]:
@@ -116,15 +135,36 @@ def _make_scheduler(optimizer, recipe: dict):
         optimizer, lambda e: exponential_decay(e, epochs=epochs, start_epoch=start, lr=lr, final_lr=final))
 
 
-def _loaders(config: dict, opts: TrainOptions, distributed: bool):
-    from lipzoo.data import load_dataset, make_loaders
+def _loaders(config: dict, opts: TrainOptions, device: torch.device, rank: int, world: int):
+    from lipzoo.data import load_dataset, make_device_loaders
 
     recipe = config["recipe"]
     train_set = load_dataset(config["dataset"], split="train", root=opts.data_root)
-    loaders = make_loaders(train_set, int(recipe["batch_size"]), validation_split=float(recipe.get("validation_split", 0)),
-                           augmentation=recipe.get("augmentation") or [], seed=opts.seed,
-                           num_workers=opts.num_workers, distributed=distributed)
+    loaders = make_device_loaders(train_set, int(recipe["batch_size"]), device=device,
+                                  validation_split=float(recipe.get("validation_split", 0)),
+                                  augmentation=recipe.get("augmentation") or [], seed=opts.seed, rank=rank, world=world)
     return loaders["train"], loaders.get("val")
+
+
+def fit_recipe(recipe: dict, epochs: int) -> dict:
+    """``recipe`` shortened to ``epochs``, its schedule and CRM warm-up scaled by the same factor.
+
+    Used by ``time_budget``: the learning-rate decay then still spans the second part of the run
+    and the warm-up keeps its share, instead of a long recipe cut off before its decay.
+    """
+    recipe = json.loads(json.dumps(recipe))
+    old = int(recipe["epochs"])
+    if not 1 <= epochs <= old:
+        raise ValueError(f"epochs must be in [1, {old}]; got {epochs}.")
+    scale = epochs / old
+    recipe["epochs"] = epochs
+    sched = recipe.get("scheduler") or {}
+    if sched.get("name") == "exponential":
+        sched["start_epoch"] = min(epochs - 1, int(round(int(sched["start_epoch"]) * scale)))
+    crm = recipe.get("crm") or {}
+    if "warmup_epochs" in crm:
+        crm["warmup_epochs"] = int(math.ceil(int(crm["warmup_epochs"]) * scale))
+    return recipe
 
 
 class _Run:
@@ -149,24 +189,52 @@ class _Run:
                                         seed=opts.seed)
         self.optimizer = _make_optimizer(self.model, self.recipe)
         self.scheduler = _make_scheduler(self.optimizer, self.recipe)
+        self.criterion = self._criterion()
         self.epoch = 0
         self.net = self.model
         if self.world > 1:
             self.net = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.train_loader, self.val_loader = _loaders(config, opts, self.world > 1)
+        if opts.compile:
+            self.net = torch.compile(self.net)
+        self.train_loader, self.val_loader = _loaders(config, opts, self.device, self.rank, self.world)
         self.out = Path(opts.out_dir)
         self.ckpt = self.out / "checkpoint.pt"
-        self.use_scaler = opts.amp and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_scaler)
+
+    def _criterion(self) -> CRMLoss:
+        crm = self.recipe.get("crm") or {}
+        return CRMLoss(t=float(crm.get("t", 5.0)), lam=float(crm.get("lam", 15.0)), r0=crm.get("r0"),
+                       g=crm.get("g", "linear"), warmup_epochs=int(crm.get("warmup_epochs", 0)))
+
+    def fit_budget(self, epoch_seconds: float, elapsed: float) -> None:
+        """Shrink the recipe to the epochs that fit ``opts.time_budget`` (``elapsed`` seconds are spent)."""
+        budget, epochs = self.opts.time_budget, int(self.recipe["epochs"])
+        fit = self.epoch + int(max(0.0, budget - elapsed) // max(epoch_seconds, 1e-9))
+        if fit >= epochs:
+            return
+        fit = max(fit, self.epoch, 1)
+        logger.warning("time budget %.0f s: %d of %d epochs fit (%.1f s each); the schedule is scaled to %d epochs.",
+                       budget, fit, epochs, epoch_seconds, fit)
+        original = self.config.get("time_budget", {}).get("recipe_epochs", epochs)
+        self.config = dict(self.config, recipe=fit_recipe(self.recipe, fit),
+                           time_budget={"seconds": budget, "recipe_epochs": original})
+        self.recipe = self.config["recipe"]
+        self._rebuild_schedule()
+
+    def _rebuild_schedule(self) -> None:
+        """A scheduler and criterion for ``self.recipe``, positioned at ``self.epoch``."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = group.get("initial_lr", group["lr"])
+        self.scheduler = _make_scheduler(self.optimizer, self.recipe)
+        for _ in range(self.epoch):
+            self.scheduler.step()
+        self.criterion = self._criterion()
 
     # -- checkpoints -----------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        gen = getattr(self.train_loader, "generator", None)
         return {"epoch": self.epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "estimator": self.estimator.state_dict(),
-                "scaler": self.scaler.state_dict(), "rng": _rng_state(),
-                "loader_generator": gen.get_state() if gen is not None else None, "config": self.config}
+                "rng": _rng_state(), "loader_generator": self.train_loader.state_dict(), "config": self.config}
 
     def save(self) -> None:
         if self.rank != 0:
@@ -177,37 +245,39 @@ class _Run:
 
     def load(self) -> None:
         try:
-            state = torch.load(self.ckpt, map_location=self.device, weights_only=False)
-        except Exception as err:  # truncated or foreign file
-            raise ValueError(f"Cannot read checkpoint {str(self.ckpt)!r}: {err}. Delete it to start over.") from err
+            # weights_only: a run folder from someone else cannot run code. Loaded on the CPU (RNG
+            # states must stay there), then moved by load_state_dict.
+            state = torch.load(self.ckpt, map_location="cpu", weights_only=True)
+        except Exception as err:  # truncated, foreign or pickled-object file
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"Cannot read checkpoint {str(self.ckpt)!r} ({first}): it is truncated, not a "
+                             f"lipzoo checkpoint, or holds pickled objects (only tensors and plain containers are "
+                             f"read, never code). Delete it to start over.") from err
         if state.get("config", {}).get("architecture") != self.config["architecture"]:
             raise ValueError(f"Checkpoint {str(self.ckpt)!r} belongs to architecture "
                              f"{state.get('config', {}).get('architecture')!r}, not {self.config['architecture']!r}.")
+        self.epoch = int(state["epoch"])
+        if "time_budget" in state["config"]:  # the run was shortened to fit a budget: keep its schedule
+            self.config = dict(self.config, recipe=state["config"]["recipe"], time_budget=state["config"]["time_budget"])
+            self.recipe = self.config["recipe"]
+            self._rebuild_schedule()
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.estimator.load_state_dict(state["estimator"])
-        self.scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
-        gen = getattr(self.train_loader, "generator", None)
-        if gen is not None and state.get("loader_generator") is not None:
-            gen.set_state(state["loader_generator"])
-        self.epoch = int(state["epoch"])
+        self.train_loader.load_state_dict(state["loader_generator"])
 
     # -- one epoch -------------------------------------------------------------------------------
     def loss(self, x, y, regularize: bool):
-        crm = self.recipe.get("crm") or {}
-        amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        amp_dtype = torch.bfloat16  # bfloat16 has float32's range: no loss scaling, no host sync
         with torch.autocast(self.device.type, dtype=amp_dtype, enabled=self.opts.amp):
             logits = self.net(x)
         logits = logits.float()
-        if not bool(torch.isfinite(logits).all()):
-            raise FloatingPointError("the network produced non-finite logits")
         if self.recipe.get("loss", "crm") == "crm":
             pairwise = self.estimator()  # the bound stays in float32, outside autocast
-            loss, parts = crm_loss(logits, y, pairwise, t=float(crm.get("t", 5.0)), lam=float(crm.get("lam", 15.0)),
-                                   r0=crm.get("r0"), g=crm.get("g", "linear"), regularize=regularize,
-                                   return_parts=True)
+            loss, parts = self.criterion(logits, y, pairwise, regularize=regularize, return_parts=True,
+                                          validate=False)
         else:
             with torch.no_grad():
                 pairwise = self.estimator()
@@ -217,48 +287,53 @@ class _Run:
 
     def train_epoch(self) -> dict[str, float]:
         self.net.train()
-        sampler = getattr(self.train_loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(self.epoch)
-        warmup = int((self.recipe.get("crm") or {}).get("warmup_epochs", 0))
-        regularize = self.epoch >= warmup
-        totals = {"loss": 0.0, "correct": 0, "n": 0, "radius": 0.0}
+        self.train_loader.set_epoch(self.epoch)
+        self.criterion.set_epoch(self.epoch)
+        regularize = self.criterion.regularize
         steps = len(self.train_loader)
         if self.opts.max_steps_per_epoch:
             steps = min(steps, self.opts.max_steps_per_epoch)
         bar = tqdm(total=steps, desc=f"epoch {self.epoch + 1}/{self.recipe['epochs']}",
                    disable=not self.opts.progress or self.rank != 0, leave=False)
+        # Running sums on the device: read every sync_every steps, never per step.
+        totals = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss, correct, radius, n
+        first_bad = torch.full((2,), -1.0, dtype=torch.float64, device=self.device)  # step, loss value
+        logits_bad = torch.zeros((), dtype=torch.bool, device=self.device)
         for step, (x, y) in enumerate(self.train_loader):
             if step >= steps:
                 break
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            try:
-                logits, pairwise, loss, _ = self.loss(x, y, regularize)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"the loss became {loss.item()}")
-            except FloatingPointError as err:
-                bar.close()
-                raise FloatingPointError(
-                    f"Training stopped at epoch {self.epoch + 1}, step {step + 1}: {err}. The last good "
-                    f"checkpoint ({self.ckpt}) is kept: lower the learning rate or lambda and resume.") from err
+            logits, pairwise, loss, _ = self.loss(x, y, regularize)
+            bad = ~torch.isfinite(logits).all() | ~torch.isfinite(loss)
+            fresh = bad & (first_bad[0] < 0)
+            first_bad = torch.where(fresh, torch.stack([first_bad.new_tensor(step), loss.detach().double()]), first_bad)
+            logits_bad = torch.where(fresh, ~torch.isfinite(logits).all(), logits_bad)
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            loss.backward()
+            self.optimizer.step()
             with torch.no_grad():
-                radius = certified_radius(logits.detach(), y, pairwise)
-            n = y.shape[0]
-            totals["loss"] += loss.item() * n
-            totals["correct"] += int((logits.argmax(1) == y).sum())
-            totals["radius"] += float(radius.sum())
-            totals["n"] += n
-            bar.set_postfix(loss=f"{totals['loss'] / totals['n']:.3f}", acc=f"{totals['correct'] / totals['n']:.3f}",
-                            radius=f"{totals['radius'] / totals['n']:.3f}")
+                radius = certified_radius(logits.detach(), y, pairwise, validate=False)
+                totals += torch.stack([loss.detach().double() * y.shape[0], (logits.argmax(1) == y).sum().double(),
+                                       radius.double().sum(), totals.new_tensor(y.shape[0])])
             bar.update()
+            if (step + 1) % self.opts.sync_every == 0 or step + 1 == steps:
+                t = totals.tolist()  # the one host synchronization every sync_every steps
+                self._check(first_bad, logits_bad, bar)
+                bar.set_postfix(loss=f"{t[0] / t[3]:.3f}", acc=f"{t[1] / t[3]:.3f}", radius=f"{t[2] / t[3]:.3f}")
+        self._check(first_bad, logits_bad, bar)
         bar.close()
-        n = max(1, totals["n"])
-        return {"train_loss": totals["loss"] / n, "train_acc": totals["correct"] / n,
-                "train_radius_est": totals["radius"] / n}
+        loss_sum, correct, radius_sum, n = totals.tolist()
+        n = max(1.0, n)
+        return {"train_loss": loss_sum / n, "train_acc": correct / n, "train_radius_est": radius_sum / n}
+
+    def _check(self, first_bad: torch.Tensor, logits_bad: torch.Tensor, bar) -> None:
+        step, value = first_bad.tolist()
+        if step < 0:
+            return
+        bar.close()
+        what = "the network produced non-finite logits" if bool(logits_bad) else f"the loss became {value}"
+        raise FloatingPointError(
+            f"Training stopped at epoch {self.epoch + 1}, step {int(step) + 1}: {what}. The last good "
+            f"checkpoint ({self.ckpt}) is kept: lower the learning rate or lambda and resume.")
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -269,11 +344,10 @@ class _Run:
         correct = n = 0
         radii = []
         for x, y in self.val_loader:
-            x, y = x.to(self.device), y.to(self.device)
             logits = self.model(x)
             correct += int((logits.argmax(1) == y).sum())
             n += y.shape[0]
-            radii.append(certified_radius(logits, y, pairwise).cpu())
+            radii.append(certified_radius(logits, y, pairwise, validate=False).cpu())
         r = torch.cat(radii)
         out = {"val_acc": correct / max(1, n), "val_radius_est": float(r.mean())}
         for eps in (self.config.get("certify") or {}).get("eps", []):
@@ -310,9 +384,9 @@ def train(config: dict, opts: TrainOptions) -> Path:
     if run.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    epochs = int(config["recipe"]["epochs"])
     start = time.time()
-    while run.epoch < epochs:
+    first_epoch = run.epoch
+    while run.epoch < int(run.recipe["epochs"]):
         t0 = time.time()
         row = {"epoch": run.epoch + 1, "lr": run.optimizer.param_groups[0]["lr"]}
         row.update(run.train_epoch())
@@ -320,6 +394,11 @@ def train(config: dict, opts: TrainOptions) -> Path:
         run.epoch += 1
         row.update(run.evaluate())
         row["epoch_seconds"] = time.time() - t0
+        # Fit the budget on the second epoch of this session (the first pays for warm-up/autotuning).
+        if opts.time_budget and run.epoch == min(first_epoch + 2, int(run.recipe["epochs"])):
+            run.fit_budget(row["epoch_seconds"], time.time() - start)
+            if run.rank == 0:
+                (out / "config.yaml").write_text(yaml.safe_dump(run.config, sort_keys=False))
         if not all(math.isfinite(v) for v in row.values() if isinstance(v, float)):
             raise FloatingPointError(f"Non-finite metrics at epoch {run.epoch}: {row}; last good checkpoint kept.")
         run.save()
