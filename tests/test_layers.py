@@ -290,3 +290,64 @@ def test_strided_conv_bound_is_polyphase_tight():
     bound = op.norm_bound((3, 12, 12))
     assert exact <= bound <= 1.25 * exact
     assert bound < conv2d_norm_bound(w, (12, 12), 1)  # the stride-1 bound of the same kernel
+
+
+def test_guaranteed_norm_bounds_are_float64_and_never_rounded_down():
+    # float32 rounds 0.7 and sqrt(0.4) *down*: a guaranteed norm must not
+    b = ScaleOp(0.7).norm_bound((3,))
+    assert b.dtype == torch.float64 and float(b) >= 0.7
+    pool = AvgPool2dOp((3, 5), (2, 2), 0)
+    b = pool.norm_bound((1, 9, 9))
+    assert b.dtype == torch.float64 and float(b) >= math.sqrt((2 / 3) * (3 / 5))
+    exact = torch.linalg.matrix_norm(materialize(pool, (1, 9, 9)), ord=2)
+    assert float(b) >= float(exact)
+    w32 = torch.randn(3, 2, 3, 3)
+    for op, shape in [(Conv2dOp(w32, 2, 1), (2, 7, 7)), (DenseOp(w32.reshape(3, 18)), (18,)),
+                      (DiagonalOp(w32[0, 0, 0]), (3,)), (FlattenOp(), (2, 3)),
+                      (ComposeOp([DenseOp(w32.reshape(3, 18)), FlattenOp()]), (2, 3, 3)),
+                      (SumOp([ScaleOp(torch.tensor(0.7)), ScaleOp(0.7)]), (4,))]:
+        bound = op.norm_bound(shape)
+        assert bound.dtype == torch.float64, type(op).__name__
+        exact = torch.linalg.matrix_norm(materialize(_as64(op), shape), ord=2)
+        assert float(bound) >= float(exact), type(op).__name__
+
+
+def _as64(op):
+    """The same operator with float64 tensors (its exact norm in float64)."""
+    import copy
+    op = copy.copy(op)
+    for attr in ("weight", "scale", "c"):
+        if torch.is_tensor(getattr(op, attr, None)):
+            setattr(op, attr, getattr(op, attr).double())
+    if hasattr(op, "ops"):
+        op.ops = [_as64(o) for o in op.ops]
+    return op
+
+
+def test_lt_layer_state_follows_attributes_changed_after_construction():
+    conv = LTConv2d(1, 2, 3, padding=1, activation="elu")
+    conv.act.alpha = -2.0
+    conv.padding = (0, 0)
+    conv.stride = (2, 2)
+    st = conv.lipschitz_state()
+    assert (st.alpha, st.beta) == (-2.0, 1.0)
+    assert st.W.out_shape((1, 7, 7)) == tuple(conv(torch.zeros(1, 1, 7, 7)).shape[1:]) == (2, 3, 3)
+    conv.padding_mode = "replicate"
+    with pytest.raises(TypeError, match="padding_mode='replicate'"):
+        conv.lipschitz_state()
+    lin = LTLinear(3, 3, activation="relu")
+    lin.act = nn.Sigmoid()  # a different module: its own slopes
+    assert (lin.lipschitz_state().alpha, lin.lipschitz_state().beta) == (0.0, 0.25)
+    lin.act = _NegativeSlope()  # neither a known torch activation nor the registered module type
+    with pytest.raises(TypeError, match="neither a torch activation"):
+        lin.lipschitz_state()
+
+
+def test_register_activation_checks_declared_bounds_against_derived_ones():
+    with pytest.raises(ValueError, match=r"do not contain the slopes \[-1.0, 1.0\]"):
+        register_activation("neg_elu", lambda: nn.ELU(alpha=-1.0), 0.0, 1.0)
+    with pytest.raises(ValueError, match="cannot bound: .*jumps"):
+        register_activation("jumpy", lambda: nn.Softplus(threshold=1.0), 0.0, 1.0)
+    assert "neg_elu" not in _REGISTRY and "jumpy" not in _REGISTRY
+    sp = get_activation("softplus").factory()
+    assert isinstance(sp, nn.Softplus) and sp.threshold >= 38

@@ -305,6 +305,12 @@ def _mutated(module: nn.Module, **attrs) -> nn.Module:
     return module
 
 
+def _instance_forward() -> nn.Module:
+    lin = nn.Linear(3, 3)
+    lin.forward = lambda x: 100 * nn.functional.linear(x, lin.weight, lin.bias)
+    return nn.Sequential(lin)
+
+
 def _bn_train() -> nn.Module:
     return nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3), nn.ReLU()).train()
 
@@ -338,6 +344,7 @@ REFUSED = {
                                                r"redefines \['__call__', '_conv_forward'\]"),
     "activation subclass overriding forward": (lambda: nn.Sequential(_ScaledReLU()), (3,),
                                                "_ScaledReLU subclasses .*ReLU"),
+    "forward assigned on an instance": (_instance_forward, (3,), r"\['forward'\] replaced on the instance"),
     "LTConv2d padding_mode=replicate": (lambda: _lt_padding_mode("replicate"), (1, 5, 5), "padding_mode='replicate'"),
     "LTConv2d padding_mode=circular": (lambda: _lt_padding_mode("circular"), (1, 5, 5), "padding_mode='circular'"),
     "nn.Conv2d padding='same'": (lambda: nn.Sequential(nn.Conv2d(1, 2, 3, padding="same")), (1, 5, 5),

@@ -34,7 +34,9 @@ _ULP = 2.0 ** -51
 
 
 def _f64(t) -> torch.Tensor:
-    return torch.as_tensor(t).to(torch.float64)
+    if torch.is_tensor(t):
+        return t.to(torch.float64)
+    return torch.tensor(float(t), dtype=torch.float64)  # not via float32 (torch's default dtype)
 
 __all__ = [
     "LinearOperator",

@@ -56,7 +56,8 @@ def _short(module: nn.Module) -> str:
 # -- acceptance checks -------------------------------------------------------------------------------
 
 def check_hooks(module: nn.Module) -> None:
-    """Refuse forward hooks / pre-hooks on ``module`` or any submodule, and global ones."""
+    """Refuse forward hooks / pre-hooks on ``module`` or any submodule, global ones, and a ``forward``
+    assigned on an instance (``m.forward = ...``)."""
     for name, hooks in (("forward hook", torch_module._global_forward_hooks),
                         ("forward pre-hook", torch_module._global_forward_pre_hooks)):
         if len(hooks):
@@ -64,6 +65,11 @@ def check_hooks(module: nn.Module) -> None:
                                    f"{name.replace(' ', '_').replace('-', '_')}); hooks can change what every "
                                    "module computes, so the accountant refuses to run while one is registered")
     for name, sub in module.named_modules():
+        replaced = [n for n in BEHAVIOUR_METHODS if n in sub.__dict__]
+        if replaced:
+            where = "its" if sub is module else f"its submodule {name!r} ({type(sub).__name__}) has its"
+            raise _refused(module, f"{where} {replaced} replaced on the instance; the accountant models the "
+                                   "class's forward only")
         for kind in ("_forward_hooks", "_forward_pre_hooks"):
             if len(getattr(sub, kind, ())):
                 where = "it" if sub is module else f"its submodule {name!r} ({type(sub).__name__})"
