@@ -129,7 +129,7 @@ def _refine(f: Callable[[float], float], lo: float, hi: float, sign: float) -> f
 
 
 def _smooth_slope_range(slope: Callable[[float], float], limits: tuple[float, float],
-                        span: float = 40.0, step: float = 1e-3) -> tuple[float, float]:
+                        span: float = 40.0, step: float = 1e-2) -> tuple[float, float]:
     """``[inf phi', sup phi']`` of a smooth activation whose slope tends to ``limits`` at -inf, +inf.
 
     ``phi'`` is evaluated in float64 on a grid of ``[-span, span]``; every grid extremum is refined
@@ -143,9 +143,10 @@ def _smooth_slope_range(slope: Callable[[float], float], limits: tuple[float, fl
     vs = [slope(x) for x in xs]
     lo, hi = min(limits), max(limits)
     for i in range(1, n):
-        if vs[i] <= vs[i - 1] and vs[i] <= vs[i + 1]:
+        # strict on the left: a flat stretch (phi' == its limit in float64) is not an extremum to refine
+        if vs[i] < vs[i - 1] and vs[i] <= vs[i + 1]:
             lo = min(lo, _refine(slope, xs[i - 1], xs[i + 1], -1.0), vs[i])
-        if vs[i] >= vs[i - 1] and vs[i] >= vs[i + 1]:
+        if vs[i] > vs[i - 1] and vs[i] >= vs[i + 1]:
             hi = max(hi, _refine(slope, xs[i - 1], xs[i + 1], 1.0), vs[i])
     return lo - 1e-9, hi + 1e-9
 
