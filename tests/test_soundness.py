@@ -251,6 +251,31 @@ def test_every_accepted_activation_inside_a_network(i):
     _check_network(net, (3,), i, max_dense=4096)
 
 
+@pytest.mark.parametrize("i", range(len(_activation_choices(random.Random(0)))))
+def test_cancellation_probe_reaches_every_slope_extreme(i):
+    # z_0 - z_1 = phi(x + u) + phi(v - x) has slope phi'(x + u) - phi'(v - x); with u at the largest and v at
+    # the smallest slope of phi (found here on a grid, independently of lipzoo), it reaches beta - alpha at
+    # x = 0, while LipLT gives (beta - alpha) exactly: a declared range narrower than the true one fails.
+    act = _activation_choices(random.Random(i))[i]()
+    t = torch.linspace(-8, 8, 16001, dtype=torch.float64)
+    with torch.no_grad():
+        q = (act(t[1:]) - act(t[:-1])) / (t[1:] - t[:-1])
+    u, v = float(t[int(q.argmax())]), float(t[int(q.argmin())])
+    net = nn.Sequential(nn.Linear(1, 2), act, nn.Linear(2, 2, bias=False))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0], [-1.0]]))
+        net[0].bias.copy_(torch.tensor([u, v]))
+        net[2].weight.copy_(torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
+    L01 = float(lipschitz_bound(net, (1,), mode="pairwise").value[0, 1])
+    x = torch.linspace(-0.5, 0.5, 2001, dtype=torch.float64)[:, None]
+    ref = copy.deepcopy(net).double()
+    with torch.no_grad():
+        z = ref(x)
+        d = z[:, 0] - z[:, 1]
+        steepest = float(((d[1:] - d[:-1]) / (x[1:, 0] - x[:-1, 0])).abs().max())
+    assert steepest <= L01 * (1 + SLACK), (act, steepest, L01)
+
+
 # -- constructions that must be refused ---------------------------------------------------------------------------
 
 class _ResidualSequential(nn.Sequential):
