@@ -102,8 +102,8 @@ def register_tiny(monkeypatch: pytest.MonkeyPatch, arch: str, default_classes: i
     """Register a tiny architecture in a scratch registry (restored after the test; no timm hook)."""
     from lipzoo.models import registry
 
-    monkeypatch.setattr(registry, "_ARCHITECTURES", dict(registry._ARCHITECTURES))
-    monkeypatch.setattr(registry, "_REGISTER_HOOKS", [])
+    monkeypatch.setattr(registry.REGISTRY, "_archs", dict(registry.REGISTRY._archs))
+    monkeypatch.setattr(registry.REGISTRY, "_listeners", [])
     registry.register_model(tiny_builder(arch, default_classes))
     return arch
 

@@ -22,63 +22,68 @@ from huggingface_hub.utils import filter_repo_objects
 from safetensors import safe_open
 from torch import nn
 
-import lipzoo.hub
+import lipzoo
+import lipzoo.models as M
 import lipzoo.models.zoo as zoo
-from lipzoo.models import create_model
-from lipzoo.hub import checkpoint, load, push, read_config, render_card, save_pretrained
+from lipzoo.hub import attach_results, checkpoint, load, push, read_config, render_card, save_pretrained
 from lipzoo.hub.card import certify_command, metric_table
+from lipzoo.layers import LTLinear, Normalize
+from lipzoo.meta import Metadata
+from lipzoo.models import create_model
+from lipzoo.models.base import LipschitzSequential
 
 FP16_UNIT_ROUNDOFF = 2.0 ** -11  # relative rounding error of float16 (10 stored mantissa bits, normal range)
 BF16_UNIT_ROUNDOFF = 2.0 ** -8  # bfloat16: 7 stored mantissa bits
 FILES = ["README.md", "config.json", "model.safetensors"]
 
 
-class TinyNet(nn.Module):
-    """A plain torch stand-in for a registered architecture (normalization inside, like the zoo)."""
-
-    def __init__(self, num_classes: int = 3, hidden: int = 8, extra: bool = False,
-                 mean=(0.0,), std=(1.0,)):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean))
-        self.register_buffer("std", torch.tensor(std))
-        self.fc1 = nn.Linear(4, hidden)
-        self.fc2 = nn.Linear(hidden, num_classes)
-        if extra:
-            self.fc3 = nn.Linear(num_classes, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.fc2(torch.relu(self.fc1((x - self.mean) / self.std)))
-        return self.fc3(out) if hasattr(self, "fc3") else out
+def tiny_net(num_classes: int = 3, hidden: int = 8, extra: bool = False, mean=(0.0,), std=(1.0,)):
+    """A small registry model (normalization inside, like the zoo): 4 features in."""
+    layers = [Normalize(list(mean), list(std)), LTLinear(4, hidden)]
+    if extra:
+        layers.append(LTLinear(hidden, hidden))
+    layers.append(LTLinear(hidden, num_classes, activation=None))
+    args = {"hidden": hidden, **({"extra": True} if extra else {})}
+    return LipschitzSequential(layers, architecture="tiny", input_shape=(4,), model_args=args)
 
 
 @pytest.fixture
 def built(monkeypatch):
-    """Route the hub's architecture lookup to TinyNet; records every build's kwargs."""
+    """Register the architecture ``tiny`` (a scratch registry); records every build's kwargs."""
     calls = []
+    monkeypatch.setattr(M.REGISTRY, "_archs", dict(M.REGISTRY._archs))
+    monkeypatch.setattr(M.REGISTRY, "_listeners", [])
 
-    def fake_create_model(name, **kwargs):
-        if name != "tiny":
-            raise ValueError(f"Unknown model {name!r}.")
+    def lipzoo_tiny(**kwargs):
         calls.append(kwargs)
-        return TinyNet(**kwargs)
+        return tiny_net(**kwargs)
 
-    monkeypatch.setattr(checkpoint, "create_model", fake_create_model)
+    M.register_model(lipzoo_tiny, num_classes=3, input_shape=(4,))
     return calls
 
 
 def make_config(**overrides):
     config = {"architecture": "tiny", "model_args": {"hidden": 8}, "num_classes": 3, "input_shape": [4],
-              "normalization": {"mean": [0.5], "std": [0.25]}, "dataset": "toy", "eps": ["36/255", "1.58"],
-              "bound": {"method": "liplt", "mode": "pairwise", "guarantee": "exact", "mean": 3.25},
-              "metrics": {"clean": 0.9627, "certified": {"36/255": 0.6416, "1.58": 0.6337},
-                          "pgd": {"36/255": 0.7231, "1.58": 0.8804}, "epochs_trained": 7}}
+              "normalization": {"mean": [0.5], "std": [0.25]}, "dataset": "toy", "eps": ["36/255", "1.58"]}
     config.update(overrides)
     return config
 
 
-def make_model(seed: int = 0, **kwargs) -> TinyNet:
+def make_report(sha256=None, **metrics):
+    """What `lipzoo certify` writes to report.json (the parts attach_results reads)."""
+    report = {"model": "x", "num_samples": 100, "eps": ["36/255", "1.58"], "attack": {"steps": 20, "restarts": 1},
+              "bound": {"method": "liplt", "mode": "pairwise", "guarantee": "exact", "guaranteed": True,
+                        "pairwise_mean": 3.25, "seconds": 1.0},
+              "metrics": {"clean": 0.9627, "certified@36/255": 0.6416, "certified@1.58": 0.6337,
+                          "pgd@36/255": 0.7231, "pgd@1.58": 0.8804, "consistency_violations@36/255": 0, **metrics}}
+    if sha256 is not None:
+        report["sha256"] = sha256
+    return report
+
+
+def make_model(seed: int = 0, **kwargs) -> LipschitzSequential:
     torch.manual_seed(seed)
-    return TinyNet(mean=[0.5], std=[0.25], **kwargs).eval()
+    return tiny_net(mean=[0.5], std=[0.25], **kwargs).eval()
 
 
 @pytest.fixture
@@ -101,17 +106,22 @@ def file_sha256(path: Path) -> str:
 
 @pytest.fixture
 def fake_zoo(monkeypatch):
-    """Add temporary zoo entries on top of the real ones; returns the dict to fill."""
+    """Add temporary zoo entries on top of the real ones; returns the dict to fill (entry dicts)."""
     entries: dict[str, dict] = {}
-    real_get, real_list = zoo.get_entry, zoo.list_entries
-    monkeypatch.setattr(zoo, "get_entry", lambda name: entries[name] if name in entries else real_get(name))
+    real_meta, real_list = zoo.get_metadata, zoo.list_entries
+    monkeypatch.setattr(zoo, "get_metadata",
+                        lambda name: Metadata.from_dict(entries[name]) if name in entries else real_meta(name))
     monkeypatch.setattr(zoo, "list_entries", lambda: sorted({*real_list(), *entries}))
     return entries
 
 
 def zoo_entry(name: str, weights) -> dict:
-    return {"name": name, **make_config(), "recipe": {"epochs": 10}, "certify": {"eps": ["36/255"]},
-            "weights": weights}
+    return {"name": name, **make_config(), "certify": {"eps": ["36/255"]}, "weights": weights}
+
+
+def weights_ref(sha256, *, repo_id="lipzoo/fake-tiny", revision=None, local=None, filename="model.safetensors"):
+    return {"repo_id": repo_id, "revision": revision, "sha256": sha256, "filename": filename, "local": local,
+            "storage_dtype": "float32"}
 
 
 @pytest.fixture
@@ -139,8 +149,7 @@ def test_round_trip_float32(saved, built):
     assert loaded.lipzoo_config == config
     assert config["sha256"] == file_sha256(directory / "model.safetensors")
     assert config["eps"] == ["36/255", "1.58"] and config["storage_dtype"] == "float32"
-    assert config["metrics"] == {"clean": 0.9627, "certified@36/255": 0.6416, "certified@1.58": 0.6337,
-                                 "pgd@36/255": 0.7231, "pgd@1.58": 0.8804, "epochs_trained": 7}
+    assert config["metrics"] is None and "parent" not in config  # nothing measured yet, nothing inherited
     assert config["lipzoo_version"] == lipzoo.__version__
     with safe_open(directory / "model.safetensors", framework="pt") as f:
         assert f.metadata() == {"format": "pt"}
@@ -155,21 +164,21 @@ def test_round_trip_half_storage(tmp_path, built, storage_dtype, unit_roundoff):
     model = make_model()
     directory = save_pretrained(model, tmp_path / "half", config=make_config(), storage_dtype=storage_dtype)
     with safe_open(directory / "model.safetensors", framework="pt") as f:
-        assert f.get_tensor("fc1.weight").dtype == getattr(torch, storage_dtype)
+        assert f.get_tensor("1.weight").dtype == getattr(torch, storage_dtype)
     loaded = load(directory)
     for key, value in model.state_dict().items():
         got = loaded.state_dict()[key]
         assert got.dtype == torch.float32
         assert torch.all((got - value).abs() <= unit_roundoff * value.abs()), key
-        assert not torch.equal(got, value) or key in ("mean", "std")  # really rounded, not a copy
+        assert not torch.equal(got, value) or key in ("0.mean", "0.std")  # really rounded, not a copy
     assert json.loads((directory / "config.json").read_text())["storage_dtype"] == storage_dtype
 
 
 def test_float16_overflow_is_refused(tmp_path, built):
     model = make_model()
     with torch.no_grad():
-        model.fc1.weight[0, 0] = 1e6
-    with pytest.raises(ValueError, match=r"state_dict\['fc1.weight'\] overflows float16"):
+        model[1].weight[0, 0] = 1e6
+    with pytest.raises(ValueError, match=r"state_dict\['1.weight'\] overflows float16"):
         save_pretrained(model, tmp_path / "x", config=make_config(), storage_dtype="float16")
 
 
@@ -182,7 +191,7 @@ def test_map_location_moves_model(saved):
 
 def test_missing_keys_are_named(saved):
     edit_config(saved[1], model_args={"hidden": 8, "extra": True})
-    with pytest.raises(ValueError, match=r"missing keys \['fc3.bias', 'fc3.weight'\], unexpected keys \[\]"):
+    with pytest.raises(ValueError, match=r"missing keys \['3.bias', '3.weight'\], unexpected keys \[\]"):
         load(saved[1])
 
 
@@ -190,14 +199,14 @@ def test_unexpected_keys_are_named(tmp_path, built):
     directory = save_pretrained(make_model(extra=True), tmp_path / "x",
                                 config=make_config(model_args={"hidden": 8, "extra": True}))
     edit_config(directory, model_args={"hidden": 8})
-    with pytest.raises(ValueError, match=r"missing keys \[\], unexpected keys \['fc3.bias', 'fc3.weight'\]"):
+    with pytest.raises(ValueError, match=r"missing keys \[\], unexpected keys \['3.bias', '3.weight'\]"):
         load(directory)
 
 
 def test_shape_mismatch_is_named(saved):
     edit_config(saved[1], model_args={"hidden": 6})
-    expected = (r"shape mismatch for 'fc1.weight': file has \(8, 4\), the model expects \(6, 4\); "
-                r"'fc1.bias': file has \(8,\), the model expects \(6,\); 'fc2.weight'")
+    expected = (r"shape mismatch for '1.weight': file has \(8, 4\), the model expects \(6, 4\); "
+                r"'1.bias': file has \(8,\), the model expects \(6,\); '2.weight'")
     with pytest.raises(ValueError, match=expected):
         load(saved[1])
 
@@ -260,26 +269,36 @@ def test_load_argument_errors(tmp_path):
 
 @pytest.mark.parametrize("config, error, message", [
     ({"architecture": "tiny"}, ValueError, r"missing required key\(s\) \['num_classes', 'input_shape'\]"),
-    (make_config(eps=[0.1411]), TypeError, r"config\['eps'\]: eps must be a string .*got float 0.1411"),
+    (make_config(eps=[0.1411]), ValueError, r"certify.eps\[0\] must be an exact fraction string .*got float 0.1411"),
     (make_config(eps=["36/two"]), ValueError, "'36/two' is not a fraction"),
-    (make_config(metrics={"clean": 96.27}), ValueError, r"\['metrics'\]\['clean'\] must be an accuracy as a fraction"),
-    (make_config(metrics={"certified": {"1.58": "63"}}), ValueError, r"\['certified@1.58'\] must be an accuracy"),
-    (make_config(metrics={"pgd@1/0": 50.0}), ValueError, "'1/0' is not a fraction"),
-    (make_config(metrics=[1]), ValueError, r"config\['metrics'\] must be None or a dict"),
-    (make_config(num_classes=0), ValueError, r"num_classes'\] must be a positive int; got 0"),
-    (make_config(input_shape=[4, 0]), ValueError, r"input_shape'\] must be a list of positive ints"),
-    (make_config(architecture=""), ValueError, r"config\['architecture'\] must be a registered"),
-    (make_config(normalization=[0.5]), ValueError, r"config\['normalization'\] must be None or a dict"),
-    (make_config(extra=torch.ones(2)), ValueError, "config must be plain JSON"),
-    ([("architecture", "tiny")], TypeError, "config must be a dict; got list"),
+    (make_config(metrics={"clean": 0.9627}), ValueError, "metrics: measured numbers must name the sha256 .*--attach"),
+    (make_config(metrics={"sha256": "a" * 64, "clean": 96.27}), ValueError,
+     r"metrics.clean must be an accuracy as a fraction"),
+    (make_config(metrics={"sha256": "a" * 64, "eps": {"1.58": {"certified": "63"}}}), ValueError,
+     r"metrics\['1.58'\].certified must be an accuracy"),
+    (make_config(metrics={"sha256": "a" * 64, "pgd@1/0": 0.5}), ValueError, "'1/0' is not a fraction"),
+    (make_config(metrics=[1]), ValueError, "metrics: expected null or a mapping with string keys"),
+    (make_config(num_classes=0), ValueError, "num_classes: expected an int >= 1, got 0"),
+    (make_config(input_shape=[4, 0]), ValueError, r"input_shape\[1\]: expected an int >= 1, got 0"),
+    (make_config(architecture=""), ValueError, "architecture: expected a non-empty string"),
+    (make_config(architecture="nope"), ValueError,
+     "the config does not rebuild a model: The config names architecture 'nope', which is not registered"),
+    (make_config(num_classes=5), ValueError, r"builds a different model than the one given: .*'2.weight': model "
+                                             r"\(3, 8\), config \(5, 8\)"),
+    (make_config(model_args={"hidden": 8, "extra": True}), ValueError, r"missing keys \['3.bias', '3.weight'\]"),
+    (make_config(normalization={"mean": [0.1], "std": [0.25]}), ValueError,
+     "config normalization .* differs from the model's Normalize layer"),
+    (make_config(normalization=[0.5]), ValueError, "normalization: expected a mapping"),
+    (make_config(extra=torch.ones(2)), ValueError, "config: must be JSON-serializable"),
+    ([("architecture", "tiny")], TypeError, "config must be a dict or a lipzoo.meta.Metadata; got list"),
 ])
-def test_save_rejects_bad_config(tmp_path, config, error, message):
+def test_save_rejects_bad_config(tmp_path, built, config, error, message):
     with pytest.raises(error, match=message):
         save_pretrained(make_model(), tmp_path, config=config)
     assert not (tmp_path / "model.safetensors").exists()
 
 
-def test_save_rejects_bad_arguments(tmp_path):
+def test_save_rejects_bad_arguments(tmp_path, built):
     with pytest.raises(ValueError, match=r"must be one of \['float32', 'float16', 'bfloat16'\]; got 'half'"):
         save_pretrained(make_model(), tmp_path, config=make_config(), storage_dtype="half")
     with pytest.raises(TypeError, match="model must be a torch.nn.Module; got dict"):
@@ -301,33 +320,29 @@ def test_zoo_entry_with_local_weights(tmp_path, monkeypatch, saved, fake_zoo, no
     shutil.copytree(directory, tmp_path / "pkg" / "weights" / "fake-tiny")
     monkeypatch.setattr(checkpoint, "_PACKAGE_DIR", tmp_path / "pkg")
     sha = file_sha256(directory / "model.safetensors")
-    fake_zoo["crm-fake-tiny"] = zoo_entry("crm-fake-tiny", {
-        "repo_id": "lipzoo/fake-tiny", "revision": "v1", "sha256": sha, "filename": "model.safetensors",
-        "local": "weights/fake-tiny", "storage_dtype": "float32"})
+    fake_zoo["crm-fake-tiny"] = zoo_entry("crm-fake-tiny", weights_ref(sha, revision="v1", local="weights/fake-tiny"))
     x = torch.rand(3, 4)
     torch.testing.assert_close(load("crm-fake-tiny")(x), model(x), rtol=0, atol=0)
 
 
 def test_zoo_entry_pin_is_checked(tmp_path, monkeypatch, saved, fake_zoo, no_download):
     monkeypatch.setattr(checkpoint, "_PACKAGE_DIR", saved[1].parent)
-    fake_zoo["crm-fake-tiny"] = zoo_entry("crm-fake-tiny", {
-        "repo_id": None, "revision": None, "sha256": "a" * 64, "filename": "model.safetensors", "local": "ckpt"})
+    fake_zoo["crm-fake-tiny"] = zoo_entry("crm-fake-tiny", weights_ref("a" * 64, local="ckpt"))
     actual = file_sha256(saved[1] / "model.safetensors")
     with pytest.raises(ValueError, match=f"sha256 is {actual}, but the zoo entry expects {'a' * 64}"):
         load("crm-fake-tiny")
 
 
-def test_zoo_entry_without_local_copy_or_repo(tmp_path, monkeypatch, fake_zoo, no_download):
+def test_zoo_entry_without_local_copy_downloads_from_its_repo(tmp_path, monkeypatch, fake_zoo, no_download):
     monkeypatch.setattr(checkpoint, "_PACKAGE_DIR", tmp_path)
-    fake_zoo["crm-fake-tiny"] = zoo_entry("crm-fake-tiny", {"repo_id": None, "revision": None, "sha256": None,
-                                                             "filename": None, "local": "weights/absent"})
-    with pytest.raises(ValueError, match="local weights 'weights/absent' not found .* no repo_id"):
+    fake_zoo["crm-fake-tiny"] = zoo_entry("crm-fake-tiny", weights_ref("a" * 64, local="weights/absent"))
+    with pytest.raises(AssertionError, match=r"snapshot_download called with \('lipzoo/fake-tiny',\)"):
         load("crm-fake-tiny")
 
 
 def test_zoo_entry_with_foreign_filename(fake_zoo, no_download):
-    fake_zoo["crm-fake-tiny"] = zoo_entry("crm-fake-tiny", {"repo_id": "o/r", "revision": None, "sha256": None,
-                                                             "filename": "pytorch_model.bin", "local": None})
+    fake_zoo["crm-fake-tiny"] = zoo_entry("crm-fake-tiny", weights_ref("a" * 64, repo_id="o/r",
+                                                                        filename="pytorch_model.bin"))
     with pytest.raises(ValueError, match="weights.filename is 'pytorch_model.bin', but lipzoo checkpoints store"):
         load("crm-fake-tiny")
 
@@ -337,15 +352,14 @@ def test_zoo_entry_downloads_pinned_revision(monkeypatch, saved, fake_zoo):
 
     def fake_snapshot_download(repo_id, **kwargs):
         seen.append((repo_id, kwargs["revision"], kwargs["local_files_only"]))
+        assert kwargs["allow_patterns"] == ["model.safetensors", "config.json", "README.md"]
         return str(saved[1])
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
     sha = file_sha256(saved[1] / "model.safetensors")
-    fake_zoo["crm-fake-tiny"] = zoo_entry("crm-fake-tiny", {
-        "repo_id": "lipzoo/fake-tiny", "revision": "3f2c", "sha256": sha, "filename": "model.safetensors",
-        "local": None})
+    fake_zoo["crm-fake-tiny"] = zoo_entry("crm-fake-tiny", weights_ref(sha, revision="3f2c"))
     load("crm-fake-tiny")
     load("crm-fake-tiny", revision="v2")  # an explicit revision wins over the pin
     load("someone/tiny-repo", revision="main")
@@ -355,25 +369,24 @@ def test_zoo_entry_downloads_pinned_revision(monkeypatch, saved, fake_zoo):
 
 def test_explicit_revision_skips_entry_pin(monkeypatch, saved, fake_zoo, caplog):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **kw: str(saved[1]))
-    fake_zoo["crm-fake-tiny"] = zoo_entry("crm-fake-tiny", {
-        "repo_id": "lipzoo/fake-tiny", "revision": "v1", "sha256": "b" * 64, "filename": None, "local": None})
+    fake_zoo["crm-fake-tiny"] = zoo_entry("crm-fake-tiny", weights_ref("b" * 64, revision="v1"))
     with pytest.raises(ValueError, match="the zoo entry expects"):
         load("crm-fake-tiny")
     load("crm-fake-tiny", revision="v2")  # a different revision cannot match the pin of v1
     assert "only the config.json checksum is verified" in caplog.text
 
 
-def test_entry_without_weights(fake_zoo):
+def test_entry_without_weights(fake_zoo, built):
     fake_zoo["crm-fake-tiny"] = zoo_entry("crm-fake-tiny", None)
     with pytest.raises(ValueError, match=r"'crm-fake-tiny' has no trained weights yet.*`lipzoo train crm-fake-tiny`"):
         load("crm-fake-tiny")
 
 
-def test_unknown_name_suggests_entries(fake_zoo, no_download):
+def test_unknown_name_suggests_entries(fake_zoo, built, no_download):
     fake_zoo["crm-fake-tiny"] = zoo_entry("crm-fake-tiny", None)
     with pytest.raises(ValueError, match=r"Unknown model 'crm-fak-tiny'.*Did you mean 'crm-fake-tiny'"):
         load("crm-fak-tiny")
-    with pytest.raises(ValueError, match=r"Unknown model 'zzzzzzzz': .*Hub repo id \('owner/name'\)\. See"):
+    with pytest.raises(ValueError, match=r"Unknown model 'zzzzzzzz': .*Hub repo id \('owner/name' or 'hf-hub:owner/name'\)\..* See"):
         load("zzzzzzzz")
 
 
@@ -399,7 +412,7 @@ def test_offline_mode_uses_cache_without_network(tmp_path, monkeypatch, saved):
     monkeypatch.setattr(socket, "create_connection", no_network)
     x = torch.rand(2, 4)
     torch.testing.assert_close(load("owner/tiny")(x), saved[0](x), rtol=0, atol=0)
-    with pytest.raises(FileNotFoundError, match=r"'owner/absent' .* not in the local Hugging Face cache .*OFFLINE"):
+    with pytest.raises(FileNotFoundError, match=r"'owner/absent' is not in the local Hugging Face cache and offline mode \(HF_HUB_OFFLINE\) prevents"):
         load("owner/absent")
 
 
@@ -411,23 +424,64 @@ def test_hub_repo_not_found_is_a_value_error(monkeypatch):
                                       response=SimpleNamespace(headers={}, request=None, status_code=404))
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", missing)
-    with pytest.raises(ValueError, match=r"Hub repo 'owner/nope' \(revision None\) not found"):
+    with pytest.raises(ValueError, match=r"^Hub repo 'owner/nope' not found \(or private: pass token=...\)"):
         load("owner/nope")
 
 
-# ---- registry hook ---------------------------------------------------------------------------------
+def test_network_errors_are_one_line_with_the_fix(monkeypatch):
+    def unreachable(repo_id, **kwargs):
+        raise ConnectionError("HTTPSConnectionPool(host='huggingface.co'): Max retries exceeded\n  (long trace)")
 
-def test_create_model_pretrained_goes_through_load(tmp_path, monkeypatch, saved, fake_zoo, no_download):
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    with pytest.raises(FileNotFoundError, match="Downloading Hub repo 'owner/tiny' failed .*Fix: check the network"
+                       ) as err:
+        load("owner/tiny")
+    assert "\n" not in str(err.value) and err.value.__cause__ is None and err.value.__suppress_context__
+
+
+def test_hub_options_and_prefix_reach_snapshot_download(monkeypatch, saved):
+    seen = []
+
+    def fake(repo_id, **kwargs):
+        seen.append((repo_id, {k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only",
+                                                       "force_download")}))
+        return str(saved[1])
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    load("hf-hub:owner/tiny", revision="v1", cache_dir="/c", token="hf_x", force_download=True)
+    load("owner/tiny", local_files_only=True)
+    assert seen == [("owner/tiny", {"revision": "v1", "cache_dir": "/c", "token": "hf_x", "local_files_only": False,
+                                    "force_download": True}),
+                    ("owner/tiny", {"revision": None, "cache_dir": None, "token": None, "local_files_only": True,
+                                    "force_download": False})]
+    assert create_model("hf-hub:owner/tiny").lipzoo_config["sha256"] == file_sha256(saved[1] / "model.safetensors")
+
+
+@pytest.mark.parametrize("name", ["./runs/final", "runs/A/final", "~/ckpt", "model.safetensors"])
+def test_a_local_path_is_never_taken_for_a_repo_id(name, no_download):
+    with pytest.raises(ValueError, match="looks like a local path but is not a checkpoint directory"):
+        load(name)
+
+
+def test_create_model_pretrained_goes_through_load(tmp_path, monkeypatch, saved, fake_zoo, no_download, caplog):
     monkeypatch.setattr(checkpoint, "_PACKAGE_DIR", saved[1].parent)
-    fake_zoo["crm-fake-tiny"] = zoo_entry("crm-fake-tiny", {
-        "repo_id": None, "revision": None, "sha256": file_sha256(saved[1] / "model.safetensors"),
-        "filename": None, "local": "ckpt"})
-    lipzoo.hub._register_pretrained_loader()  # another test may have replaced it
+    sha = file_sha256(saved[1] / "model.safetensors")
+    attach_results(saved[1], make_report())
+    fake_zoo["crm-fake-tiny"] = zoo_entry("crm-fake-tiny", weights_ref(sha, local="ckpt"))
     model = create_model("crm-fake-tiny", pretrained=True)
-    assert model.lipzoo_config["sha256"] == file_sha256(saved[1] / "model.safetensors")
-    assert create_model("crm-fake-tiny", pretrained=True, num_classes=3).lipzoo_config["num_classes"] == 3
-    with pytest.raises(ValueError, match=r"got builder arguments \{'num_classes': 5\} that differ"):
-        create_model("crm-fake-tiny", pretrained=True, num_classes=5)
+    assert model.lipzoo_config["sha256"] == sha and model.lipzoo_config["metrics"]["sha256"] == sha
+    assert create_model("crm-fake-tiny", pretrained=True, num_classes=3).lipzoo_config["metrics"] is not None
+    assert create_model("tiny.crm_fake", pretrained=True).lipzoo_config["sha256"] == sha  # architecture.tag
+    new = create_model("crm-fake-tiny", pretrained=True, num_classes=5)
+    assert new.num_classes == 5 and new(torch.rand(2, 4)).shape == (2, 5)
+    assert new.lipzoo_config["metrics"] is None and new.lipzoo_config["parent"]["sha256"] == sha
+    assert "no longer apply" in caplog.text
+    with pytest.raises(ValueError, match=r"got builder arguments \{'hidden': 6\} that differ"):
+        create_model("crm-fake-tiny", pretrained=True, hidden=6)
 
 
 @pytest.mark.parametrize("architecture", ["6c2f", "lt-res-s"])
@@ -498,36 +552,60 @@ def test_push_refuses_bad_folders(tmp_path, saved, fake_hfapi):
     weights.write_bytes(weights.read_bytes()[:-1] + b"!")
     with pytest.raises(ValueError, match="Checksum mismatch"):
         push(saved[1], "owner/tiny")
-    (saved[1] / "README.md").unlink()
-    with pytest.raises(ValueError, match=r"lacks \['README.md'\]"):
+    (saved[1] / "config.json").unlink()
+    with pytest.raises(ValueError, match=r"lacks \['config.json'\]"):
         push(saved[1], "owner/tiny")
     assert fake_hfapi == []
 
 
 # ---- model card ------------------------------------------------------------------------------------
 
-def test_card_has_metrics_table_and_certify_command(tmp_path, built):
+def test_card_shows_numbers_only_once_attached(tmp_path, built):
     card = {"target": "owner/tiny", "paper_metrics": {"clean": 0.7482, "certified@36/255": 0.6416},
             "paper_source": "Table 1",
             "recipe": {"epochs": 10, "batch_size": 256}, "epochs": 7, "hardware": "1x H100",
             "training_time": 3725}
     directory = save_pretrained(make_model(), tmp_path / "c", config=make_config(), card=card)
     text = (directory / "README.md").read_text()
+    assert "Not certified yet" in text and "lipzoo certify owner/tiny --attach" in text
+    assert "74.82" not in text and "## Reproduce" not in text  # no paper table without our own numbers
+    meta = attach_results(directory, make_report())
+    assert meta.results.sha256 == read_config(directory)["sha256"] == file_sha256(directory / "model.safetensors")
+    text = (directory / "README.md").read_text()
     front = yaml.safe_load(text.split("---\n")[1])
     assert front["library_name"] == "lipzoo" and front["datasets"] == ["toy"] and front["metrics"] == ["accuracy"]
     assert {"lipzoo", "certified-robustness", "tiny"} <= set(front["tags"])
     assert "| 36/255 | 96.27 | 72.31 | 64.16 | 74.82 | – | 64.16 |" in text
     assert "| 1.58 | 96.27 | 88.04 | 63.37 | 74.82 | – | – |" in text
-    assert "lipzoo certify owner/tiny --eps 36/255 --eps 1.58" in text
+    assert "on 100 images of the test set" in text
+    assert "lipzoo certify owner/tiny --eps 36/255 --eps 1.58 --attack-steps 20 --restarts 1" in text
     assert "epochs actually trained: 7 (recipe: 10)" in text
     assert "training time: 1h 02m 05s" in text and "1x H100" in text
-    assert read_config(directory)["sha256"] in text
+    assert "- guarantee: `exact`" in text
+    loaded = load(directory)
+    assert loaded.lipzoo_config["metrics"]["eps"]["36/255"]["certified"] == 0.6416
+    assert loaded.lipzoo_config["bound"]["guarantee"] == "exact"
+
+
+def test_attach_checks_the_weights(tmp_path, saved):
+    with pytest.raises(ValueError, match="the report was measured on weights with sha256 b{64}"):
+        attach_results(saved[1], make_report(sha256="b" * 64))
+    attach_results(saved[1], make_report(sha256=file_sha256(saved[1] / "model.safetensors")))
+    weights = saved[1] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"!")
+    with pytest.raises(ValueError, match="Checksum mismatch"):
+        attach_results(saved[1], make_report())
+    with pytest.raises(ValueError, match="No config.json in"):
+        attach_results(tmp_path, make_report())
 
 
 def test_card_without_extras_and_float16_note():
-    config = dict(make_config(metrics=None), sha256="f" * 64, storage_dtype="float16", name="crm-x")
+    config = dict(make_config(), sha256="f" * 64, storage_dtype="float16", name="crm-x", metrics=None)
     text = render_card(config)
-    assert "| 36/255 | – | – | – |" in text and "paper" not in text.split("## Reproduce")[0]
+    assert "Not certified yet" in text and "lipzoo certify crm-x --attach" in text and "stored in float16" not in text
+    config["metrics"] = {"sha256": "f" * 64, "clean": 0.5, "eps": {"36/255": {"certified": 0.25}}}
+    text = render_card(config)
+    assert "| 36/255 | 50.00 | – | 25.00 |" in text and "| 1.58 | 50.00 | – | – |" in text
     assert "lipzoo certify crm-x --eps 36/255 --eps 1.58" in text
     assert "stored in float16" in text
 
@@ -547,19 +625,101 @@ def test_certify_command_parses_with_the_cli():
     assert (args.command, args.model, args.eps) == ("certify", "owner/crm-cifar10-6c2f", ["36/255", "72/255"])
 
 
-def test_trainer_shaped_config_round_trip(tmp_path):
-    """The config lipzoo.train writes (zoo entry + training block + eps) saves, loads and fills the card."""
-    entry = zoo.get_entry("crm-mnist-4c3f")
-    config = dict(entry, eps=list(entry["certify"]["eps"]),
-                  training={"epochs_trained": 3, "seconds_total": 61.0, "hardware": "CPU (x86_64, 2 threads)"})
+# ---- provenance: a checkpoint shows only numbers measured on its own weights -----------------------
+
+def _trainer_config(name="crm-mnist-4c3f"):
+    """What lipzoo.train hands to save_pretrained: the resolved zoo entry plus its own training block."""
+    from lipzoo.train import resolve_config
+
+    config = resolve_config(name)
+    config["training"] = {"epochs_trained": 3, "seconds_total": 61.0, "hardware": "CPU (x86_64, 2 threads)"}
+    return config
+
+
+def test_trained_checkpoint_carries_no_inherited_numbers_weights_or_name(tmp_path):
+    config = _trainer_config()
+    assert config["metrics"] is not None and config["weights"] is not None  # the entry's, as resolved
     torch.manual_seed(0)
     model = create_model("crm-mnist-4c3f").eval()
     directory = save_pretrained(model, tmp_path / "final", config=config)
+    saved = read_config(directory)
+    assert saved["metrics"] is None and saved["weights"] is None and "bound" not in saved
+    assert saved["name"] is None and saved["parent"] == {"name": "crm-mnist-4c3f",
+                                                         "sha256": config["weights"]["sha256"]}
+    assert saved["training"] == config["training"] and saved["recipe"] == config["recipe"]
     loaded = load(directory)
     x = torch.rand(2, 1, 28, 28)
     torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
-    assert loaded.lipzoo_config["training"] == config["training"]
     text = (directory / "README.md").read_text()
-    assert "# crm-mnist-4c3f" in text and "lipzoo certify crm-mnist-4c3f --eps 1.58" in text
+    assert "# lipzoo 4c3f" in text and "Derived from `crm-mnist-4c3f`" in text
+    assert "93.45" not in text and "49.55" not in text and "Not certified yet" in text
+    assert "lipzoo certify crm-mnist-4c3f" not in text  # the Reproduce line never points at the parent
     assert "epochs actually trained: 3 (recipe: 400)" in text
     assert "hardware: CPU (x86_64, 2 threads)" in text and "training time: 0h 01m 01s" in text
+
+
+def test_resaving_the_same_weights_keeps_their_numbers_and_changed_weights_lose_them(tmp_path, saved):
+    model, directory = saved
+    attach_results(directory, make_report())
+    loaded = load(directory)
+    again = save_pretrained(loaded, tmp_path / "again")  # config=None: the model's own metadata
+    assert read_config(again)["metrics"]["clean"] == 0.9627  # same bytes, same sha256: the numbers hold
+    with torch.no_grad():
+        loaded[1].weight.add_(0.01)
+    changed = save_pretrained(loaded, tmp_path / "changed")
+    config = read_config(changed)
+    assert config["metrics"] is None and config["parent"] == {"sha256": read_config(directory)["sha256"]}
+    assert "96.27" not in (changed / "README.md").read_text()
+
+
+def test_reset_classifier_invalidates_bound_and_numbers(tmp_path, saved):
+    _, directory = saved
+    attach_results(directory, make_report())
+    model = load(directory)
+    model.reset_classifier(2)
+    config = model.lipzoo_config
+    assert config["num_classes"] == 2 and config["metrics"] is None and "bound" not in config
+    out = save_pretrained(model, tmp_path / "head")  # loadable: the config describes the new head
+    assert load(out)(torch.rand(1, 4)).shape == (1, 2)
+    assert "96.27" not in (out / "README.md").read_text() and "Derived from" in (out / "README.md").read_text()
+
+
+def test_push_of_a_run_folder_uploads_no_inherited_numbers(tmp_path, saved, fake_hfapi, monkeypatch):
+    """A lipzoo 0.1 run folder (config copied from a zoo entry) is cleaned before the upload."""
+    _, directory = saved
+    entry = zoo.get_entry("crm-mnist-4c3f")
+    legacy_metrics = {"clean": 0.9345, "certified@1.58": 0.4955}  # 0.1 flat layout, no owner
+    edit_config(directory, name="crm-mnist-4c3f", weights=entry["weights"], metrics=legacy_metrics,
+                bound={"guarantee": "proved"})
+    (directory / "README.md").write_text("# crm-mnist-4c3f\n| 1.58 | 93.45 | 66.12 | 49.55 |\n")
+    uploaded = {}
+    real = huggingface_hub.HfApi.upload_folder
+
+    def capture(self, *args, **kwargs):
+        uploaded.update({n: (Path(kwargs["folder_path"]) / n).read_text() for n in ("config.json", "README.md")})
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", capture)
+    push(directory, "owner/tiny")
+    config = json.loads(uploaded["config.json"])
+    assert config["metrics"] is None and config["weights"] is None and config["name"] is None
+    assert config["parent"]["name"] == "crm-mnist-4c3f"
+    assert "49.55" not in uploaded["README.md"] and "93.45" not in uploaded["README.md"]
+
+
+def test_hugging_face_mixin_shape(tmp_path, saved, fake_hfapi):
+    model, directory = saved
+    attach_results(directory, make_report())
+    loaded = LipschitzSequential.from_pretrained(directory)
+    assert loaded.lipzoo_config["metrics"]["clean"] == 0.9627
+    tuned = LipschitzSequential.from_pretrained(str(directory), num_classes=2)
+    assert tuned.num_classes == 2 and tuned.lipzoo_config["metrics"] is None
+    assert tuned.save_pretrained(tmp_path / "tuned") is None
+    assert sorted(p.name for p in (tmp_path / "tuned").iterdir()) == FILES
+    info = loaded.push_to_hub("owner/tiny", token="hf_x")
+    assert info.oid == "abc" and [c[0] for c in fake_hfapi] == ["create_repo", "upload_folder"]
+    fresh = make_model()
+    with pytest.raises(AttributeError, match="lipzoo_config"):
+        fresh.lipzoo_config
+    fresh.save_pretrained(tmp_path / "fresh")  # config from get_config()
+    assert read_config(tmp_path / "fresh")["architecture"] == "tiny"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 
 import pytest
 import timm
@@ -14,6 +16,7 @@ import lipzoo.models as M
 from lipzoo.layers import (AvgPool2d, Flatten, LTConv2d, LTLinear, LTResidualConv, LTResidualLinear,
                            Normalize)
 from lipzoo.models import registry, zoo
+from lipzoo.meta import DATASETS
 from lipzoo.models.base import DATASET_STATS, LipschitzSequential
 from lipzoo.models.residual import build_lt_res
 
@@ -28,14 +31,20 @@ REFERENCE_LAYERS = {
     "8c2f": ([(3, 64, 3), (64, 64, 3), (64, 64, 4), (64, 128, 3), (128, 128, 3), (128, 128, 4),
               (128, 256, 3), (256, 256, 4)], [(9216, 256), (256, 200)]),
 }
-# Sizes of the table (docs/models.md, module docstrings); +-1%.
-TABLE_PARAMS = {"4c3f": 1.97e6, "6c2f": 0.73e6, "8c2f": 4.34e6, "lt-res-s": 0.51e6, "lt-res-m": 2.01e6,
-                "lt-res-l": 6.05e6}
-CLASSES = {"4c3f": 10, "6c2f": 10, "8c2f": 200, "lt-res-s": 10, "lt-res-m": 10, "lt-res-l": 10}
-SHAPES = {"4c3f": (1, 28, 28), "6c2f": (3, 32, 32), "8c2f": (3, 64, 64), "lt-res-s": (3, 32, 32),
-          "lt-res-m": (3, 32, 32), "lt-res-l": (3, 32, 32)}
-# Smallest-ish inputs each family accepts: keeps exact-norm bounds cheap.
+# Smaller inputs than the default keep exact-norm bounds cheap where a family allows them; any other
+# architecture runs at its declared size.
 SMALL_IMG = {"4c3f": 8, "6c2f": 8, "8c2f": 24, "lt-res-s": 8, "lt-res-m": 8, "lt-res-l": 8}
+
+
+def _info(name):
+    return M.get_architecture(name)
+
+
+def _declared_params(name: str) -> float:
+    """The size the builder's docstring states ("~1.97M parameters"): part of its metadata."""
+    match = re.search(r"~([\d.]+)M parameters", _info(name).description)
+    assert match, f"the docstring of {name!r} must state its size as '~<n>M parameters'"
+    return float(match.group(1)) * 1e6
 
 
 def _reference_params(name: str) -> int:
@@ -47,20 +56,16 @@ def _n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def test_registry_covers_the_table():
-    assert set(ARCHITECTURES) == set(TABLE_PARAMS)
-
-
 # -- every architecture ------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ARCHITECTURES)
 def test_build_forward_backward(name):
     torch.manual_seed(0)
     model = M.create_model(name)
     assert isinstance(model, LipschitzSequential)
-    assert model.input_shape == SHAPES[name] and model.num_classes == CLASSES[name]
+    assert model.input_shape == _info(name).input_shape and model.num_classes == _info(name).num_classes
     x = torch.rand(2, *model.input_shape)
     out = model(x)
-    assert out.shape == (2, CLASSES[name])
+    assert out.shape == (2, _info(name).num_classes)
     assert torch.isfinite(out).all()
     out.square().sum().backward()
     grads = [p.grad for p in model.parameters()]
@@ -69,9 +74,9 @@ def test_build_forward_backward(name):
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
-def test_parameter_count_matches_table(name):
+def test_parameter_count_matches_the_declared_size(name):
     n = _n_params(M.create_model(name))
-    assert abs(n - TABLE_PARAMS[name]) <= 0.01 * TABLE_PARAMS[name]
+    assert abs(n - _declared_params(name)) <= 0.01 * _declared_params(name)
     if name in REFERENCE_LAYERS:
         assert n == _reference_params(name)
 
@@ -131,8 +136,9 @@ def test_config_is_json_and_rebuilds_the_model(name):
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
 def test_other_sizes_and_channels(name):
-    model = M.create_model(name, in_chans=1, mean=0.5, std=0.25, img_size=SMALL_IMG[name] + 8, num_classes=3)
-    assert model.input_shape == (1, SMALL_IMG[name] + 8, SMALL_IMG[name] + 8)
+    model = M.create_model(name, in_chans=1, mean=0.5, std=0.25, img_size=SMALL_IMG.get(name, _info(name).input_shape[-1]) + 8, num_classes=3)
+    size = SMALL_IMG.get(name, _info(name).input_shape[-1]) + 8
+    assert model.input_shape == (1, size, size)
     assert model.normalization == {"mean": [0.5], "std": [0.25]}
     assert model(torch.rand(2, *model.input_shape)).shape == (2, 3)
 
@@ -146,7 +152,7 @@ _HEAVY_BOUNDS = {"8c2f", "lt-res-m", "lt-res-l"}
 def test_bound_liplt_pairwise_at_most_naive(name):
     bounds = pytest.importorskip("lipzoo.bounds")
     torch.manual_seed(0)
-    model = M.create_model(name, img_size=SMALL_IMG[name])
+    model = M.create_model(name, img_size=SMALL_IMG.get(name, _info(name).input_shape[-1]))
     # proved (FFT / split) bounds for anything larger than 64 dims keep this registry-wide test fast;
     # exactness of the accountant is tested on small nets in test_bounds.py
     kw = {"mode": "pairwise", "norm": "auto", "max_dense": 64}
@@ -170,9 +176,9 @@ def test_4c3f_state_dict_keys_and_layer_order():
     assert [m.activation_name for m in model if hasattr(m, "activation_name")] == ["relu"] * 6 + [None]
 
 
-@pytest.mark.parametrize("name,dataset", [("4c3f", "mnist"), ("6c2f", "cifar10"), ("8c2f", "tinyimagenet"),
-                                          ("lt-res-s", "cifar10")])
-def test_default_normalization(name, dataset):
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_default_normalization(name):
+    dataset = _info(name).dataset
     model = M.create_model(name)
     torch.testing.assert_close(model[0].mean, torch.tensor(DATASET_STATS[dataset]["mean"]))
     torch.testing.assert_close(model[0].std, torch.tensor(DATASET_STATS[dataset]["std"]))
@@ -230,8 +236,8 @@ def test_residual_family_layout():
 
 # -- builder errors ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs,error,match", [
-    ({"num_classes": 0}, ValueError, "num_classes must be a positive int"),
-    ({"num_classes": 2.5}, ValueError, "num_classes must be a positive int"),
+    ({"num_classes": -1}, ValueError, "num_classes must be a non-negative int"),
+    ({"num_classes": 2.5}, ValueError, "num_classes must be a non-negative int"),
     ({"in_chans": 1}, ValueError, "in_chans=1 but the default cifar10 mean has 3"),
     ({"in_chans": 0}, ValueError, "in_chans must be a positive int"),
     ({"mean": [0.1, 0.2]}, ValueError, r"mean needs 1 or in_chans=3 values, got 2"),
@@ -261,32 +267,67 @@ def test_lipschitz_sequential_needs_ltlinear_readout():
 
 
 def test_reset_classifier_rejects_bad_num_classes():
-    with pytest.raises(ValueError, match="reset_classifier: num_classes must be a positive int, got -1"):
+    with pytest.raises(ValueError, match=r"reset_classifier: num_classes must be a non-negative int \(0: no classifier.*got -1"):
         M.create_model("6c2f").reset_classifier(-1)
 
 
 # -- registry ----------------------------------------------------------------------------------------
 @pytest.fixture
 def scratch_registry(monkeypatch):
-    """Registry state that the test may change (restored afterwards)."""
-    monkeypatch.setattr(registry, "_ARCHITECTURES", dict(registry._ARCHITECTURES))
-    monkeypatch.setattr(registry, "_REGISTER_HOOKS", [])
-    monkeypatch.setattr(registry, "_PRETRAINED_LOADER", None)
-    return registry
+    """The registry's state that the test may change (restored afterwards); no listeners (timm) attached."""
+    monkeypatch.setattr(M.REGISTRY, "_archs", dict(M.REGISTRY._archs))
+    monkeypatch.setattr(M.REGISTRY, "_listeners", [])
+    return M.REGISTRY
 
 
-def test_register_model_names_and_duplicates(scratch_registry):
-    def lipzoo_tiny_net_v2(num_classes=2):
-        return nn.Linear(1, num_classes)
+def _small_6c2f(num_classes=None, **kwargs):
+    return M.get_architecture("6c2f").builder(num_classes=num_classes or 3, img_size=8, **kwargs)
+
+
+def test_register_model_names_duplicates_and_listeners(scratch_registry):
+    def lipzoo_tiny_net_v2(num_classes=None, **kwargs):
+        return _small_6c2f(num_classes, **kwargs)
 
     seen = []
-    scratch_registry.add_register_hook(lambda name, fn: seen.append(name))
-    assert seen == list(scratch_registry._ARCHITECTURES)  # replayed for the existing ones
-    assert scratch_registry.register_model(lipzoo_tiny_net_v2) is lipzoo_tiny_net_v2
+    scratch_registry.add_listener(lambda info: seen.append(info.name))
+    assert sorted(seen) == ARCHITECTURES  # replayed for the existing ones
+    assert registry.register_model(lipzoo_tiny_net_v2) is lipzoo_tiny_net_v2
     assert seen[-1] == "tiny-net-v2" and "tiny-net-v2" in M.list_models()
-    assert M.create_model("tiny-net-v2", num_classes=4).out_features == 4
+    info = M.get_architecture("tiny-net-v2")  # bare decorator: metadata read from one probe build
+    assert (info.num_classes, info.input_shape) == (3, (3, 8, 8))
+    assert M.create_model("tiny-net-v2", num_classes=4).num_classes == 4
     with pytest.raises(ValueError, match="Architecture 'tiny-net-v2' is already registered"):
-        scratch_registry.register_model(lipzoo_tiny_net_v2)
+        registry.register_model(lipzoo_tiny_net_v2)
+
+
+def test_register_model_is_all_or_nothing(scratch_registry):
+    def lipzoo_plain_seq(num_classes=2):
+        return nn.Sequential(nn.Flatten(), nn.Linear(4, num_classes))
+
+    with pytest.raises(TypeError, match=r"returned a Sequential without \['num_classes', 'input_shape'"):
+        registry.register_model(lipzoo_plain_seq)
+    assert "plain-seq" not in M.REGISTRY and "plain-seq" not in M.list_models()
+
+    def lipzoo_declared_seq(num_classes=2):  # declared metadata: the check happens at the first build
+        return nn.Sequential(nn.Flatten(), nn.Linear(4, num_classes))
+
+    registry.register_model(lipzoo_declared_seq, num_classes=2, input_shape=(4,))
+    with pytest.raises(TypeError, match="registry builders must return a lipzoo.models.LipschitzSequential"):
+        M.create_model("declared-seq")
+
+    def refuse(info):
+        raise RuntimeError(f"listener refuses {info.name}")
+
+    scratch_registry._listeners.append(refuse)  # add_listener would replay (and refuse) the existing ones
+
+    def lipzoo_refused(num_classes=None):
+        return _small_6c2f(num_classes)
+
+    with pytest.raises(RuntimeError, match="listener refuses refused"):
+        registry.register_model(lipzoo_refused)
+    assert "refused" not in M.REGISTRY  # a failing listener undoes the registration
+    with pytest.raises(TypeError, match="register_model expects a builder function"):
+        M.REGISTRY.register("6c2f")
 
 
 def test_register_model_rejects_zoo_entry_names(scratch_registry):
@@ -294,7 +335,25 @@ def test_register_model_rejects_zoo_entry_names(scratch_registry):
         return nn.Linear(1, 1)
 
     with pytest.raises(ValueError, match="clashes with the zoo entry"):
-        scratch_registry.register_model(lipzoo_crm_mnist_4c3f)
+        registry.register_model(lipzoo_crm_mnist_4c3f)
+
+
+def test_models_layering_has_no_cycle():
+    """registry <- zoo <- factory: no module imports one after it (at module level or inside functions)."""
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    order = ["registry", "zoo", "factory"]
+    for i, name in enumerate(order):
+        tree = ast.parse(Path(M.__file__).with_name(f"{name}.py").read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        imported |= {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
+        later = {f"lipzoo.models.{n}" for n in order[i + 1:]} | {"lipzoo.hub", "lipzoo.hub.checkpoint"}
+        assert not (imported & later) or name == "factory", (name, imported & later)
+    code = "import sys, lipzoo.models; assert 'lipzoo.hub' not in sys.modules and 'timm' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_architecture_name():
@@ -358,9 +417,15 @@ def test_build_entry_checks_input_shape():
         registry.build_entry(entry)
 
 
-def test_pretrained_architecture_is_refused():
-    with pytest.raises(ValueError, match="Architecture '6c2f' has no weights of its own"):
-        M.create_model("6c2f", pretrained=True)
+def test_pretrained_architecture_loads_its_default_entry():
+    model = M.create_model("6c2f", pretrained=True)
+    assert model.lipzoo_config["name"] == "crm-cifar10-6c2f"  # the published CRM entry is the default tag
+    assert M.create_model("6c2f.crm_cifar10", pretrained=True).lipzoo_config["sha256"] == \
+        model.lipzoo_config["sha256"]
+    with pytest.raises(ValueError, match=r"Architecture '8c2f' has no pretrained weights yet"):
+        M.create_model("8c2f", pretrained=True)
+    with pytest.raises(ValueError, match=r"Architecture '6c2f' has no pretrained tag 'crm'; its tags are"):
+        M.create_model("6c2f.crm", pretrained=True)
 
 
 def test_pretrained_entry_without_weights_is_refused():
@@ -369,38 +434,46 @@ def test_pretrained_entry_without_weights_is_refused():
         M.create_model("crm-tinyimagenet-8c2f", pretrained=True)
 
 
-@pytest.fixture
-def entry_with_weights(monkeypatch):
-    """Pretend crm-mnist-4c3f has published weights."""
-    real = zoo.get_entry
+@pytest.mark.parametrize("name", M.list_pretrained())
+def test_pretrained_with_new_num_classes_keeps_every_weight_but_the_classifier(name, caplog):
+    import lipzoo.hub
 
-    def fake(name):
-        entry = real(name)
-        if name == "crm-mnist-4c3f":
-            entry["weights"] = {"repo_id": "lipzoo/crm-mnist-4c3f", "revision": None, "sha256": "0" * 64,
-                                "filename": "model.safetensors", "local": None, "storage_dtype": "float32"}
-        return entry
+    shipped = lipzoo.hub.load(name)
+    head = f"{len(shipped) - 1}."
+    with caplog.at_level(logging.WARNING, logger="lipzoo.models.base"):
+        model = M.create_model(name, pretrained=True, num_classes=5)
+    assert "certificate and measured numbers of " + name + " no longer apply" in caplog.text
+    assert model.num_classes == 5 and model(torch.rand(1, *model.input_shape)).shape == (1, 5)
+    new, old = model.state_dict(), shipped.state_dict()
+    assert list(new) == list(old)
+    for key in old:
+        if key.startswith(head):
+            assert new[key].shape[0] == 5
+        else:
+            torch.testing.assert_close(new[key], old[key], rtol=0, atol=0)
+    config = model.lipzoo_config  # the parent's certificate is gone; the parent is named
+    assert config["metrics"] is None and config["weights"] is None and config["name"] is None
+    assert "bound" not in config and config["num_classes"] == 5
+    assert config["parent"] == {"name": name, "sha256": shipped.lipzoo_config["sha256"]}
+    same = M.create_model(name, pretrained=True, num_classes=shipped.num_classes)  # same size: as published
+    assert same.lipzoo_config["metrics"] == shipped.lipzoo_config["metrics"]
 
-    monkeypatch.setattr(zoo, "get_entry", fake)
+
+def test_pretrained_refuses_builder_arguments_and_load_options_need_pretrained():
+    with pytest.raises(ValueError, match=r"got builder arguments \{'activation': 'tanh'\} that differ"):
+        M.create_model("crm-mnist-4c3f", pretrained=True, activation="tanh")
+    with pytest.raises(ValueError, match=r"\['revision'\] apply to pretrained=True only"):
+        M.create_model("crm-mnist-4c3f", revision="main")
 
 
-def test_pretrained_loader_hook(scratch_registry, entry_with_weights):
-    assert "crm-mnist-4c3f" in M.list_pretrained()
-    with pytest.raises(RuntimeError, match="No pretrained loader is installed"):
-        M.create_model("crm-mnist-4c3f", pretrained=True)
-    calls = []
-    sentinel = nn.Identity()
-    M.set_pretrained_loader(lambda name, **kw: calls.append((name, kw)) or sentinel)
-    assert M.create_model("crm-mnist-4c3f", pretrained=True, num_classes=3, map_location="cpu") is sentinel
-    assert calls == [("crm-mnist-4c3f", {"num_classes": 3, "map_location": "cpu"})]
-    with pytest.raises(ValueError,
-                       match=r"pretrained weights belong to the zoo entries \['ce-mnist-4c3f', 'crm-mnist-4c3f'\]"):
-        M.create_model("4c3f", pretrained=True)
-    with pytest.raises(TypeError, match="set_pretrained_loader expects a callable or None"):
-        M.set_pretrained_loader("hub")
-    M.set_pretrained_loader(None)
-    with pytest.raises(RuntimeError, match="No pretrained loader"):
-        M.create_model("crm-mnist-4c3f", pretrained=True)
+def test_reset_classifier_zero_gives_features_and_back():
+    model = M.create_model("6c2f")
+    model.reset_classifier(0)
+    assert isinstance(model.get_classifier(), nn.Identity) and model.num_classes == 0
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, model.num_features)
+    model.reset_classifier(4)
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 4)
+    assert M.create_model("6c2f", num_classes=0)(torch.rand(1, 3, 32, 32)).shape == (1, model.num_features)
 
 
 # -- timm bridge -------------------------------------------------------------------------------------
@@ -416,7 +489,9 @@ def bridge():
 def test_timm_lists_every_architecture(bridge):
     assert timm.list_models("lipzoo*") == sorted(bridge.timm_name(a) for a in ARCHITECTURES)
     assert "lipzoo_lt_res_s" in timm.list_models("lipzoo*") and "lipzoo_4c3f" in timm.list_models("lipzoo*")
-    assert timm.list_pretrained("lipzoo*") == []
+    expected = sorted(f"{bridge.timm_name(M.get_entry(e)['architecture'])}.{zoo.pretrained_tag(e)}"
+                      for e in M.list_pretrained())
+    assert timm.list_pretrained("lipzoo*") == expected and "lipzoo_6c2f.crm_cifar10" in expected
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
@@ -452,26 +527,50 @@ def test_timm_num_classes_changes_only_the_readout(bridge):
     assert model(torch.rand(1, 3, 32, 32)).shape == (1, 10)
 
 
-def test_timm_pretrained_points_to_lipzoo_load(bridge):
-    with pytest.raises(ValueError, match=r"lipzoo\.load\('crm-mnist-4c3f'\)"):
-        timm.create_model("lipzoo_4c3f", pretrained=True)
+@pytest.mark.parametrize("name", M.list_pretrained())
+def test_timm_pretrained_tags_load_lipzoo_weights(bridge, name):
+    import lipzoo.hub
+
+    entry = M.get_entry(name)
+    timm_tagged = f"{bridge.timm_name(entry['architecture'])}.{zoo.pretrained_tag(name)}"
+    model = timm.create_model(timm_tagged, pretrained=True, num_classes=5)
+    shipped = lipzoo.hub.load(name)
+    head = f"{len(shipped) - 1}."
+    for key, value in shipped.state_dict().items():
+        if not key.startswith(head):
+            torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0)
+    assert model.num_classes == 5 and model.pretrained_cfg["tag"] == zoo.pretrained_tag(name)
+    assert model.pretrained_cfg["hf_hub_id"] == entry["weights"]["repo_id"]
+    assert model.lipzoo_config["metrics"] is None and model.lipzoo_config["parent"]["name"] == name
 
 
-def test_timm_tags_are_refused(bridge):
-    with pytest.raises(ValueError, match="has no pretrained tags in timm"):
+def test_timm_plain_name_picks_the_default_tag(bridge):
+    model = timm.create_model("lipzoo_4c3f", pretrained=True)
+    assert model.lipzoo_config["name"] == "crm-mnist-4c3f" and model.num_classes == 10
+    assert model.lipzoo_config["metrics"]["sha256"] == model.lipzoo_config["sha256"]
+    with pytest.raises(ValueError, match="no lipzoo zoo entry of '8c2f' has published weights"):
+        timm.create_model("lipzoo_8c2f", pretrained=True)
+
+
+def test_timm_unknown_tags_are_refused(bridge):
+    with pytest.raises(ValueError, match=r"lipzoo_4c3f has no pretrained tag 'crm'; its tags are "
+                                         r"\['lipzoo_4c3f.crm_mnist', 'lipzoo_4c3f.ce_mnist'\]"):
         timm.create_model("lipzoo_4c3f.crm")
 
 
-def test_timm_bridges_later_registrations(bridge, scratch_registry, monkeypatch):
-    builder = scratch_registry._ARCHITECTURES["6c2f"]
-    monkeypatch.setattr(scratch_registry, "_ARCHITECTURES", {})  # nothing to replay: timm keeps its entries
-    scratch_registry.add_register_hook(bridge._bridge)
+def test_timm_features_model(bridge):
+    model = timm.create_model("lipzoo_6c2f", num_classes=0)
+    assert model.num_classes == 0 and model(torch.rand(1, 3, 32, 32)).shape == (1, model.num_features)
 
-    def lipzoo_bridge_probe(num_classes=3):
-        return builder(num_classes=num_classes, img_size=8)
+
+def test_timm_bridges_later_registrations(bridge, scratch_registry):
+    scratch_registry.add_listener(bridge._bridge)  # replays nothing new: timm keeps its entries
+
+    def lipzoo_bridge_probe(num_classes=None, **kwargs):
+        return _small_6c2f(num_classes, **kwargs)
 
     try:
-        scratch_registry.register_model(lipzoo_bridge_probe)
+        registry.register_model(lipzoo_bridge_probe)
         assert "lipzoo_bridge_probe" in timm.list_models("lipzoo*")
         assert timm.create_model("lipzoo_bridge_probe", num_classes=2).num_classes == 2
     finally:
@@ -483,3 +582,15 @@ def test_timm_bridges_later_registrations(bridge, scratch_registry, monkeypatch)
         if "lipzoo_bridge_probe" in bridge.__all__:
             bridge.__all__.remove("lipzoo_bridge_probe")
         vars(bridge).pop("lipzoo_bridge_probe", None)
+
+
+def test_importing_lipzoo_does_not_import_timm_but_bridges_it_later():
+    import subprocess
+    import sys
+
+    code = ("import sys, lipzoo, lipzoo.layers, lipzoo.models; assert 'timm' not in sys.modules; "
+            "import timm; assert 'lipzoo_6c2f' in timm.list_models('lipzoo*'); "
+            "assert 'lipzoo_6c2f.crm_cifar10' in timm.list_pretrained('lipzoo*')")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    code = "import timm, lipzoo; assert 'lipzoo_4c3f' in timm.list_models('lipzoo*')"  # timm first
+    subprocess.run([sys.executable, "-c", code], check=True)

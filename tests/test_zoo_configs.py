@@ -13,6 +13,7 @@ import torch
 import yaml
 
 import lipzoo.models as M
+from lipzoo.meta import Results, parse_eps
 from lipzoo.models import zoo
 
 ENTRIES = zoo.list_entries()
@@ -31,15 +32,50 @@ def test_entry_is_valid_and_consistent(name):
     raw = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
     assert zoo.validate_entry(raw) is raw
     entry = zoo.get_entry(name)
-    assert entry == raw and entry["name"] == name
+    assert entry["name"] == name
+    assert entry["recipe"] == {**zoo.resolve_recipe(raw["recipe"])}  # a shared recipe is expanded, named
+    assert {k: v for k, v in entry.items() if k != "recipe"} == {k: v for k, v in raw.items() if k != "recipe"}
     json.dumps(entry, allow_nan=False)  # config.json of the hub copies it
-    # weights and metrics are filled in together once an entry is trained and certified
+    # weights and metrics are filled in together once an entry is trained and certified, and the
+    # numbers name the weights they were measured on
     assert (entry["weights"] is None) == (entry["metrics"] is None)
+    if entry["weights"] is not None:
+        assert entry["metrics"]["sha256"] == entry["weights"]["sha256"]
     if entry["weights"] is not None and entry["weights"]["local"] is not None:
         local = CONFIG_DIR.parent / entry["weights"]["local"] / entry["weights"]["filename"]
         assert hashlib.sha256(local.read_bytes()).hexdigest() == entry["weights"]["sha256"]
         assert 0 <= entry["metrics"]["clean"] <= 1  # fractions, not percent
-    assert all(zoo.parse_eps(e) > 0 for e in entry["certify"]["eps"])
+    assert all(parse_eps(e).value > 0 for e in entry["certify"]["eps"])
+
+
+def test_cifar10_entries_share_one_recipe():
+    cifar = [n for n in ENTRIES if zoo.get_metadata(n).dataset == "cifar10"]
+    assert len(cifar) > 1
+    assert {zoo.get_metadata(n).recipe.name for n in cifar} == {"crm-cifar10"}
+    assert "crm-cifar10" in zoo.list_recipes()
+    for name in cifar:  # the YAML names the recipe; it is written once
+        assert yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())["recipe"] == "crm-cifar10"
+
+
+def test_recipe_reference_with_overrides_and_unknown_recipe():
+    entry = zoo.get_entry("crm-cifar10-6c2f")
+    entry["recipe"] = {"use": "crm-cifar10", "epochs": 300}
+    meta = zoo.parse_entry(entry)
+    assert meta.recipe.epochs == 300 and meta.recipe.name is None  # modified: no longer the shared recipe
+    assert meta.recipe.optimizer == zoo.get_metadata("crm-cifar10-6c2f").recipe.optimizer
+    entry["recipe"] = "crm-cifar100"
+    with pytest.raises(ValueError, match=r"Unknown recipe 'crm-cifar100'; shared recipes are \['crm-cifar10'\]"):
+        zoo.validate_entry(entry)
+
+
+def test_metrics_must_belong_to_the_published_weights():
+    entry = zoo.get_entry("crm-mnist-4c3f")
+    entry["metrics"]["sha256"] = "b" * 64
+    with pytest.raises(ValueError, match="metrics.sha256 is b{64}, but weights.sha256 is 5f1f"):
+        zoo.validate_entry(entry)
+    entry["weights"] = None
+    with pytest.raises(ValueError, match="metrics: an entry without weights has nothing to measure"):
+        zoo.validate_entry(entry)
 
 
 @pytest.mark.parametrize("name", ENTRIES)
@@ -79,21 +115,35 @@ def test_reference_recipes():
 
 # -- eps ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("text,value", [("36/255", Fraction(36, 255)), ("1.58", Fraction(79, 50)),
-                                        (" 0.5 ", Fraction(1, 2)), ("2", Fraction(2))])
+                                        (" 0.5 ", Fraction(1, 2)), ("2", Fraction(2)), (Fraction(2, 3), Fraction(2, 3)),
+                                        (3, Fraction(3))])
 def test_parse_eps_is_exact(text, value):
-    assert zoo.parse_eps(text) == value
+    eps = parse_eps(text)
+    assert eps.value == value and float(eps) == float(value)
+    assert str(eps) == str(text).strip()  # the text is kept as written
+    assert parse_eps(eps) is not None and parse_eps(eps) == eps
+
+
+def test_eps_equality_is_by_value_and_zero_needs_allow_zero():
+    assert parse_eps("1.58") == parse_eps("79/50") and len({parse_eps("1.58"), parse_eps("79/50")}) == 1
+    assert parse_eps("0", allow_zero=True).value == 0
+    assert zoo.parse_eps is parse_eps  # one parser (lipzoo 0.1 import path kept)
 
 
 @pytest.mark.parametrize("bad,error,match", [
-    (1.58, TypeError, "eps must be a string such as '36/255'.*got float 1.58; quote it"),
-    ("abc", ValueError, "eps 'abc' is not a fraction"),
-    ("1/0", ValueError, "eps '1/0' is not a fraction"),
+    (1.58, TypeError, "eps must be an exact fraction string such as '36/255'.*got float 1.58; quote it"),
+    (True, TypeError, "got bool True"),
+    ("abc", ValueError, "eps: 'abc' is not a fraction"),
+    ("1/0", ValueError, "eps: '1/0' is not a fraction"),
     ("0", ValueError, "eps must be positive, got '0'"),
     ("-36/255", ValueError, "eps must be positive"),
 ])
 def test_parse_eps_errors(bad, error, match):
     with pytest.raises(error, match=match):
-        zoo.parse_eps(bad)
+        parse_eps(bad)
+    if error is ValueError and bad != "0":
+        with pytest.raises(error, match="--eps"):
+            parse_eps(bad, where="--eps", allow_zero=True)
 
 
 # -- schema errors -----------------------------------------------------------------------------------
@@ -151,12 +201,13 @@ BAD = [
     (("recipe", "scheduler"), {"name": "constant", "final_lr": 1.0e-6},
      r"recipe.scheduler: unknown key\(s\) \['final_lr'\]"),
     (("recipe", "augmentation"), "hflip", "recipe.augmentation: expected a list"),
-    (("recipe", "augmentation"), ["vflip"], r"recipe.augmentation\[0\]: expected 'hflip' or"),
+    (("recipe", "augmentation"), ["vflip"], r"recipe.augmentation\[0\] kind: expected one of \['hflip', 'affine', 'crop'\]"),
     (("recipe", "augmentation"), [{"affine": {"degrees": 10}}],
      r"recipe.augmentation\[0\].affine: missing key\(s\) \['translate'\]"),
-    (("recipe", "augmentation"), [{"rotate": {}}], r"recipe.augmentation\[0\] kind: expected one of \['affine'\]"),
+    (("recipe", "augmentation"), [{"rotate": {}}], r"recipe.augmentation\[0\] kind: expected one of"),
+    (("recipe", "augmentation"), [{"crop": {"size": 28, "fill": 0}}], r"recipe.augmentation\[0\].crop: unknown key"),
     (("recipe", "augmentation"), [{"affine": {"degrees": 10, "translate": 0.1}, "x": 1}],
-     r"recipe.augmentation\[0\]: expected 'hflip' or a one-key mapping"),
+     r"recipe.augmentation\[0\]: expected a name or a one-key mapping"),
     (("recipe", "augmentation"), [{"affine": {"degrees": 500, "translate": 0.1}}],
      r"recipe.augmentation\[0\].affine.degrees: expected a number <= 180"),
     (("recipe", "crm"), None, "recipe.crm: expected a mapping {t, lam, r0, g, warmup_epochs} when recipe.loss is"),
@@ -167,8 +218,8 @@ BAD = [
     (("recipe", "crm", "warmup_epochs"), 400, "recipe.crm.warmup_epochs: expected an int < 400"),
     (("certify",), {"eps": ["1.58"], "norm": 2}, r"certify: unknown key\(s\) \['norm'\]"),
     (("certify", "eps"), [], "certify.eps: expected a non-empty list"),
-    (("certify", "eps"), [1.58], r"certify.eps\[0\]: eps must be a string"),
-    (("certify", "eps"), ["1.58", "x"], r"certify.eps\[1\]: eps 'x' is not a fraction"),
+    (("certify", "eps"), [1.58], r"certify.eps\[0\] must be an exact fraction string"),
+    (("certify", "eps"), ["1.58", "x"], r"certify.eps\[1\]: 'x' is not a fraction"),
     (("weights",), {**_WEIGHTS, "url": "x"}, r"weights: unknown key\(s\) \['url'\]"),
     (("weights",), {**_WEIGHTS, "repo_id": "crm"}, "weights.repo_id: expected a Hub repo id 'owner/name'"),
     (("weights",), {**_WEIGHTS, "revision": ""}, "weights.revision: expected a non-empty string"),
@@ -176,7 +227,11 @@ BAD = [
     (("weights",), {**_WEIGHTS, "local": 3}, "weights.local: expected a non-empty string"),
     (("weights",), {**_WEIGHTS, "storage_dtype": "int8"}, "weights.storage_dtype: expected one of"),
     (("metrics",), {1: 2.0}, "metrics: expected null or a mapping with string keys"),
-    (("metrics",), {"clean": float("nan")}, "metrics: must be JSON-serializable"),
+    (("metrics", "clean"), float("nan"), r"metrics.clean must be an accuracy as a fraction in \[0, 1\]"),
+    (("metrics", "clean"), 93.45, r"metrics.clean must be an accuracy as a fraction in \[0, 1\].*not 64.16"),
+    (("metrics", "eps"), {"1.58": {"robust": 0.5}}, r"metrics.eps\['1.58'\]: unknown key"),
+    (("metrics", "eps"), {"abc": {"certified": 0.5}}, r"metrics.eps: 'abc' is not a fraction"),
+    (("metrics", "colour"), 1, r"metrics: unknown key\(s\) \['colour'\]"),
 ]
 
 
@@ -191,8 +246,10 @@ def test_validate_entry_names_the_bad_key(path, value, match):
 def test_validate_entry_accepts_weights_metrics_and_ce_without_crm():
     entry = zoo.get_entry("crm-mnist-4c3f")
     entry["weights"] = dict(_WEIGHTS)
-    entry["metrics"] = {"clean": 96.3, "certified@1.58": 63.4, "epochs_trained": 400}
+    entry["metrics"] = {"clean": 0.963, "certified@1.58": 0.634, "epochs_trained": 400}  # lipzoo 0.1 flat layout
     assert zoo.validate_entry(entry) is entry
+    meta = zoo.parse_entry(entry)
+    assert meta.results.sha256 == _WEIGHTS["sha256"] and meta.results.at("79/50").certified == 0.634
     entry["recipe"]["loss"] = "ce"
     entry["recipe"]["crm"] = None
     zoo.validate_entry(entry)
@@ -240,23 +297,26 @@ def test_invalid_file_is_reported_with_its_path(fake_config_dir):
 def test_markdown_table_lists_everything():
     text = zoo.markdown_table()
     for name in M.list_architectures():
-        assert f"| `{name}` |" in text
+        info = M.get_architecture(name)
+        assert f"| `{name}` | {'x'.join(map(str, info.input_shape))} | {info.num_classes} |" in text
     for name in ENTRIES:
-        assert f"| `{name}` | `{zoo.get_entry(name)['architecture']}` |" in text
-    assert "| `4c3f` | 1x28x28 | 1,974,762 |" in text
+        arch = zoo.get_entry(name)["architecture"].replace("-", "_")
+        assert f"| `{name}` | `lipzoo_{arch}.{zoo.pretrained_tag(name)}` |" in text
+    assert "| `4c3f` | 1x28x28 | 10 | 1,974,762 |" in text
     assert "do not edit by hand" in text
 
 
 def test_markdown_table_shows_metrics(monkeypatch):
-    real = zoo.get_entry
+    real = zoo.get_metadata
 
     def with_metrics(name):
-        entry = real(name)
+        meta = real(name)
         if name == "crm-cifar10-6c2f":
-            entry["metrics"] = {"clean": 0.74821, "certified@36/255": 0.6416, "pgd@36/255": 0.7231}
-        return entry
+            results = Results.parse({"clean": 0.74821, "certified@36/255": 0.6416, "pgd@36/255": 0.7231}, "c" * 64)
+            meta = meta.replace(results=results)
+        return meta
 
-    monkeypatch.setattr(zoo, "get_entry", with_metrics)
+    monkeypatch.setattr(zoo, "get_metadata", with_metrics)
     row = next(line for line in zoo.markdown_table().splitlines() if line.startswith("| `crm-cifar10-6c2f`"))
     assert "| 74.82 | 64.16 / — | 72.31 / — |" in row
 

@@ -8,10 +8,11 @@ reports them) and shown as percentages.
 from __future__ import annotations
 
 import shlex
-from fractions import Fraction
 from typing import Any, Mapping
 
 import yaml
+
+from lipzoo.meta import Eps, Results, parse_eps
 
 __all__ = ["render_card", "certify_command", "metric_table"]
 
@@ -28,47 +29,48 @@ def certify_command(config: Mapping[str, Any], target: str) -> str:
     """The ``lipzoo certify`` command line that reproduces a checkpoint's certified numbers.
 
     Args:
-        config: the checkpoint's config (uses ``eps``).
+        config: the checkpoint's config (uses ``eps`` and the attack of ``metrics``).
         target: what ``lipzoo certify`` loads: a zoo name, a Hub repo id or a directory.
 
     Returns:
         A shell-quoted command, e.g. ``lipzoo certify crm-cifar10-6c2f --eps 36/255``.
     """
     parts = ["lipzoo", "certify", target]
-    for eps in config.get("eps") or []:
+    for eps in config.get("eps") or (config.get("certify") or {}).get("eps") or []:
         parts += ["--eps", str(eps)]
-    attack = config.get("certify_attack")
+    metrics = config.get("metrics") or {}
+    attack = metrics.get("attack") if isinstance(metrics, Mapping) else None
+    attack = attack if attack is not None else config.get("certify_attack")
     if isinstance(attack, Mapping):
         parts += ["--attack-steps", str(attack.get("steps", 50)), "--restarts", str(attack.get("restarts", 1))]
     return shlex.join(parts)
 
 
 def metric_table(metrics: Mapping[str, Any] | None, eps_list: list[str]) -> dict[str, dict[str, Any]]:
-    """Rows of ``clean`` and per-ε ``pgd`` / ``certified`` accuracies from a flat metrics dict.
+    """Rows of ``clean`` and per-ε ``pgd`` / ``certified`` accuracies.
 
-    ε keys (``certified@36/255``) are matched by exact value, so ``"1.58"`` and ``"79/50"`` are
-    the same row.
+    ``metrics`` is a checkpoint's ``metrics`` (``{"clean", "eps": {"36/255": {...}}}``) or the flat
+    layout of ``lipzoo certify`` (``certified@36/255``); ε are matched by exact value, so ``"1.58"``
+    and ``"79/50"`` are the same row.
 
     Args:
-        metrics: the zoo's flat metrics layout (may be ``None``).
-        eps_list: the ε values (strings) that get a row, in order; other ε found in ``metrics``
-            are appended.
+        metrics: the numbers (may be ``None``).
+        eps_list: the ε values (strings) that get a row, in order; other ε found in ``metrics`` are appended.
 
     Returns:
         ``{eps_string: {"clean": v, "pgd": v, "certified": v}}`` with missing values as ``None``.
     """
-    names: dict[Fraction, str] = {}
+    rows: dict[Eps, str] = {}
     for eps in eps_list:
-        names.setdefault(Fraction(str(eps)), str(eps))
-    found: dict[tuple[str, Fraction], Any] = {}
-    metrics = metrics or {}
-    for key, value in metrics.items():
-        kind, sep, eps = key.partition("@")
-        if sep and kind in ("pgd", "certified"):
-            names.setdefault(Fraction(eps), eps)
-            found[kind, Fraction(eps)] = value
-    return {name: {"clean": metrics.get("clean"), "pgd": found.get(("pgd", frac)),
-                   "certified": found.get(("certified", frac))} for frac, name in names.items()}
+        rows.setdefault(parse_eps(str(eps)), str(eps))
+    if not metrics:
+        return {text: {"clean": None, "pgd": None, "certified": None} for text in rows.values()}
+    # the owner does not matter for display; Results.parse checks the layout and the values
+    results = Results.parse(metrics, metrics.get("sha256") or "0" * 64)
+    for eps in results.per_eps:
+        rows.setdefault(eps, eps.text)
+    return {text: {"clean": results.clean, "pgd": results.at(eps).pgd, "certified": results.at(eps).certified}
+            for eps, text in rows.items()}
 
 
 def _percent(value: Any) -> str:
@@ -95,32 +97,39 @@ def _front_matter(config: Mapping[str, Any], card: Mapping[str, Any]) -> str:
     return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n"
 
 
-def _results(config: Mapping[str, Any], card: Mapping[str, Any]) -> list[str]:
+def _results(config: Mapping[str, Any], card: Mapping[str, Any], target: str) -> list[str]:
     eps_list = [str(e) for e in config.get("eps") or []]
-    ours = metric_table(config.get("metrics"), eps_list)
-    paper = None
-    if card.get("paper_metrics"):
-        paper = metric_table(card["paper_metrics"], list(ours))  # the same rows as ours
+    metrics = config.get("metrics")
+    lines = ["## Results", ""]
+    if not metrics:
+        lines += ["Not certified yet: no numbers have been measured on these weights. Certify them and attach "
+                  "the report to this folder:", "", "```bash",
+                  f"lipzoo certify {shlex.quote(target)} --attach", "```"]
+        return lines
+    ours = metric_table(metrics, eps_list)
+    paper = metric_table(card["paper_metrics"], list(ours)) if card.get("paper_metrics") else None
     header = "| ε (ℓ2, pixels in [0, 1]) | clean | PGD | certified |"
     rule = "|---|---|---|---|"
     if paper is not None:
         header += " paper clean | paper PGD | paper certified |"
         rule += "---|---|---|"
-    lines = ["## Results", "", "Accuracy (%) on the test set, measured on these weights.", "", header, rule]
+    n = metrics.get("num_test_samples")
+    lines += [f"Accuracy (%) on {f'{n} images of ' if n else ''}the test set, measured on these weights "
+              f"(`model.safetensors` sha256 `{metrics.get('sha256', config.get('sha256'))}`).", "", header, rule]
     for eps, row in ours.items():
         line = f"| {eps} | " + " | ".join(_percent(row[k]) for k in _ACCURACY_KINDS) + " |"
         if paper is not None:
             line += " " + " | ".join(_percent(paper[eps][k]) for k in _ACCURACY_KINDS) + " |"
         lines.append(line)
-    if not ours:
-        lines.append("| – | – | – | – |" + (" – | – | – |" if paper is not None else ""))
     if paper is not None and card.get("paper_source"):
         lines += ["", f"Paper numbers: {card['paper_source']}."]
+    lines += ["", "## Reproduce the certified numbers", "", "```bash", certify_command(config, target), "```"]
     return lines
 
 
 def _bound(config: Mapping[str, Any]) -> list[str]:
-    bound = config.get("bound")
+    metrics = config.get("metrics") or {}
+    bound = metrics.get("bound")  # part of the results: shown only with numbers measured on these weights
     if not bound:
         return []
     lines = ["## Lipschitz bound", ""]
@@ -166,8 +175,8 @@ def _checkpoint(config: Mapping[str, Any]) -> list[str]:
              f"- normalization (inside the model; feed pixels in [0, 1]): `{config.get('normalization')}`",
              f"- `model.safetensors` sha256: `{config.get('sha256')}`",
              f"- storage dtype: {config.get('storage_dtype')}, lipzoo version: {config.get('lipzoo_version')}"]
-    if config.get("storage_dtype") not in (None, "float32"):
-        if config.get("metrics_measured_on_stored_weights"):
+    if config.get("storage_dtype") not in (None, "float32") and config.get("metrics"):
+        if (config.get("metrics") or {}).get("measured_on_stored_weights", True):
             lines.append(f"- weights are stored in {config['storage_dtype']} and loaded as float32; the numbers "
                          "above were measured on exactly these stored weights")
         else:
@@ -179,14 +188,17 @@ def _checkpoint(config: Mapping[str, Any]) -> list[str]:
 def render_card(config: Mapping[str, Any], card: Mapping[str, Any] | None = None) -> str:
     """Render a checkpoint's model card (Markdown with YAML front matter for the Hub).
 
+    Results appear only when ``config["metrics"]`` holds numbers (which ``lipzoo.hub`` keeps only
+    for the weights they were measured on); a ``parent`` is named, never its numbers.
+
     Args:
         config: the checkpoint config as written to ``config.json``.
         card: optional extras: ``title``, ``description``, ``license``, ``tags``, ``target``
             (what ``lipzoo certify`` should load; default the config's ``name``),
-            ``paper_metrics`` (the paper's accuracies as fractions, same flat layout as
-            ``config["metrics"]``), ``paper_source`` (where they come from, e.g. "Table 1"), and
-            overrides of what ``config["recipe"]`` / ``config["training"]`` say: ``recipe``,
-            ``epochs``, ``hardware``, ``training_time`` (seconds or text).
+            ``paper_metrics`` (the paper's accuracies as fractions, flat ``certify`` layout),
+            ``paper_source`` (where they come from, e.g. "Table 1"), and overrides of what
+            ``config["recipe"]`` / ``config["training"]`` say: ``recipe``, ``epochs``, ``hardware``,
+            ``training_time`` (seconds or text).
 
     Returns:
         The card text.
@@ -194,14 +206,15 @@ def render_card(config: Mapping[str, Any], card: Mapping[str, Any] | None = None
     card = dict(card or {})
     title = card.get("title") or config.get("name") or f"lipzoo {config.get('architecture')}"
     target = card.get("target") or config.get("name") or "path/to/this/checkpoint"
-    sections = [
-        [f"# {title}", "", card.get("description") or
-         f"A certifiably robust `{config.get('architecture')}` classifier for `{config.get('dataset')}` "
-         "(ℓ2 threat model), trained with lipzoo."],
-        _results(config, card),
-        ["## Reproduce the certified numbers", "", "```bash", certify_command(config, target), "```"],
-        _bound(config), _training(config, card), _checkpoint(config),
-        ["## Citation", "", "```bibtex", _CITATION, "```"],
-    ]
-    body = "\n\n".join("\n".join(s) for s in sections if s)
+    intro = [f"# {title}", "", card.get("description") or
+             f"A certifiably robust `{config.get('architecture')}` classifier for `{config.get('dataset')}` "
+             "(ℓ2 threat model), trained with lipzoo."]
+    parent = config.get("parent")
+    if parent:
+        who = f"`{parent['name']}`" if parent.get("name") else "another checkpoint"
+        sha = f" (sha256 `{parent['sha256']}`)" if parent.get("sha256") else ""
+        intro += ["", f"Derived from {who}{sha}: its certificate and measured numbers do not apply to these weights."]
+    sections = [intro, _results(config, card, target), _bound(config), _training(config, card), _checkpoint(config),
+                ["## Citation", "", "```bibtex", _CITATION, "```"]]
+    body = "\n\n".join("\n".join(sec) for sec in sections if sec)
     return _front_matter(config, card) + "\n" + body + "\n"

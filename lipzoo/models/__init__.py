@@ -1,18 +1,21 @@
-"""Architectures, the registry, zoo entries and export.
+"""Architectures, the registry, zoo entries, the factory and export.
 
-Families register themselves on import (``plain``, ``residual``); the timm bridge lives in
-``lipzoo.models.timm_bridge`` (imported by ``lipzoo/__init__.py``, since importing timm costs ~2 s).
+Layering (each imports only those before it): ``registry`` (architectures) -> families (``plain``,
+``residual``: register on import) -> ``zoo`` (entries, shared recipes, pretrained tags) ->
+``factory`` (``create_model``; reaches ``lipzoo.hub`` only when weights are asked for). The timm
+bridge (``lipzoo.models.timm_bridge``) is imported when timm is (see ``lipzoo/__init__.py``).
 """
 
+from lipzoo.models.registry import (REGISTRY, ArchitectureInfo, ModelRegistry, get_architecture,  # noqa: I001
+                                    list_architectures, register_model)
 from lipzoo.models import plain, residual  # noqa: F401  (register the families)
 from lipzoo.models.base import LipschitzSequential
 from lipzoo.models.export import export
-from lipzoo.models.registry import (create_model, is_model, list_architectures, list_models, list_pretrained,
-                                    register_model, set_pretrained_loader)
-from lipzoo.models.zoo import get_entry, list_entries, parse_eps, validate_entry
+from lipzoo.models.factory import build_model, create_model, is_model, list_models, list_pretrained
+from lipzoo.models.zoo import get_entry, get_metadata, list_entries, validate_entry
 
 __all__ = [
-    "LipschitzSequential", "create_model", "export", "get_entry", "is_model", "list_architectures",
-    "list_entries", "list_models", "list_pretrained", "parse_eps", "register_model", "set_pretrained_loader",
-    "validate_entry",
+    "REGISTRY", "ArchitectureInfo", "LipschitzSequential", "ModelRegistry", "build_model", "create_model", "export",
+    "get_architecture", "get_entry", "get_metadata", "is_model", "list_architectures", "list_entries",
+    "list_models", "list_pretrained", "register_model", "validate_entry",
 ]

@@ -10,32 +10,32 @@ separate activation modules between them.
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from lipzoo.layers import LTLinear, Normalize
+from lipzoo.meta import DATASETS, Metadata
 
 __all__ = ["LipschitzSequential", "build_pretrained_cfg", "DATASET_STATS", "resolve_normalization",
            "resolve_img_size", "check_num_classes"]
 
 logger = logging.getLogger(__name__)
 
-# Default Normalize statistics (pixels in [0, 1]). MNIST and CIFAR-10: the training-split statistics
-# of /work/shared/data (per channel, population std), rounded to 4 digits. Tiny-ImageNet: the
-# commonly quoted training-set statistics of Tiny-ImageNet-200 (not measured here).
+# Default Normalize statistics per dataset: a view of the one table, lipzoo.meta.DATASETS.
 DATASET_STATS: dict[str, dict[str, tuple[float, ...]]] = {
-    "mnist": {"mean": (0.1307,), "std": (0.3081,)},
-    "cifar10": {"mean": (0.4914, 0.4822, 0.4465), "std": (0.2470, 0.2435, 0.2616)},
-    "tinyimagenet": {"mean": (0.4802, 0.4481, 0.3975), "std": (0.2302, 0.2265, 0.2262)},
-}
+    name: {"mean": facts.mean, "std": facts.std} for name, facts in DATASETS.items()}
 
 
-def check_num_classes(num_classes: Any, where: str) -> int:
-    """``num_classes`` as an int, or ``ValueError`` naming ``where``."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"{where}: num_classes must be a positive int, got {num_classes!r}.")
+def check_num_classes(num_classes: Any, where: str, *, allow_zero: bool = False) -> int:
+    """``num_classes`` as an int, or ``ValueError`` naming ``where`` (0, no classifier, if ``allow_zero``)."""
+    low = 0 if allow_zero else 1
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < low:
+        what = "a non-negative int (0: no classifier, the model returns features)" if allow_zero else "a positive int"
+        raise ValueError(f"{where}: num_classes must be {what}, got {num_classes!r}.")
     return num_classes
 
 
@@ -110,10 +110,17 @@ class LipschitzSequential(nn.Sequential):
             ``mean`` and ``std``; ``create_model(architecture, **get_config()...)`` rebuilds the model.
 
     Attributes:
-        num_classes: size of the readout.
+        num_classes: size of the readout (0 after ``reset_classifier(0)``: the model returns features).
+        num_features: size of the readout's input.
         input_shape: shape of one input.
         architecture: registered architecture name.
         pretrained_cfg: timm metadata dict (alias ``default_cfg``).
+        metadata: the :class:`lipzoo.meta.Metadata` of loaded weights (``None`` for a fresh model);
+            ``lipzoo_config`` is its dict form.
+
+    Hugging Face: :meth:`from_pretrained`, :meth:`save_pretrained` and :meth:`push_to_hub` take the
+    arguments of ``huggingface_hub.ModelHubMixin`` and go through :mod:`lipzoo.hub` (checksums,
+    strict loading, provenance rules).
     """
 
     def __init__(self, layers: Sequence[nn.Module], *, architecture: str, input_shape: Sequence[int],
@@ -123,10 +130,14 @@ class LipschitzSequential(nn.Sequential):
             last = type(layers[-1]).__name__ if layers else "nothing"
             raise TypeError(f"LipschitzSequential needs an LTLinear readout as its last layer, got {last}.")
         super().__init__(*layers)
+        readout = layers[-1]
         self.architecture = architecture
         self.input_shape = tuple(int(s) for s in input_shape)
         self.model_args = dict(model_args or {})
-        self.num_classes = int(layers[-1].out_features)
+        self.num_classes = int(readout.out_features)
+        self.num_features = int(readout.in_features)
+        self._readout_spec = {"activation": readout.activation_name, "bias": readout.bias is not None}
+        self.metadata: Metadata | None = None
         self.pretrained_cfg = self._make_pretrained_cfg()
 
     def __getitem__(self, idx):
@@ -151,22 +162,36 @@ class LipschitzSequential(nn.Sequential):
         return build_pretrained_cfg(self.architecture, self.num_classes, self.input_shape,
                                     classifier=str(self._classifier_index), first_conv=first_conv)
 
-    def get_classifier(self) -> LTLinear:
-        """The readout layer (``LTLinear`` with ``activation=None``)."""
+    def get_classifier(self) -> nn.Module:
+        """The readout layer (``LTLinear`` with ``activation=None``; ``nn.Identity`` with 0 classes)."""
         return self[self._classifier_index]
 
     def reset_classifier(self, num_classes: int) -> None:
-        """Replace the readout by a freshly initialised ``LTLinear(in_features, num_classes)``.
+        """Replace the readout by a freshly initialised ``LTLinear(num_features, num_classes)``.
 
-        Only the readout changes; every other parameter and every ``state_dict`` key stays.
+        ``num_classes=0`` puts an ``nn.Identity`` there (the model returns features, timm's
+        convention). Only the readout changes; every other parameter and ``state_dict`` key stays.
+        The bound and measured numbers of loaded weights no longer apply: they are dropped from
+        :attr:`metadata`, which records the checkpoint as the model's ``parent``.
         """
-        check_num_classes(num_classes, "reset_classifier")
-        old = self.get_classifier()
-        ref = old.weight
-        self[self._classifier_index] = LTLinear(old.in_features, num_classes, activation=old.activation_name,
-                                                bias=old.bias is not None, device=ref.device, dtype=ref.dtype)
-        self.num_classes = num_classes
+        check_num_classes(num_classes, "reset_classifier", allow_zero=True)
+        ref = next(p for p in self.parameters())
+        if num_classes == 0:
+            new: nn.Module = nn.Identity()
+        else:
+            new = LTLinear(self.num_features, num_classes, activation=self._readout_spec["activation"],
+                           bias=self._readout_spec["bias"], device=ref.device, dtype=ref.dtype)
+        self[self._classifier_index] = new
+        old_classes, self.num_classes = self.num_classes, num_classes
         self.pretrained_cfg = self._make_pretrained_cfg()
+        if self.metadata is not None:
+            meta = self.metadata
+            if meta.results is not None or meta.name is not None or meta.weights is not None:
+                source = meta.name or (meta.sha256 or "")[:12] or "the loaded checkpoint"
+                logger.warning("Classifier of %s re-initialised (%d -> %d classes): the certificate and measured "
+                               "numbers of %s no longer apply; train, then certify the new model.",
+                               self.architecture, old_classes, num_classes, source)
+            self.metadata = meta.with_new_head(num_classes)
         logger.debug("Readout of %s re-initialised with %d classes.", self.architecture, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -180,6 +205,18 @@ class LipschitzSequential(nn.Sequential):
         return x if pre_logits else self.get_classifier()(x)
 
     # -- metadata ---------------------------------------------------------------------------------
+    @property
+    def lipzoo_config(self) -> dict[str, Any]:
+        """The dict form of :attr:`metadata` (``AttributeError`` for a model without one)."""
+        if self.metadata is None:
+            raise AttributeError(f"This {self.architecture} has no lipzoo_config: it was not loaded from a "
+                                 "checkpoint. get_config() describes its architecture.")
+        return self.metadata.to_dict()
+
+    @lipzoo_config.setter
+    def lipzoo_config(self, value: Metadata | dict[str, Any] | None) -> None:
+        self.metadata = None if value is None else value if isinstance(value, Metadata) else Metadata.from_dict(value)
+
     @property
     def normalization(self) -> dict[str, list[float]] | None:
         """``{"mean": [...], "std": [...]}`` of the leading ``Normalize`` layer, or ``None``."""
@@ -201,3 +238,49 @@ class LipschitzSequential(nn.Sequential):
             "normalization": self.normalization,
             "model_args": dict(self.model_args),
         }
+
+    # -- Hugging Face Hub (the shape of huggingface_hub.ModelHubMixin) ------------------------------
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, force_download: bool = False,
+                        token: str | bool | None = None, cache_dir: str | os.PathLike | None = None,
+                        local_files_only: bool = False, revision: str | None = None,
+                        num_classes: int | None = None, map_location: Any = "cpu") -> "LipschitzSequential":
+        """Load a checkpoint folder, zoo entry or Hub repo (``lipzoo.hub.load``); see ``create_model``
+        for ``num_classes`` (a new classifier drops the certificate)."""
+        from lipzoo.hub.checkpoint import load  # the hub sits above models (import order)
+
+        model = load(pretrained_model_name_or_path, revision=revision, map_location=map_location,
+                     cache_dir=cache_dir, token=token, local_files_only=local_files_only,
+                     force_download=force_download)
+        if not isinstance(model, cls):
+            raise TypeError(f"{pretrained_model_name_or_path!r} holds a {type(model).__name__}, not a {cls.__name__}.")
+        if num_classes is not None and num_classes != model.num_classes:
+            model.reset_classifier(num_classes)
+        return model
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *, config: Any = None, push_to_hub: bool = False,
+                        repo_id: str | None = None, card: dict[str, Any] | None = None,
+                        storage_dtype: str = "float32", **push_to_hub_kwargs: Any) -> Any:
+        """Write the checkpoint folder (``lipzoo.hub.save_pretrained``; ``config`` defaults to
+        :attr:`metadata` or :meth:`get_config`); with ``push_to_hub=True`` upload it to ``repo_id``
+        (default: the folder's name) and return the commit info."""
+        from lipzoo.hub.checkpoint import push, save_pretrained
+
+        directory = save_pretrained(self, save_directory, config=config, card=card, storage_dtype=storage_dtype)
+        if push_to_hub:
+            return push(directory, repo_id or Path(save_directory).name, **push_to_hub_kwargs)
+        return None
+
+    def push_to_hub(self, repo_id: str, *, config: Any = None, commit_message: str = "Upload lipzoo checkpoint",
+                    private: bool | None = None, token: str | None = None, branch: str | None = None,
+                    card: dict[str, Any] | None = None, storage_dtype: str = "float32") -> Any:
+        """Save to a temporary folder and upload it (``lipzoo.hub.push``); returns the commit info."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / "checkpoint"
+            self.save_pretrained(folder, config=config, card=card, storage_dtype=storage_dtype)
+            from lipzoo.hub.checkpoint import push
+
+            return push(folder, repo_id, token=token, revision=branch, private=bool(private),
+                        commit_message=commit_message)

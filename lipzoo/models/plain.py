@@ -40,7 +40,7 @@ def build_plain(architecture: str, convs: Sequence[ConvSpec], fcs: Sequence[int]
                 in_chans: int, img_size: int | Sequence[int], mean, std, activation: str | None,
                 dataset: str) -> LipschitzSequential:
     """``Normalize, LTConv2d x len(convs), Flatten, LTLinear x len(fcs), LTLinear readout``."""
-    check_num_classes(num_classes, architecture)
+    check_num_classes(num_classes, architecture, allow_zero=True)
     height, width = resolve_img_size(img_size, architecture)
     mean, std = resolve_normalization(mean, std, in_chans, dataset, architecture)
     layers: list[nn.Module] = [Normalize(mean, std)]
@@ -56,10 +56,20 @@ def build_plain(architecture: str, convs: Sequence[ConvSpec], fcs: Sequence[int]
     for out in fcs:
         layers.append(LTLinear(features, out, activation=activation))
         features = out
-    layers.append(LTLinear(features, num_classes, activation=None))
+    layers.append(LTLinear(features, num_classes or 1, activation=None))
     model_args = {"activation": activation, "in_chans": in_chans, "img_size": [height, width]}
-    return LipschitzSequential(layers, architecture=architecture, input_shape=(in_chans, height, width),
-                               model_args=model_args)
+    model = LipschitzSequential(layers, architecture=architecture, input_shape=(in_chans, height, width),
+                                model_args=model_args)
+    if num_classes == 0:  # timm's num_classes=0: no classifier, the model returns features
+        model.reset_classifier(0)
+    return model
+
+
+def _declared(name: str) -> dict:
+    """What the default build of ``name`` is (the registry's metadata; nothing is built to learn it)."""
+    cfg = PLAIN_CONFIGS[name]
+    size = cfg["img_size"]
+    return {"num_classes": cfg["num_classes"], "input_shape": (cfg["in_chans"], size, size), "dataset": cfg["dataset"]}
 
 
 def _build(name: str, num_classes, mean, std, activation, in_chans, img_size) -> LipschitzSequential:
@@ -71,21 +81,21 @@ def _build(name: str, num_classes, mean, std, activation, in_chans, img_size) ->
                        mean=mean, std=std, activation=activation)
 
 
-@register_model
+@register_model(**_declared("4c3f"))
 def lipzoo_4c3f(num_classes: int | None = None, *, mean=None, std=None, activation: str | None = "relu",
                 in_chans: int | None = None, img_size=None) -> LipschitzSequential:
     """4C3F for MNIST (1x28x28): 4 convolutions, 3 dense layers, ~1.97M parameters."""
     return _build("4c3f", num_classes, mean, std, activation, in_chans, img_size)
 
 
-@register_model
+@register_model(**_declared("6c2f"))
 def lipzoo_6c2f(num_classes: int | None = None, *, mean=None, std=None, activation: str | None = "relu",
                 in_chans: int | None = None, img_size=None) -> LipschitzSequential:
     """6C2F for CIFAR-10 (3x32x32): 6 convolutions, 2 dense layers, ~0.73M parameters."""
     return _build("6c2f", num_classes, mean, std, activation, in_chans, img_size)
 
 
-@register_model
+@register_model(**_declared("8c2f"))
 def lipzoo_8c2f(num_classes: int | None = None, *, mean=None, std=None, activation: str | None = "relu",
                 in_chans: int | None = None, img_size=None) -> LipschitzSequential:
     """8C2F for Tiny-ImageNet (3x64x64): 8 convolutions, 2 dense layers, ~4.34M parameters."""

@@ -1,34 +1,30 @@
-"""One registry for architectures and zoo entries.
+"""The architecture registry: one object, filled by ``@register_model`` in the family files.
 
-* An **architecture** is a builder function decorated with :func:`register_model` in a family file
-  (``plain.py``, ``residual.py``); ``lipzoo_4c3f`` registers ``"4c3f"``, ``lipzoo_lt_res_s``
-  registers ``"lt-res-s"``.
-* A **zoo entry** is a YAML file ``lipzoo/zoo_configs/<entry>.yaml`` (see :mod:`lipzoo.models.zoo`):
-  an architecture plus its normalization, recipe, certification radii and (once trained) weights.
+Layering (as in timm, ``_registry`` -> ``_builder`` -> ``_factory``): this module knows
+architectures only; :mod:`lipzoo.models.zoo` reads the pretrained entries (YAML) and checks them
+against it; :mod:`lipzoo.models.factory` builds models and loads weights on top of both. Nothing
+here imports either of them, and nothing is installed into this module from outside; the timm
+bridge *listens* to registrations (:meth:`ModelRegistry.add_listener`).
 
-Loading weights is the hub package's job; it plugs in with :func:`set_pretrained_loader` so that
-this package never imports ``lipzoo.hub`` (the hub sits above models in the import order).
+Each architecture carries the metadata of its default build (classes, input shape, dataset), so
+listing, docs, tests and the timm bridge never build a model to learn it.
 """
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
+import inspect
 import logging
-from typing import Any, Callable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Callable, Iterator, Sequence
 
 from torch import nn
 
-from lipzoo.models import zoo
-
-__all__ = ["register_model", "create_model", "list_models", "list_pretrained", "list_architectures",
-           "is_model", "set_pretrained_loader", "add_register_hook", "architecture_name"]
+__all__ = ["ArchitectureInfo", "ModelRegistry", "REGISTRY", "register_model", "list_architectures",
+           "get_architecture", "architecture_name", "zoo_entry_names", "check_built_model"]
 
 logger = logging.getLogger(__name__)
-
-_ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {}
-_REGISTER_HOOKS: list[Callable[[str, Callable[..., nn.Module]], None]] = []
-_PRETRAINED_LOADER: Callable[..., nn.Module] | None = None
 
 _PREFIX = "lipzoo_"
 
@@ -39,143 +35,181 @@ def architecture_name(fn_name: str) -> str:
     return base.replace("_", "-")
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Decorator: register ``fn`` as an architecture builder (returns ``fn`` unchanged).
+def zoo_entry_names() -> list[str]:
+    """Names of the YAML files in ``lipzoo/zoo_configs`` (no parsing; the registry refuses these names)."""
+    folder = resources.files("lipzoo") / "zoo_configs"
+    if not folder.is_dir():
+        return []
+    return sorted(f.name[: -len(".yaml")] for f in folder.iterdir() if f.name.endswith(".yaml"))
 
-    Raises:
-        ValueError: the name is already an architecture or a zoo entry.
+
+@dataclass(frozen=True)
+class ArchitectureInfo:
+    """A registered architecture and the metadata of its default build.
+
+    Attributes:
+        name: registry name (``"6c2f"``).
+        builder: ``builder(num_classes=None, **kwargs) -> nn.Module``.
+        num_classes: classes of the default build.
+        input_shape: shape of one input of the default build, e.g. ``(3, 32, 32)``.
+        dataset: the dataset the default build is sized for (``None`` if none).
+        description: first line of the builder's docstring.
     """
-    name = architecture_name(fn.__name__)
-    if name in _ARCHITECTURES:
-        old = _ARCHITECTURES[name]
-        raise ValueError(f"Architecture {name!r} is already registered by {old.__module__}.{old.__name__}; "
-                         f"rename {fn.__module__}.{fn.__name__}.")
-    if name in zoo.list_entries():
-        raise ValueError(f"Architecture name {name!r} clashes with the zoo entry lipzoo/zoo_configs/{name}.yaml; "
-                         "rename the builder.")
-    _ARCHITECTURES[name] = fn
-    for hook in _REGISTER_HOOKS:
-        hook(name, fn)
-    return fn
+
+    name: str
+    builder: Callable[..., nn.Module]
+    num_classes: int
+    input_shape: tuple[int, ...]
+    dataset: str | None
+    description: str
+
+    def build(self, **kwargs: Any) -> nn.Module:
+        """Call the builder and check that it returns a registry model (see :func:`check_built_model`)."""
+        return check_built_model(self.builder(**kwargs), self.name)
 
 
-def add_register_hook(hook: Callable[[str, Callable[..., nn.Module]], None]) -> None:
-    """Call ``hook(name, fn)`` for every architecture registered so far and from now on (timm bridge)."""
-    _REGISTER_HOOKS.append(hook)
-    for name, fn in list(_ARCHITECTURES.items()):
-        hook(name, fn)
+def check_built_model(model: Any, name: str) -> nn.Module:
+    """``model`` if it offers what every lipzoo model offers, else ``TypeError`` naming what is missing.
 
-
-def set_pretrained_loader(fn: Callable[..., nn.Module] | None) -> None:
-    """Install the loader ``create_model(..., pretrained=True)`` delegates to.
-
-    ``fn(entry_name, **kwargs) -> nn.Module``; ``lipzoo.hub`` installs its own on import.
-    ``None`` uninstalls it.
+    A registry model is an ``nn.Module`` with ``num_classes``, ``input_shape``, ``get_classifier()``
+    and ``reset_classifier(n)`` (what the timm bridge, the hub and fine-tuning rely on);
+    :class:`lipzoo.models.LipschitzSequential` has them all.
     """
-    global _PRETRAINED_LOADER
-    if fn is not None and not callable(fn):
-        raise TypeError(f"set_pretrained_loader expects a callable or None, got {type(fn).__name__}.")
-    _PRETRAINED_LOADER = fn
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"The builder of {name!r} returned {type(model).__name__}, not an nn.Module.")
+    missing = [a for a in ("num_classes", "input_shape", "get_classifier", "reset_classifier", "get_config")
+               if not hasattr(model, a)]
+    if missing:
+        raise TypeError(f"The builder of {name!r} returned a {type(model).__name__} without {missing}; registry "
+                        "builders must return a lipzoo.models.LipschitzSequential (or a module with the same API).")
+    return model
 
 
-def list_architectures(pattern: str | None = None) -> list[str]:
-    """Registered architecture names matching the fnmatch ``pattern``, sorted."""
-    return _filter(_ARCHITECTURES, pattern)
+class ModelRegistry:
+    """Architectures by name. A registration either completes (listeners included) or leaves nothing."""
+
+    def __init__(self) -> None:
+        self._archs: dict[str, ArchitectureInfo] = {}
+        self._listeners: list[Callable[[ArchitectureInfo], None]] = []
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._archs
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._archs))
+
+    def __len__(self) -> int:
+        return len(self._archs)
+
+    def register(self, fn: Callable[..., nn.Module], *, num_classes: int | None = None,
+                 input_shape: Sequence[int] | None = None, dataset: str | None = None) -> ArchitectureInfo:
+        """Register builder ``fn`` under ``architecture_name(fn.__name__)``.
+
+        Without ``num_classes`` / ``input_shape`` the builder is called once (RNG untouched) to read
+        them, which also checks that it returns a registry model.
+
+        Raises:
+            ValueError: the name is taken (architecture or zoo entry).
+            TypeError: ``fn`` is not callable, or its model lacks the registry API.
+        """
+        if not callable(fn):
+            raise TypeError(f"register_model expects a builder function, got {type(fn).__name__}.")
+        name = architecture_name(fn.__name__)
+        if name in self._archs:
+            old = self._archs[name].builder
+            raise ValueError(f"Architecture {name!r} is already registered by {old.__module__}.{old.__qualname__}; "
+                             f"rename {fn.__module__}.{fn.__qualname__}.")
+        if name in zoo_entry_names():
+            raise ValueError(f"Architecture name {name!r} clashes with the zoo entry lipzoo/zoo_configs/{name}.yaml; "
+                             "rename the builder.")
+        if num_classes is None or input_shape is None:
+            import torch
+
+            with torch.random.fork_rng(devices=[]):  # a probe build must not move the caller's RNG
+                probe = check_built_model(fn(), name)
+            num_classes = probe.num_classes if num_classes is None else num_classes
+            input_shape = probe.input_shape if input_shape is None else input_shape
+        doc = inspect.getdoc(fn) or ""
+        info = ArchitectureInfo(name, fn, int(num_classes), tuple(int(s) for s in input_shape), dataset,
+                                doc.split("\n")[0])
+        self._archs[name] = info
+        try:
+            for listener in self._listeners:
+                listener(info)
+        except Exception:
+            del self._archs[name]  # all or nothing: a listener that fails undoes the registration
+            raise
+        return info
+
+    def add_listener(self, listener: Callable[[ArchitectureInfo], None]) -> None:
+        """Call ``listener(info)`` for every architecture registered so far and from now on."""
+        for info in list(self._archs.values()):
+            listener(info)
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[ArchitectureInfo], None]) -> None:
+        """Stop calling ``listener``."""
+        self._listeners.remove(listener)
+
+    def unregister(self, name: str) -> None:
+        """Remove architecture ``name`` (tests and interactive sessions)."""
+        self._archs.pop(name)
+
+    def get(self, name: str) -> ArchitectureInfo:
+        """The :class:`ArchitectureInfo` of ``name`` (``KeyError`` if unknown; see the factory for messages)."""
+        return self._archs[name]
+
+    def names(self, pattern: str | None = None) -> list[str]:
+        """Architecture names matching the fnmatch ``pattern``, sorted."""
+        return filter_names(self._archs, pattern)
 
 
-def list_models(pattern: str | None = None) -> list[str]:
-    """Architectures and zoo entries matching the fnmatch ``pattern`` (e.g. ``"crm-*"``), sorted."""
-    return _filter(set(_ARCHITECTURES) | set(zoo.list_entries()), pattern)
-
-
-def list_pretrained(pattern: str | None = None) -> list[str]:
-    """Zoo entries with published weights (``weights`` not null) matching ``pattern``, sorted."""
-    names = [n for n in zoo.list_entries() if zoo.get_entry(n)["weights"] is not None]
-    return _filter(names, pattern)
-
-
-def is_model(name: str) -> bool:
-    """Whether ``name`` is a registered architecture or a zoo entry."""
-    return name in _ARCHITECTURES or name in zoo.list_entries()
-
-
-def _filter(names, pattern: str | None) -> list[str]:
+def filter_names(names, pattern: str | None) -> list[str]:
+    """``names`` matching the fnmatch ``pattern`` (all for ``None``), sorted."""
     if pattern is not None and not isinstance(pattern, str):
         raise TypeError(f"pattern must be an fnmatch string such as 'crm-*' or None, got {type(pattern).__name__}.")
     return sorted(n for n in names if pattern is None or fnmatch.fnmatchcase(n, pattern))
 
 
-def _unknown(name: Any) -> ValueError:
-    if isinstance(name, str) and ("/" in name or "\\" in name or name.endswith((".pt", ".pth", ".safetensors"))):
-        return ValueError(f"create_model takes a registered name, got {name!r}, which looks like a Hub repo id "
-                          "or a path; load a checkpoint with lipzoo.load(...) instead.")
-    close = difflib.get_close_matches(str(name), list_models(), n=3, cutoff=0.6)
-    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    return ValueError(f"Unknown model {name!r}.{hint} See lipzoo.list_models().")
+REGISTRY = ModelRegistry()
 
 
-def create_model(name: str, pretrained: bool = False, num_classes: int | None = None,
-                 **kwargs: Any) -> nn.Module:
-    """Build an architecture or a zoo entry.
+def register_model(fn: Callable[..., nn.Module] | None = None, *, num_classes: int | None = None,
+                   input_shape: Sequence[int] | None = None, dataset: str | None = None):
+    """Decorator: register an architecture builder in :data:`REGISTRY`; returns the builder unchanged.
 
-    Args:
-        name: an architecture (``"6c2f"``) or a zoo entry (``"crm-cifar10-6c2f"``); see
-            :func:`list_models`.
-        pretrained: load the entry's published weights through the loader installed with
-            :func:`set_pretrained_loader` (only zoo entries have weights).
-        num_classes: readout size; ``None`` keeps the architecture's / entry's own.
-        **kwargs: builder arguments (``mean``, ``std``, ``activation``, ``in_chans``, ...); for a
-            zoo entry they override its ``model_args`` and ``normalization``.
+    Use bare (``@register_model``: the builder is called once to read its metadata) or with the
+    default build's metadata (``@register_model(num_classes=10, input_shape=(3, 32, 32),
+    dataset="cifar10")``: nothing is built).
+    """
+    def decorate(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        REGISTRY.register(f, num_classes=num_classes, input_shape=input_shape, dataset=dataset)
+        return f
+
+    return decorate if fn is None else decorate(fn)
+
+
+def list_architectures(pattern: str | None = None) -> list[str]:
+    """Registered architecture names matching the fnmatch ``pattern``, sorted."""
+    return REGISTRY.names(pattern)
+
+
+def get_architecture(name: str) -> ArchitectureInfo:
+    """The :class:`ArchitectureInfo` of a registered architecture.
 
     Raises:
-        ValueError: unknown name, or ``pretrained=True`` where there are no weights or no loader.
+        ValueError: not registered (naming the registered ones).
     """
-    if not isinstance(name, str):
-        raise TypeError(f"create_model: name must be a str such as '6c2f', got {type(name).__name__}.")
-    if num_classes is not None:
-        kwargs["num_classes"] = num_classes
-    if name in _ARCHITECTURES:
-        if pretrained:
-            entries = [e for e in list_pretrained() if zoo.get_entry(e)["architecture"] == name]
-            where = f"the zoo entries {entries}" if entries else "zoo entries (none has weights yet for it)"
-            raise ValueError(f"Architecture {name!r} has no weights of its own; pretrained weights belong to "
-                             f"{where}. Use lipzoo.create_model('<entry>', pretrained=True) or lipzoo.load('<entry>'); "
-                             "see lipzoo.list_pretrained().")
-        return _ARCHITECTURES[name](**kwargs)
-    if name in zoo.list_entries():
-        entry = zoo.get_entry(name)
-        if pretrained:
-            return _load_pretrained(name, entry, kwargs)
-        return build_entry(entry, **kwargs)
-    raise _unknown(name)
+    if name not in REGISTRY:
+        raise ValueError(f"Architecture {name!r} is not registered; known: {REGISTRY.names()}.")
+    return REGISTRY.get(name)
 
 
-def build_entry(entry: dict[str, Any], **overrides: Any) -> nn.Module:
-    """Build the (untrained) architecture of a zoo entry dict; ``overrides`` win over the entry."""
-    arch = entry["architecture"]
-    if arch not in _ARCHITECTURES:
-        raise ValueError(f"Zoo entry {entry['name']!r} names architecture {arch!r}, which is not registered; "
-                         f"known: {list_architectures()}.")
-    args: dict[str, Any] = {**entry["model_args"], "num_classes": entry["num_classes"], **entry["normalization"]}
-    args.update(overrides)
-    model = _ARCHITECTURES[arch](**args)
-    shape = list(getattr(model, "input_shape", entry["input_shape"]))
-    if "in_chans" not in overrides and "img_size" not in overrides and shape != list(entry["input_shape"]):
-        raise ValueError(f"Zoo entry {entry['name']!r} declares input_shape {entry['input_shape']} but "
-                         f"architecture {arch!r} built with its model_args expects {shape}; fix the entry's "
-                         "input_shape or model_args.")
-    return model
+def __getattr__(name: str) -> Any:
+    # lipzoo 0.1 names that moved to the factory (above this module); resolved on use, so there is
+    # no import cycle.
+    if name in ("create_model", "build_entry", "list_models", "list_pretrained", "is_model"):
+        from lipzoo.models import factory
 
-
-def _load_pretrained(name: str, entry: dict[str, Any], kwargs: dict[str, Any]) -> nn.Module:
-    if entry["weights"] is None:
-        available = list_pretrained()
-        raise ValueError(f"Zoo entry {name!r} has no published weights yet (weights: null in "
-                         f"lipzoo/zoo_configs/{name}.yaml). Build it untrained with pretrained=False, or pick one "
-                         f"of list_pretrained() = {available}.")
-    if _PRETRAINED_LOADER is None:
-        raise RuntimeError(f"No pretrained loader is installed, so the weights of {name!r} cannot be loaded. "
-                           "`import lipzoo.hub` installs it (lipzoo.load does the same), or call "
-                           "lipzoo.models.set_pretrained_loader(fn).")
-    logger.info("Loading pretrained zoo entry %s.", name)
-    return _PRETRAINED_LOADER(name, **kwargs)
+        return getattr(factory, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

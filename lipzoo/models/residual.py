@@ -57,7 +57,7 @@ def build_lt_res(architecture: str, widths: Sequence[int], depths: Sequence[int]
                  activation: str | None, kernel_size: int = 3, pool: int = 2,
                  dataset: str = "cifar10") -> LipschitzSequential:
     """Build an ``lt-res`` network (see the module docstring for the layout)."""
-    check_num_classes(num_classes, architecture)
+    check_num_classes(num_classes, architecture, allow_zero=True)
     if len(widths) != len(depths) or not widths:
         raise ValueError(f"{architecture}: widths and depths need the same non-zero length, got "
                          f"{list(widths)} and {list(depths)}.")
@@ -77,10 +77,13 @@ def build_lt_res(architecture: str, widths: Sequence[int], depths: Sequence[int]
                          f"{pool * 2 ** (len(widths) - 1)} pixels per side.")
     layers += [AvgPool2d(pool), Flatten(), LTLinear(widths[-1] * h * w, features, activation=None)]
     layers.extend(LTResidualLinear(features, features, activation=activation) for _ in range(head_depth))
-    layers.append(LTLinear(features, num_classes, activation=None))
+    layers.append(LTLinear(features, num_classes or 1, activation=None))
     model_args = {"activation": activation, "in_chans": in_chans, "img_size": [height, width]}
-    return LipschitzSequential(layers, architecture=architecture, input_shape=(in_chans, height, width),
-                               model_args=model_args)
+    model = LipschitzSequential(layers, architecture=architecture, input_shape=(in_chans, height, width),
+                                model_args=model_args)
+    if num_classes == 0:  # timm's num_classes=0: no classifier, the model returns features
+        model.reset_classifier(0)
+    return model
 
 
 def _build(name: str, num_classes, mean, std, activation, in_chans, img_size) -> LipschitzSequential:
@@ -89,21 +92,21 @@ def _build(name: str, num_classes, mean, std, activation, in_chans, img_size) ->
                         mean=mean, std=std, activation=activation)
 
 
-@register_model
+@register_model(num_classes=10, input_shape=(3, 32, 32), dataset="cifar10")
 def lipzoo_lt_res_s(num_classes: int | None = None, *, mean=None, std=None, activation: str | None = "relu",
                     in_chans: int | None = None, img_size=None) -> LipschitzSequential:
     """LT-Res-S for CIFAR-10 (3x32x32): widths 16/32/64, 2+2+2 conv blocks, 2 dense blocks, ~0.51M parameters."""
     return _build("lt-res-s", num_classes, mean, std, activation, in_chans, img_size)
 
 
-@register_model
+@register_model(num_classes=10, input_shape=(3, 32, 32), dataset="cifar10")
 def lipzoo_lt_res_m(num_classes: int | None = None, *, mean=None, std=None, activation: str | None = "relu",
                     in_chans: int | None = None, img_size=None) -> LipschitzSequential:
     """LT-Res-M for CIFAR-10 (3x32x32): widths 32/64/128, 2+2+2 conv blocks, 2 dense blocks, ~2.01M parameters."""
     return _build("lt-res-m", num_classes, mean, std, activation, in_chans, img_size)
 
 
-@register_model
+@register_model(num_classes=10, input_shape=(3, 32, 32), dataset="cifar10")
 def lipzoo_lt_res_l(num_classes: int | None = None, *, mean=None, std=None, activation: str | None = "relu",
                     in_chans: int | None = None, img_size=None) -> LipschitzSequential:
     """LT-Res-L for CIFAR-10 (3x32x32): widths 64/128/256, 2+2+2 conv blocks, 2 dense blocks, ~6.05M parameters."""

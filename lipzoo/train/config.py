@@ -1,4 +1,11 @@
-"""Training configuration: a zoo entry or YAML file, plus ``key=value`` overrides."""
+"""Training configuration: a zoo entry or YAML file, plus ``key=value`` overrides, parsed once.
+
+:func:`resolve_config` returns the dict layout of :meth:`lipzoo.meta.Metadata.to_dict` (keys
+``name``, ``architecture``, ``model_args``, ``num_classes``, ``input_shape``, ``dataset``,
+``normalization``, ``recipe``, ``certify.eps``, ``weights``, ``metrics``, ...), after the whole
+config went through :class:`lipzoo.meta.Metadata` and the registry checks of the zoo; use
+:func:`resolve_metadata` for the typed form.
+"""
 
 from __future__ import annotations
 
@@ -10,20 +17,15 @@ from typing import Any
 
 import yaml
 
-__all__ = ["resolve_config", "apply_overrides"]
+from lipzoo.meta import Metadata
+
+__all__ = ["resolve_config", "resolve_metadata", "apply_overrides"]
 
 # YAML 1.1 (PyYAML) reads 1e-3 as a string; a command-line override means the number.
 _EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
-def resolve_config(target: str, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Load a training config from a zoo entry name or a YAML path and apply overrides.
-
-    Args:
-        target: a zoo entry (``"crm-mnist-4c3f"``) or a path to a YAML file with the same schema.
-        overrides: ``"dotted.key=value"`` strings, e.g. ``["recipe.epochs=5", "recipe.crm.lam=10"]``;
-            values are parsed as YAML. A key that is not in the config is an error.
-    """
+def _raw(target: str) -> dict[str, Any]:
     from lipzoo.models import zoo
 
     path = Path(target)
@@ -37,11 +39,33 @@ def resolve_config(target: str, overrides: list[str] | None = None) -> dict[str,
             raise ValueError(f"Config file {str(path)!r} is not valid YAML: {err}") from err
         if not isinstance(entry, dict):
             raise ValueError(f"Config file {str(path)!r} must hold a mapping, got {type(entry).__name__}.")
-        entry = zoo.validate_entry(entry)
-    else:
-        entry = copy.deepcopy(zoo.get_entry(target))
-    entry = apply_overrides(entry, overrides or [])
-    return zoo.validate_entry(entry)
+        if "recipe" in entry:
+            entry = {**entry, "recipe": zoo.resolve_recipe(entry["recipe"])}
+        return entry
+    return zoo.get_entry(target)
+
+
+def resolve_metadata(target: str, overrides: list[str] | None = None) -> Metadata:
+    """The :class:`lipzoo.meta.Metadata` of a zoo entry or YAML file after ``overrides``.
+
+    Args:
+        target: a zoo entry (``"crm-mnist-4c3f"``) or a path to a YAML file with the same schema
+            (its ``recipe`` may name a shared recipe, e.g. ``recipe: crm-cifar10``).
+        overrides: ``"dotted.key=value"`` strings, e.g. ``["recipe.epochs=5", "recipe.crm.lam=10"]``;
+            values are parsed as YAML. A key that is not in the config is an error.
+
+    Raises:
+        ValueError: a bad override or a config that breaks the schema (naming the key).
+    """
+    from lipzoo.models import zoo
+
+    entry = apply_overrides(_raw(target), overrides or [])
+    return zoo.parse_entry(entry)
+
+
+def resolve_config(target: str, overrides: list[str] | None = None) -> dict[str, Any]:
+    """:func:`resolve_metadata` as the plain dict ``lipzoo.train`` consumes (see the module docstring)."""
+    return resolve_metadata(target, overrides).to_dict()
 
 
 def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
