@@ -333,3 +333,21 @@ def test_main_cli(capsys):
     assert capsys.readouterr().out == zoo.markdown_table()
     with pytest.raises(SystemExit):
         zoo.main([])
+
+
+def test_one_source_of_truth_for_vocabularies_and_dataset_facts():
+    from lipzoo import meta
+    from lipzoo.data import DATASETS, dataset_info
+    from lipzoo.data.loaders import AUGMENTATIONS
+    from lipzoo.losses import G_FUNCTIONS
+    from lipzoo.models.base import DATASET_STATS
+
+    assert tuple(AUGMENTATIONS) == meta.AUGMENTATIONS and tuple(G_FUNCTIONS) == meta.G_FUNCTIONS
+    assert DATASETS == tuple(meta.DATASETS)
+    for name, facts in meta.DATASETS.items():
+        assert dataset_info(name)["std"] == facts.std == DATASET_STATS[name]["std"]
+    for entry in ENTRIES:  # entries without weights use the dataset's own statistics
+        e = zoo.get_entry(entry)
+        if e["weights"] is None:
+            facts = meta.DATASETS[e["dataset"]]
+            assert e["normalization"]["std"] == pytest.approx(list(facts.std), abs=5e-5), entry

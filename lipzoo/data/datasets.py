@@ -19,33 +19,26 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from lipzoo.meta import DATASETS as _FACTS
+from lipzoo.meta import dataset_facts
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["ENV_VAR", "DATASETS", "ImageTensorDataset", "load_dataset", "dataset_info"]
 
 ENV_VAR = "LIPZOO_DATA"
-DATASETS = ("mnist", "cifar10", "tinyimagenet")
+DATASETS = tuple(_FACTS)  # the names of lipzoo.meta.DATASETS
 CACHE_DIR = Path.home() / ".cache" / "lipzoo"
 BUNDLED_MNIST_TEST = Path(__file__).with_name("mnist_test.npz")
 BUNDLED_MNIST_TEST_SHA256 = "b8d30bd15bf8aec9eb69ca5b88ee72078b29f27777d7b2a2d53a588f90a19fec"
 
-# Training-split statistics in pixel units (population std over all pixels, per channel).
-# MNIST and CIFAR-10: measured on /work/shared/data (see its README). Tiny-ImageNet: widely quoted
-# values, not re-measured here (its often-quoted std 0.2302/0.2265/0.2262 is the std of per-image means).
-_INFO = {
-    "mnist": dict(num_classes=10, input_shape=(1, 28, 28), mean=(0.1307,), std=(0.3081,)),
-    "cifar10": dict(num_classes=10, input_shape=(3, 32, 32), mean=(0.491400, 0.482158, 0.446531),
-                    std=(0.247032, 0.243485, 0.261588)),
-    "tinyimagenet": dict(num_classes=200, input_shape=(3, 64, 64), mean=(0.4802, 0.4481, 0.3975),
-                         std=(0.2770, 0.2691, 0.2821)),
-}
-
-
 def dataset_info(name: str) -> dict[str, Any]:
-    """``num_classes``, ``input_shape`` (C, H, W), ``mean`` and ``std`` (per channel, pixel units)."""
-    if name not in _INFO:
-        raise ValueError(f"Unknown dataset {name!r}; known datasets are {DATASETS}.")
-    return dict(_INFO[name])
+    """``num_classes``, ``input_shape`` (C, H, W), ``mean`` and ``std`` (per channel, pixel units).
+
+    A dict view of :data:`lipzoo.meta.DATASETS`, the one table of dataset facts.
+    """
+    facts = dataset_facts(name)
+    return {"num_classes": facts.num_classes, "input_shape": facts.input_shape, "mean": facts.mean, "std": facts.std}
 
 
 class ImageTensorDataset(Dataset):
