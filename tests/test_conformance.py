@@ -36,6 +36,12 @@ def _bn(cls, c):
     return m.eval()
 
 
+def _lt_conv_padding_mode(mode):
+    m = LTConv2d(2, 3, 3, padding=1, activation="tanh")
+    m.padding_mode = mode  # after construction: forward pads with the construction-time pads
+    return m
+
+
 def _residual_conv_padding():
     m = LTResidualConv(2, 3, 3)
     m.padding = 0  # changed after construction: forward and state both follow it
@@ -49,6 +55,7 @@ BUILT_IN = [
     (lambda: LTConv2d(2, 3, 3, stride=2, padding=1, activation="gelu"), (2, 7, 7)),
     (lambda: LTConv2d(4, 4, 3, dilation=2, groups=2, padding=2, activation="elu"), (4, 6, 6)),
     (lambda: LTConv2d(2, 2, (2, 3), stride=(1, 2), padding=(1, 0), activation=None), (2, 5, 6)),
+    *[(lambda m=m: _lt_conv_padding_mode(m), (2, 5, 5)) for m in ("reflect", "replicate", "circular")],
     *[(lambda a=a: LTResidualLinear(4, 6, activation=a, rho=0.7), (4,))
       for a in ["relu", "tanh", "softplus", "leaky_relu", "elu", "sigmoid"]],
     (lambda: LTResidualConv(2, 3, 3, activation="softplus"), (2, 5, 5)),
@@ -64,6 +71,9 @@ TORCH_MODULES = [
     (lambda: nn.Linear(4, 3), (4,)),
     (lambda: nn.Conv2d(2, 3, 3, stride=2, padding=1), (2, 6, 6)),
     (lambda: nn.Conv2d(2, 2, 3, padding="valid", groups=2, bias=False), (2, 5, 5)),
+    (lambda: nn.Conv2d(2, 3, 3, stride=2, padding=1, padding_mode="reflect"), (2, 6, 5)),
+    (lambda: nn.Conv2d(2, 2, 3, padding=(2, 1), dilation=2, padding_mode="replicate"), (2, 5, 6)),
+    (lambda: nn.Conv2d(1, 2, 4, padding="same", padding_mode="circular"), (1, 5, 5)),
     (lambda: nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=True), (2, 5, 5)),
     (lambda: nn.AvgPool2d(2, count_include_pad=False), (1, 6, 6)),
     (lambda: nn.AvgPool2d(3, stride=2, padding=1, divisor_override=4), (2, 6, 6)),

@@ -15,8 +15,8 @@ from lipzoo.layers import (AvgPool2d, Flatten, LTConv2d, LTLinear, LTResidualCon
                            get_activation, module_state, register_activation)
 from lipzoo.layers.activations import _REGISTRY
 from lipzoo.layers.lt import AvgPool2dOp
-from lipzoo.layers.operators import (AdjointOp, ComposeOp, Conv2dOp, DenseOp, DiagonalOp, FlattenOp, ScaleOp,
-                                     SumOp, conv2d_norm_bound)
+from lipzoo.layers.operators import (AdjointOp, ComposeOp, Conv2dOp, DenseOp, DiagonalOp, FlattenOp, PadOp,
+                                     ScaleOp, SumOp, conv2d_norm_bound)
 from lipzoo.layers.residual import _SameConvTransposeOp
 
 # <x, A^T y> = <A x, y> in float64: only summation order differs.
@@ -332,8 +332,13 @@ def test_lt_layer_state_follows_attributes_changed_after_construction():
     st = conv.lipschitz_state()
     assert (st.alpha, st.beta) == (-2.0, 1.0)
     assert st.W.out_shape((1, 7, 7)) == tuple(conv(torch.zeros(1, 1, 7, 7)).shape[1:]) == (2, 3, 3)
-    conv.padding_mode = "replicate"
-    with pytest.raises(TypeError, match="padding_mode='replicate'"):
+    conv.padding_mode = "replicate"  # F.pad then uses the construction-time pads (1, 1, 1, 1)
+    x = torch.randn(1, 1, 7, 7, dtype=torch.float64)
+    st = conv.double().lipschitz_state()
+    assert torch.allclose(st.W.forward(x) + conv.bias.reshape(-1, 1, 1), F.conv2d(
+        F.pad(x, (1, 1, 1, 1), mode="replicate"), conv.weight, conv.bias, 2))
+    conv.padding_mode = "mirror"
+    with pytest.raises(TypeError, match="padding_mode='mirror'"):
         conv.lipschitz_state()
     lin = LTLinear(3, 3, activation="relu")
     lin.act = nn.Sigmoid()  # a different module: its own slopes
@@ -351,3 +356,19 @@ def test_register_activation_checks_declared_bounds_against_derived_ones():
     assert "neg_elu" not in _REGISTRY and "jumpy" not in _REGISTRY
     sp = get_activation("softplus").factory()
     assert isinstance(sp, nn.Softplus) and sp.threshold >= 38
+
+
+@pytest.mark.parametrize("mode", PadOp.MODES)
+@pytest.mark.parametrize("pads,shape", [((1, 1, 1, 1), (2, 4, 5)), ((2, 0, 1, 3), (1, 4, 4)), ((3, 3, 2, 2), (1, 4, 4))])
+def test_pad_operator_adjoint_and_exact_norm(mode, pads, shape):
+    op = PadOp(pads, mode)
+    if mode == "reflect" and max(pads) >= min(shape[1:]):
+        with pytest.raises(ValueError, match="too large"):
+            op.out_shape(shape)
+        return
+    _dot_test(op, shape)
+    dense = materialize(op, shape)
+    exact = torch.linalg.matrix_norm(dense, ord=2)
+    assert torch.isclose(op.norm_bound(shape), exact, rtol=SVD_RTOL) and op.norm_bound(shape) >= exact
+    x = torch.randn(2, *shape, dtype=torch.float64)
+    assert torch.equal(op.forward(x), F.pad(x, pads, mode=mode))

@@ -112,7 +112,9 @@ def _conv_block(rng: random.Random, c: int, n: int, kind: int) -> tuple[list[nn.
         k, s, d = rng.choice([1, 2, 3]), rng.choice([1, 2]), rng.choice([1, 2])
         p = rng.choice(["valid", 0, 1])
         g = rng.choice([g for g in (1, 2) if c % g == 0 and co % g == 0] or [1])
-        conv = nn.Conv2d(c, co, k, stride=s, padding=p, dilation=d, groups=g, bias=rng.random() < 0.5)
+        mode = rng.choice(["zeros", "zeros", "reflect", "replicate", "circular"]) if p == 1 else "zeros"
+        conv = nn.Conv2d(c, co, k, stride=s, padding=p, dilation=d, groups=g, bias=rng.random() < 0.5,
+                         padding_mode=mode)
         pp = 0 if p == "valid" else p
         n2 = (n + 2 * pp - d * (k - 1) - 1) // s + 1
         return [conv, _activation(rng)], co, n2
@@ -136,10 +138,13 @@ def _conv_block(rng: random.Random, c: int, n: int, kind: int) -> tuple[list[nn.
         return [nn.Conv2d(c, co, 3, padding=1), _bn(nn.BatchNorm2d, co, rng), _prelu(rng, co)], co, n
     if kind == 5:
         return [nn.Conv2d(c, co, 3, padding=1), nn.Dropout2d(0.2).eval(), _activation(rng)], co, n
-    if kind == 6:  # a zero-padded conv whose padding changed after construction (forward honours it)
+    if kind == 6:  # attributes changed after construction (forward honours them)
         lt = LTConv2d(c, co, 3, padding=1, activation="relu")
-        lt.padding = (0, 0)
-        return [lt], co, n - 2
+        if (seed := rng.randrange(3)) == 0:
+            lt.padding = (0, 0)
+            return [lt], co, n - 2
+        lt.padding_mode = ["replicate", "circular"][seed - 1]  # F.pad keeps the construction-time pads
+        return [lt], co, n
     return [nn.Sequential(nn.Conv2d(c, co, 1), _activation(rng))], co, n
 
 
@@ -318,10 +323,25 @@ def _pre_hooked() -> nn.Module:
     return nn.Sequential(lt, nn.Linear(3, 2))
 
 
-def _lt_padding_mode(mode: str) -> nn.Module:
-    conv = LTConv2d(1, 2, 3, padding=1)
-    conv.padding_mode = mode
-    return nn.Sequential(conv, nn.Flatten(), nn.Linear(2 * 25, 2))
+def test_padding_mode_changed_after_construction_gets_a_true_bound():
+    # Issue 8: replicate / circular padding set after construction; forward honours it, the bound ignored
+    # it (true 5.0, bound 2.0). It is now modelled (pad, then an unpadded convolution).
+    for mode in ("replicate", "circular", "reflect"):
+        conv = LTConv2d(1, 1, 3, padding=1, activation=None, bias=False)
+        with torch.no_grad():
+            conv.weight.fill_(0.0)
+            conv.weight[0, 0, 0, 0] = 1.0
+            conv.weight[0, 0, 2, 2] = 1.0
+        conv.padding_mode = mode
+        L = float(lipschitz_bound(nn.Sequential(conv), (1, 5, 5), mode="global").value)
+        J = _jacobian(copy.deepcopy(conv).double(), torch.zeros(1, 5, 5, dtype=torch.float64))
+        assert float(torch.linalg.matrix_norm(J, ord=2)) <= L * (1 + SLACK)
+        if mode == "replicate":  # border pixels are copied: the zero-padded operator's norm was not a bound
+            zero = copy.deepcopy(conv).double()
+            zero.padding_mode = "zeros"
+            J0 = _jacobian(zero, torch.zeros(1, 5, 5, dtype=torch.float64))
+            assert float(torch.linalg.matrix_norm(J, ord=2)) > 1.1 * float(torch.linalg.matrix_norm(J0, ord=2))
+        _check_network(nn.Sequential(conv, nn.Flatten(), nn.Linear(25, 2)), (1, 5, 5), 0, max_dense=8)
 
 
 def _mutated(module: nn.Module, **attrs) -> nn.Module:
@@ -370,12 +390,10 @@ REFUSED = {
     "activation subclass overriding forward": (lambda: nn.Sequential(_ScaledReLU()), (3,),
                                                "_ScaledReLU subclasses .*ReLU"),
     "forward assigned on an instance": (_instance_forward, (3,), r"\['forward'\] replaced on the instance"),
-    "LTConv2d padding_mode=replicate": (lambda: _lt_padding_mode("replicate"), (1, 5, 5), "padding_mode='replicate'"),
-    "LTConv2d padding_mode=circular": (lambda: _lt_padding_mode("circular"), (1, 5, 5), "padding_mode='circular'"),
+    "LTConv2d padding_mode unknown": (lambda: nn.Sequential(_mutated(LTConv2d(1, 2, 3), padding_mode="mirror")),
+                                      (1, 5, 5), "padding_mode='mirror' is not one torch knows"),
     "nn.Conv2d padding='same'": (lambda: nn.Sequential(nn.Conv2d(1, 2, 3, padding="same")), (1, 5, 5),
                                  "only explicit zero padding"),
-    "nn.Conv2d padding_mode=reflect": (lambda: nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect")),
-                                       (1, 5, 5), "padding_mode='reflect'"),
     "nn.AvgPool2d ceil_mode": (lambda: nn.Sequential(nn.AvgPool2d(2, ceil_mode=True)), (1, 5, 5), "ceil_mode"),
     "nn.AvgPool2d count_include_pad=False with padding": (
         lambda: nn.Sequential(nn.AvgPool2d(3, 1, 1, count_include_pad=False)), (1, 5, 5), "count_include_pad=False"),

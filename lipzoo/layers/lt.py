@@ -15,7 +15,7 @@ from torch import nn
 
 from lipzoo.layers.activations import get_activation, module_activation_slopes
 from lipzoo.layers.operators import (ComposeOp, Conv2dOp, DenseOp, DiagonalOp, FlattenOp, LinearOperator,
-                                     ScaleOp)
+                                     PadOp, ScaleOp)
 from lipzoo.layers.state import LipschitzState, UnsupportedModule
 
 __all__ = ["LTLinear", "LTConv2d", "Normalize", "Flatten", "AvgPool2d", "AvgPool2dOp", "conv2d_operator",
@@ -31,15 +31,26 @@ def _positive_pair(value, name: str) -> tuple[int, int]:
     return pair
 
 
-def conv2d_operator(conv: nn.Conv2d) -> Conv2dOp:
+def conv2d_operator(conv: nn.Conv2d) -> LinearOperator:
     """The operator of ``nn.Conv2d.forward`` (without bias) from the module's current attributes.
 
     Reads what ``_conv_forward`` reads: ``padding_mode``, ``padding`` (ints or ``'valid'``), ``stride``,
-    ``dilation``, ``groups`` and ``weight``. Non-zero padding modes and ``padding='same'`` are refused.
+    ``dilation``, ``groups`` and ``weight``; for ``reflect`` / ``replicate`` / ``circular`` padding,
+    ``_reversed_padding_repeated_twice`` (the pads ``F.pad`` gets, fixed at construction), as a
+    :class:`PadOp` followed by an unpadded convolution. ``padding='same'`` with zero padding is refused.
     """
+    stride = _positive_pair(conv.stride, "stride")
+    dilation = _positive_pair(conv.dilation, "dilation")
+    groups, w = conv.groups, conv.weight
+    if not isinstance(groups, int) or groups < 1 or w.dim() != 4 or w.shape[0] % groups:
+        raise UnsupportedModule(f"groups={groups!r} does not fit a weight of shape {tuple(w.shape)}")
     if conv.padding_mode != "zeros":
-        raise UnsupportedModule(f"padding_mode={conv.padding_mode!r}: only explicit zero padding "
-                                "(padding_mode='zeros') is modelled")
+        if conv.padding_mode not in PadOp.MODES:
+            raise UnsupportedModule(f"padding_mode={conv.padding_mode!r} is not one torch knows")
+        pads = tuple(conv._reversed_padding_repeated_twice)
+        if len(pads) != 4 or not all(isinstance(p, int) and p >= 0 for p in pads):
+            raise UnsupportedModule(f"_reversed_padding_repeated_twice={pads!r} is not four non-negative ints")
+        return ComposeOp([Conv2dOp(w, stride, 0, dilation, groups), PadOp(pads, conv.padding_mode)])
     padding = conv.padding
     if isinstance(padding, str):
         if padding != "valid":
@@ -49,11 +60,6 @@ def conv2d_operator(conv: nn.Conv2d) -> Conv2dOp:
     padding = _pair(padding)
     if len(padding) != 2 or not all(isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in padding):
         raise UnsupportedModule(f"padding={conv.padding!r} is not one or two non-negative ints")
-    stride = _positive_pair(conv.stride, "stride")
-    dilation = _positive_pair(conv.dilation, "dilation")
-    groups, w = conv.groups, conv.weight
-    if not isinstance(groups, int) or groups < 1 or w.dim() != 4 or w.shape[0] % groups:
-        raise UnsupportedModule(f"groups={groups!r} does not fit a weight of shape {tuple(w.shape)}")
     return Conv2dOp(w, stride, padding, dilation, groups)
 
 
@@ -135,7 +141,7 @@ class LTLinear(_ActivationMixin, nn.Linear):
 
 
 class LTConv2d(_ActivationMixin, nn.Conv2d):
-    """``phi(conv2d(x) + b)`` with a slope-restricted activation; zero padding only."""
+    """``phi(conv2d(x) + b)`` with a slope-restricted activation (any ``padding_mode`` set later is modelled)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  activation: str | None = "relu", bias: bool = True, dilation=1, groups: int = 1,
