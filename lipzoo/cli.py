@@ -1,4 +1,9 @@
-"""Command line: ``lipzoo train | certify | bounds | push``. Orchestration only."""
+"""Command line: ``lipzoo train | certify | bounds | push | list``. Orchestration only.
+
+Arguments are checked before anything heavy happens (``--eps`` and the integer options at parse
+time; the data's shape, channels and pixels right after loading, before any bound is computed).
+``lipzoo --help`` imports neither torch nor timm.
+"""
 
 from __future__ import annotations
 
@@ -19,11 +24,62 @@ def _load_model(target: str, device: str | None = None):
     return model, dict(getattr(model, "lipzoo_config", {}) or {})
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an int >= 1 (the option's name is added by argparse)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _eps(text: str) -> str:
+    """argparse type: an exact radius such as 36/255 or 1.58 (checked here, kept as written)."""
+    from lipzoo.meta import parse_eps
+
+    try:
+        return parse_eps(text, where="eps").text
+    except (TypeError, ValueError) as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _default_out(prefix: str, target: str) -> str:
+    """A folder name of its own per model: ``certify-crm-mnist-4c3f``, ``certify-runs-A-final``, ``certify-o-r``."""
+    path = Path(target)
+    parts = path.resolve().relative_to(Path.cwd()).parts if path.is_dir() and path.resolve().is_relative_to(
+        Path.cwd()) else path.parts
+    slug = "-".join(p for p in parts if p not in ("", ".", "..", "/")).replace(":", "-") or "model"
+    return f"{prefix}-{slug}"
+
+
+def _check_data(dataset, input_shape, limit: int | None) -> None:
+    """Refuse data the model cannot take (shape, channels) or pixels that are not numbers, before any bound."""
+    import torch
+
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    if n == 0:
+        raise ValueError("The dataset is empty; nothing to certify.")
+    x, _ = dataset[0]
+    want = tuple(int(s) for s in input_shape)
+    if tuple(x.shape) != want:
+        what = "channels" if len(x.shape) == len(want) and x.shape[1:] == want[1:] else "shape"
+        raise ValueError(f"The data does not fit the model ({what}): one image is {tuple(x.shape)}, the model takes "
+                         f"{want}. Pass data of the model's input shape (--data), or another model.")
+    images = getattr(dataset, "images", None)
+    if isinstance(images, torch.Tensor) and images.is_floating_point():
+        bad = ~torch.isfinite(images[:n])
+        if bool(bad.any()):
+            raise ValueError(f"The data holds {int(bad.sum())} NaN/inf pixel values (first image "
+                             f"{int(bad.flatten(1).any(1).nonzero()[0])}); clean the data before certifying.")
+
+
 def _cmd_train(args) -> int:
     from lipzoo.train import TrainOptions, resolve_config, train
 
     config = resolve_config(args.target, args.overrides)
-    out = args.out or f"runs/{config['name']}"
+    out = args.out or f"runs/{config['name'] or Path(args.target).stem}"
     opts = TrainOptions(out_dir=out, data_root=args.data_root, device=args.device, seed=args.seed,
                         resume=args.resume, amp=args.amp, num_workers=args.workers,
                         max_steps_per_epoch=args.max_steps, progress=not args.no_progress, threads=args.threads,
@@ -38,6 +94,11 @@ def _cmd_certify(args) -> int:
     from lipzoo.certify.report import certify, format_table
     from lipzoo.data import load_dataset
 
+    if args.attach and not Path(args.model).is_dir():
+        raise ValueError(f"--attach writes the results into a checkpoint folder; {args.model!r} is not one. Certify "
+                         "the folder you trained or saved (lipzoo certify runs/A/final --attach).")
+    if args.attach and args.norm == "power":
+        raise ValueError("--attach needs certified numbers; --norm power gives estimates. Use --norm auto or exact.")
     model, config = _load_model(args.model, args.device)  # evaluate() runs where the model is
     data = args.data or config.get("dataset")
     if data is None:
@@ -46,6 +107,7 @@ def _cmd_certify(args) -> int:
     if not eps_list:
         raise ValueError("No eps: pass --eps, e.g. --eps 36/255.")
     dataset = load_dataset(data, split=args.split, root=args.data_root)
+    _check_data(dataset, config["input_shape"], args.limit)
     attack = None if args.no_attack else {"steps": args.attack_steps, "restarts": args.restarts}
     compare = None
     if args.compare:
@@ -55,7 +117,7 @@ def _cmd_certify(args) -> int:
                       name=args.compare, allow_estimate=args.norm == "power")
         compare = {args.compare if rep["kind"] == "certified" else f"{args.compare} (estimate)": rep["radii"]}
     name = args.model
-    out = args.out or f"certify-{Path(name).name}"
+    out = args.out or _default_out("certify", name)
     report = certify(model, dataset, eps_list, input_shape=config["input_shape"], out_dir=out, name=name,
                      limit=args.limit, batch_size=args.batch_size, attack=attack, norm=args.norm,
                      max_dense=args.max_dense, compare=compare, device=args.device, progress=not args.no_progress,
@@ -63,6 +125,11 @@ def _cmd_certify(args) -> int:
     print(format_table(report))
     print(f"\nFiles: {', '.join(report['files'])}")
     viol = [v for k, v in report["metrics"].items() if k.startswith("consistency_violations") and v]
+    if args.attach:
+        from lipzoo.hub import attach_results
+
+        attach_results(args.model, {**report, "sha256": config["sha256"]})
+        print(f"Attached the results to {args.model} (config.json and README.md).")
     return 3 if viol else 0
 
 
@@ -81,6 +148,36 @@ def _cmd_bounds(args) -> int:
     return 0
 
 
+def _cmd_list(args) -> int:
+    from lipzoo.models import REGISTRY, get_metadata, list_architectures, list_entries, zoo
+    from lipzoo.models.registry import filter_names
+
+    archs = list_architectures(args.pattern)
+    entries = filter_names(list_entries(), args.pattern)
+    if archs:
+        print("architectures:")
+        for name in archs:
+            info = REGISTRY.get(name)
+            shape = "x".join(map(str, info.input_shape))
+            print(f"  {name:<10} {shape:>8}  {info.num_classes:>4} classes  {info.description}")
+    if entries:
+        print("zoo entries (certified accuracy measured on the published weights):")
+        for name in entries:
+            meta = get_metadata(name)
+            res = meta.results
+            if res is None:
+                measured = "not trained yet" if meta.weights is None else "not certified yet"
+            else:
+                cells = [f"{100 * res.at(e).certified:.2f}% @ {e.text}" for e in meta.eps
+                         if res.at(e).certified is not None]
+                measured = f"clean {100 * res.clean:.2f}%, certified " + ", ".join(cells)
+            tag = f"{meta.architecture}.{zoo.pretrained_tag(name)}"
+            print(f"  {name:<22} {tag:<22} {measured}")
+    if not archs and not entries:
+        print(f"nothing matches {args.pattern!r}")
+    return 0
+
+
 def _cmd_push(args) -> int:
     from lipzoo.hub import push
 
@@ -89,64 +186,90 @@ def _cmd_push(args) -> int:
     return 0
 
 
+def _version() -> str:
+    from lipzoo import __version__  # the package's __init__ is cheap (no torch)
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lipzoo", description="Certifiably robust networks: train, certify, bound, push.")
-    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    common = argparse.ArgumentParser(add_help=False)  # -v works before and after the subcommand
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log at INFO level")
+    p = argparse.ArgumentParser(prog="lipzoo", description="Certifiably robust networks: train, certify, bound, push.",
+                                formatter_class=fmt)
+    p.add_argument("-v", "--verbose", action="store_true", default=False, help="log at INFO level")
+    p.add_argument("--version", action="version", version=f"lipzoo {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a zoo entry or YAML recipe (CRM or cross-entropy)")
+    t = sub.add_parser("train", help="train a zoo entry or YAML recipe (CRM or cross-entropy)", parents=[common],
+                       formatter_class=fmt)
     t.add_argument("target", help="zoo entry (e.g. crm-mnist-4c3f) or a YAML file")
     t.add_argument("overrides", nargs="*", help="recipe overrides key=value, e.g. recipe.epochs=5")
-    t.add_argument("--out", help="run directory (default runs/<name>)")
+    t.add_argument("--out", help="run directory (default: runs/<name>)")
     t.add_argument("--data-root", help="folder with mnist.npz / cifar10.npz (default: $LIPZOO_DATA)")
     t.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="seed of the initialisation, data order and augmentation")
     t.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     t.add_argument("--amp", action="store_true", help="bfloat16 autocast for the network (the bound stays float32)")
     t.add_argument("--compile", action="store_true", help="torch.compile the network's forward")
     t.add_argument("--time-budget", type=float, metavar="SECONDS",
                    help="shrink the recipe's epochs, schedule and warm-up to what fits (measured on epoch 2)")
     t.add_argument("--workers", type=int, default=0, help="data loader workers")
-    t.add_argument("--max-steps", type=int, help="cap steps per epoch (smoke tests)")
-    t.add_argument("--threads", type=int, help="torch CPU threads")
-    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--max-steps", type=_positive_int, help="cap steps per epoch (smoke tests)")
+    t.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's choice)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.set_defaults(func=_cmd_train)
 
-    c = sub.add_parser("certify", help="certified and PGD accuracy with a guaranteed pairwise LipLT bound")
+    c = sub.add_parser("certify", help="certified and PGD accuracy with a guaranteed pairwise LipLT bound",
+                       parents=[common], formatter_class=fmt)
     c.add_argument("model", help="zoo entry, checkpoint folder or Hub repo id")
     c.add_argument("--data", help="mnist, cifar10, tinyimagenet or a .npz path (default: the model's dataset)")
     c.add_argument("--data-root", help="folder with the dataset files (default: $LIPZOO_DATA; MNIST test ships)")
-    c.add_argument("--split", default="test")
-    c.add_argument("--eps", action="append", help="radius in pixel units, e.g. 36/255 (repeatable)")
-    c.add_argument("--limit", type=int, help="first N samples only")
-    c.add_argument("--batch-size", type=int, default=500)
-    c.add_argument("--attack-steps", type=int, default=50)
-    c.add_argument("--restarts", type=int, default=1)
-    c.add_argument("--no-attack", action="store_true")
+    c.add_argument("--split", default="test", choices=["train", "test"], help="which split to certify on")
+    c.add_argument("--eps", action="append", type=_eps,
+                   help="radius in pixel units, e.g. 36/255 (repeatable; default: the model's)")
+    c.add_argument("--limit", type=_positive_int, help="first N samples only (default: all)")
+    c.add_argument("--batch-size", type=_positive_int, default=500, help="samples per batch")
+    c.add_argument("--attack-steps", type=_positive_int, default=50, help="PGD steps")
+    c.add_argument("--restarts", type=_positive_int, default=1, help="PGD random restarts")
+    c.add_argument("--no-attack", action="store_true", help="certified and clean accuracy only (no PGD)")
     c.add_argument("--compare", help="a second model drawn in the radius plot (e.g. a cross-entropy baseline)")
     c.add_argument("--norm", default="auto", choices=["auto", "exact", "power"],
                    help="operator norms: auto/exact are guaranteed, power is an estimate (reported as 'estimated')")
-    c.add_argument("--max-dense", type=int, default=4096, help="largest side materialized exactly under --norm auto")
-    c.add_argument("--out", help="output folder (default certify-<model>)")
-    c.add_argument("--device")
-    c.add_argument("--no-progress", action="store_true")
+    c.add_argument("--max-dense", type=_positive_int, default=4096,
+                   help="largest side materialized exactly under --norm auto")
+    c.add_argument("--out", help="output folder (default: certify-<model>, one per model)")
+    c.add_argument("--attach", action="store_true",
+                   help="write the results into the checkpoint folder's config.json and card (checked by sha256)")
+    c.add_argument("--device", help="cpu, cuda, ... (default: cpu)")
+    c.add_argument("--no-progress", action="store_true", help="no progress bars")
     c.set_defaults(func=_cmd_certify)
 
-    b = sub.add_parser("bounds", help="the paper's Table 2: mean L_ij, L_i+L_j, sqrt2*L, naive vs LipLT")
-    b.add_argument("model")
-    b.add_argument("--input-shape", type=int, nargs="+")
-    b.add_argument("--norm", default="auto", choices=["auto", "exact", "power"])
-    b.add_argument("--max-dense", type=int, default=4096)
-    b.add_argument("--json", action="store_true")
+    b = sub.add_parser("bounds", help="the paper's Table 2: mean L_ij, L_i+L_j, sqrt2*L, naive vs LipLT",
+                       parents=[common], formatter_class=fmt)
+    b.add_argument("model", help="zoo entry, checkpoint folder or Hub repo id")
+    b.add_argument("--input-shape", type=_positive_int, nargs="+", help="C H W (default: the model's)")
+    b.add_argument("--norm", default="auto", choices=["auto", "exact", "power"],
+                   help="operator norms: auto/exact are guaranteed, power is an estimate")
+    b.add_argument("--max-dense", type=_positive_int, default=4096,
+                   help="largest side materialized exactly under --norm auto")
+    b.add_argument("--json", action="store_true", help="print JSON instead of a table")
     b.set_defaults(func=_cmd_bounds)
 
-    u = sub.add_parser("push", help="upload a checkpoint folder to the Hugging Face Hub")
-    u.add_argument("directory")
-    u.add_argument("--repo-id", required=True)
-    u.add_argument("--token", help="default: HF_TOKEN / the cached login")
-    u.add_argument("--revision")
-    u.add_argument("--private", action="store_true")
+    u = sub.add_parser("push", help="upload a checkpoint folder to the Hugging Face Hub", parents=[common],
+                       formatter_class=fmt)
+    u.add_argument("directory", help="a folder written by save_pretrained / lipzoo train")
+    u.add_argument("--repo-id", required=True, help="owner/name on the Hub (created if needed)")
+    u.add_argument("--token", help="Hub token (default: HF_TOKEN / the cached login)")
+    u.add_argument("--revision", help="branch to commit to (default: main)")
+    u.add_argument("--private", action="store_true", help="create the repo as private")
     u.set_defaults(func=_cmd_push)
+
+    ls = sub.add_parser("list", help="architectures and pretrained entries with their measured certified accuracy",
+                        parents=[common], formatter_class=fmt)
+    ls.add_argument("pattern", nargs="?", help="fnmatch filter, e.g. 'crm-*' (default: everything)")
+    ls.set_defaults(func=_cmd_list)
     return p
 
 

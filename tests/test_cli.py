@@ -120,8 +120,9 @@ def test_certify_input_errors_exit_2(checkpoint, tmp_path, monkeypatch, capsys):
     assert main(base) == 2  # the checkpoint names no dataset
     assert "No dataset: pass --data" in capsys.readouterr().err
     assert seen == ["cpu"]  # the model is loaded where it will be evaluated
-    assert main([*base, "--data", str(checkpoint.data), "--limit", "0"]) == 2
-    assert "limit must be a positive number of samples, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:  # refused by the parser, before anything is loaded
+        main([*base, "--data", str(checkpoint.data), "--limit", "0"])
+    assert info.value.code == 2 and "--limit: expected a positive integer, got 0" in capsys.readouterr().err
     no_eps = lipzoo.save_pretrained(checkpoint.model, tmp_path / "no-eps", config={
         "architecture": ARCH, "num_classes": NUM_CLASSES, "input_shape": [1, 8, 8],
         "normalization": {"mean": [0.5], "std": [0.25]}})
@@ -216,3 +217,119 @@ def test_parser_requires_a_command(capsys):
     with pytest.raises(SystemExit) as info:
         main([])
     assert info.value.code == 2 and "required: command" in capsys.readouterr().err
+
+
+# -- fail fast, before any model, data or bound -----------------------------------------------------------
+@pytest.mark.parametrize("option,value,message", [
+    ("--eps", "abc", "argument --eps: eps: 'abc' is not a fraction"),
+    ("--eps", "0", "argument --eps: eps must be positive"),
+    ("--attack-steps", "0", "argument --attack-steps: expected a positive integer, got 0"),
+    ("--attack-steps", "x", "argument --attack-steps: expected a positive integer, got 'x'"),
+    ("--batch-size", "-5", "argument --batch-size: expected a positive integer, got -5"),
+    ("--restarts", "0", "argument --restarts: expected a positive integer"),
+])
+def test_bad_options_fail_at_parse_time(option, value, message, monkeypatch, capsys):
+    import lipzoo.hub
+
+    monkeypatch.setattr(lipzoo.hub, "load", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(SystemExit) as info:
+        main(["certify", "crm-mnist-4c3f", option, value])
+    assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def _no_bound(monkeypatch):
+    import lipzoo.certify.report as report_mod
+
+    monkeypatch.setattr(report_mod, "certify", lambda *a, **k: pytest.fail("certify ran on bad data"))
+
+
+def test_data_shape_channels_and_nan_are_refused_before_the_bound(checkpoint, tmp_path, monkeypatch, capsys):
+    _no_bound(monkeypatch)
+    g = np.random.default_rng(0)
+    wrong = tmp_path / "rgb.npz"  # 3 channels for a 1-channel model
+    x = g.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    np.savez(wrong, x_test=x, y_test=np.zeros(4, np.int64))
+    assert main(["certify", str(checkpoint.dir), "--data", str(wrong), "--eps", "0.5", "--no-progress"]) == 2
+    assert "The data does not fit the model (channels): one image is (3, 8, 8), the model takes (1, 8, 8)" in \
+        capsys.readouterr().err
+    size = tmp_path / "big.npz"
+    np.savez(size, x_test=g.integers(0, 256, (4, 9, 9), dtype=np.uint8), y_test=np.zeros(4, np.int64))
+    assert main(["certify", str(checkpoint.dir), "--data", str(size), "--eps", "0.5", "--no-progress"]) == 2
+    assert "The data does not fit the model (shape)" in capsys.readouterr().err
+    nan = tmp_path / "nan.npz"
+    pixels = g.random((4, 8, 8)).astype(np.float32)
+    pixels[2, 3, 3] = np.nan
+    np.savez(nan, x_test=pixels, y_test=np.zeros(4, np.int64))
+    code = main(["certify", str(checkpoint.dir), "--data", str(nan), "--eps", "0.5", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and ("NaN/inf pixel values (first image 2)" in err or "must be uint8 or float in [0, 1]" in err)
+
+
+# -- provenance through the command line ------------------------------------------------------------------
+def test_certify_attach_puts_the_numbers_in_the_card(checkpoint, tmp_path, capsys):
+    card = (checkpoint.dir / "README.md").read_text()
+    assert "Not certified yet" in card
+    assert _certify(checkpoint, tmp_path / "cert", "--attach") == 0
+    assert "Attached the results" in capsys.readouterr().out
+    report = json.loads((tmp_path / "cert" / "report.json").read_text())
+    config = json.loads((checkpoint.dir / "config.json").read_text())
+    assert config["metrics"]["sha256"] == config["sha256"]
+    assert config["metrics"]["eps"]["0.5"]["certified"] == report["metrics"]["certified@0.5"]
+    assert config["metrics"]["num_test_samples"] == 16
+    card = (checkpoint.dir / "README.md").read_text()
+    assert "Not certified yet" not in card and f"{100 * report['metrics']['clean']:.2f}" in card
+    assert lipzoo.load(checkpoint.dir).lipzoo_config["metrics"]["clean"] == report["metrics"]["clean"]
+
+
+def test_attach_needs_a_folder_and_certified_numbers(checkpoint, tmp_path, capsys):
+    assert main(["certify", "crm-mnist-4c3f", "--attach", "--limit", "2", "--no-progress"]) == 2
+    assert "--attach writes the results into a checkpoint folder" in capsys.readouterr().err
+    assert _certify(checkpoint, tmp_path / "c", "--attach", "--norm", "power") == 2
+    assert "--attach needs certified numbers" in capsys.readouterr().err
+
+
+# -- polish ----------------------------------------------------------------------------------------------
+def test_version_list_and_verbose_after_the_subcommand(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"lipzoo {lipzoo.__version__}"
+    assert main(["list", "-v"]) == 0
+    out = capsys.readouterr().out
+    for arch in lipzoo.models.list_architectures():
+        assert f"  {arch} " in out
+    assert "crm-mnist-4c3f" in out and "certified 49.55% @ 1.58" in out and "not trained yet" in out
+    assert main(["-v", "list", "crm-c*"]) == 0
+    assert "crm-mnist-4c3f" not in capsys.readouterr().out
+
+
+def test_every_option_shows_its_default_in_help():
+    from lipzoo.cli import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.choices and isinstance(a.choices, dict)).choices
+    for name, sub in subparsers.items():
+        for action in sub._actions:
+            if action.option_strings and action.dest not in ("help",):
+                assert action.help, f"lipzoo {name} {action.option_strings[0]} has no help"
+        text = sub.format_help()
+        assert "(default:" in text, name
+
+
+def test_help_is_fast_and_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys; from lipzoo.cli import build_parser; build_parser().format_help(); " \
+           "assert 'torch' not in sys.modules and 'timm' not in sys.modules, sorted(sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_default_output_folder_is_one_per_model(tmp_path, monkeypatch):
+    from lipzoo.cli import _default_out
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "A" / "final").mkdir(parents=True)
+    (tmp_path / "runs" / "B" / "final").mkdir(parents=True)
+    assert _default_out("certify", "crm-mnist-4c3f") == "certify-crm-mnist-4c3f"
+    assert _default_out("certify", "runs/A/final") != _default_out("certify", "runs/B/final")
+    assert _default_out("certify", "owner/repo") == "certify-owner-repo"
