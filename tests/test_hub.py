@@ -440,6 +440,14 @@ def test_network_errors_are_one_line_with_the_fix(monkeypatch):
         load("owner/tiny")
     assert "\n" not in str(err.value) and err.value.__cause__ is None and err.value.__suppress_context__
 
+    class ConnectError(Exception):  # what httpx (huggingface_hub >= 1.0) raises
+        __module__ = "httpx"
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo_id, **kw: (_ for _ in ()).throw(ConnectError("[Errno -3] name resolution")))
+    with pytest.raises(FileNotFoundError, match=r"failed \(ConnectError: \[Errno -3\] name resolution\)\. Fix:"):
+        load("owner/tiny")
+
 
 def test_hub_options_and_prefix_reach_snapshot_download(monkeypatch, saved):
     seen = []

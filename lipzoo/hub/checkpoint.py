@@ -329,10 +329,13 @@ def _snapshot(repo_id: str, revision: str | None, *, cache_dir=None, token=None,
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise FileNotFoundError(f"Downloading {where} failed: {first}. Fix: check the network and retry, or set "
                                 "HF_HUB_OFFLINE=1 to use the local cache.") from None
-    except OSError as err:  # connection errors, proxies, disk
-        raise FileNotFoundError(f"Downloading {where} failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
-                                "Fix: check the network and retry, or set HF_HUB_OFFLINE=1 to use the local "
-                                "cache.") from None
+    except Exception as err:
+        # connection errors come from the HTTP client (requests before huggingface_hub 1.0, httpx after)
+        if not isinstance(err, OSError) and type(err).__module__.split(".")[0] not in ("httpx", "requests", "urllib3"):
+            raise
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise FileNotFoundError(f"Downloading {where} failed ({type(err).__name__}: {first}). Fix: check the "
+                                "network and retry, or set HF_HUB_OFFLINE=1 to use the local cache.") from None
     return Path(path)
 
 
