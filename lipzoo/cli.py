@@ -122,13 +122,18 @@ def _cmd_certify(args) -> int:
                      limit=args.limit, batch_size=args.batch_size, attack=attack, norm=args.norm,
                      max_dense=args.max_dense, compare=compare, device=args.device, progress=not args.no_progress,
                      allow_estimate=args.norm == "power")  # --norm power asks for an estimate explicitly
+    if config.get("sha256"):  # which weights these numbers belong to (checked by attach_results)
+        report["sha256"] = config["sha256"]
+        path = Path(out) / "report.json"
+        if path.is_file():
+            path.write_text(json.dumps({**json.loads(path.read_text()), "sha256": config["sha256"]}, indent=2))
     print(format_table(report))
     print(f"\nFiles: {', '.join(report['files'])}")
     viol = [v for k, v in report["metrics"].items() if k.startswith("consistency_violations") and v]
     if args.attach:
         from lipzoo.hub import attach_results
 
-        attach_results(args.model, {**report, "sha256": config["sha256"]})
+        attach_results(args.model, report)
         print(f"Attached the results to {args.model} (config.json and README.md).")
     return 3 if viol else 0
 

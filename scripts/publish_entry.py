@@ -1,13 +1,15 @@
 """Maintainer tool: turn a finished training run into a shipped, certified zoo entry.
 
-    python scripts/publish_entry.py NAME RUN_DIR/final --report CERTIFY_DIR/report.json [--dtype float16]
+    python scripts/publish_entry.py NAME RUN_DIR/final [--dtype float16]      # 1. ship the weights
+    lipzoo certify NAME --attack-steps 20 --out certify-NAME                 # 2. certify the shipped copy
+    python scripts/publish_entry.py NAME --report certify-NAME/report.json   # 3. attach the numbers
 
-1. re-saves the run's checkpoint into ``lipzoo/weights/NAME`` (safetensors + config + card),
-2. records repo id, sha256, storage dtype and local path in ``lipzoo/zoo_configs/NAME.yaml``,
-3. with ``--report``: copies the measured metrics (from ``lipzoo certify NAME``) and the bound into the
-   entry's YAML and the checkpoint's config/card.
+1. re-saves the run's checkpoint into ``lipzoo/weights/NAME`` (safetensors + config + card) and
+   pins repo id, sha256, storage dtype and local path in ``lipzoo/zoo_configs/NAME.yaml``;
+3. attaches the report to the shipped folder (``lipzoo.hub.attach_results``: refused unless the
+   report was measured on exactly those weights) and copies the results into the entry's YAML.
 
-Run step 1-2 first, certify the shipped copy (``lipzoo certify NAME``), then run again with --report.
+Numbers never travel from the run to the entry: only a report of the shipped bytes is attached.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from pathlib import Path
 import yaml
 
 import lipzoo
-from lipzoo.hub import load, save_pretrained
+from lipzoo.hub import attach_results, load, read_config, save_pretrained
+from lipzoo.models import zoo
 
 PKG = Path(lipzoo.__file__).parent
 PAPER = {
@@ -30,7 +33,7 @@ PAPER = {
 
 
 def _replace_top_level(text: str, key: str, value) -> str:
-    """Replace a top-level ``key: ...`` line of a YAML file, keeping comments elsewhere."""
+    """Replace a top-level ``key: ...`` block of a YAML file, keeping comments elsewhere."""
     dumped = yaml.safe_dump({key: value}, default_flow_style=None, sort_keys=False, width=1000).strip()
     pattern = re.compile(rf"^{key}:.*?(?=^\S|\Z)", re.S | re.M)
     if not pattern.search(text):
@@ -38,43 +41,52 @@ def _replace_top_level(text: str, key: str, value) -> str:
     return pattern.sub(lambda _: dumped + "\n", text, count=1)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("name")
-    ap.add_argument("checkpoint")
-    ap.add_argument("--report", help="report.json of `lipzoo certify NAME`")
-    ap.add_argument("--dtype", default="float16")
-    args = ap.parse_args()
+def _clear_zoo_cache() -> None:
+    zoo._entry_files.cache_clear()
+    zoo._load.cache_clear()
 
-    model = load(args.checkpoint)
-    config = dict(model.lipzoo_config)
-    config["name"] = args.name
-    entry_path = PKG / "zoo_configs" / f"{args.name}.yaml"
-    card = {"target": args.name, "paper_metrics": PAPER.get(args.name)}
-    if args.report:
-        report = json.loads(Path(args.report).read_text())
-        if not report["bound"]["guaranteed"] or report.get("kind", "certified") != "certified":
-            raise SystemExit(f"{args.report} holds estimated radii (guarantee={report['bound']['guarantee']}); "
-                             "a zoo entry publishes certified numbers only: rerun `lipzoo certify` with --norm auto.")
-        metrics = dict(report["metrics"])
-        metrics["epochs_trained"] = config.get("training", {}).get("epochs_trained")
-        metrics["num_test_samples"] = report["num_samples"]
-        config["metrics"] = metrics
-        config["bound"] = {k: report["bound"][k] for k in ("method", "mode", "norm", "guarantee", "guaranteed",
-                                                         "pairwise_mean", "pairwise_max", "value")}
-        config["certify_attack"] = report["attack"]
-        # the report comes from `lipzoo certify NAME`, which loads the shipped (rounded) weights
-        config["metrics_measured_on_stored_weights"] = True
-    out = PKG / "weights" / args.name
-    save_pretrained(model, out, config=config, card=card, storage_dtype=args.dtype)
-    saved = json.loads((out / "config.json").read_text())
-    weights = {"repo_id": f"lipzoo/{args.name}", "revision": None, "sha256": saved["sha256"],
-               "filename": "model.safetensors", "local": f"weights/{args.name}", "storage_dtype": args.dtype}
+
+def ship(name: str, checkpoint: str, dtype: str) -> None:
+    entry_path = PKG / "zoo_configs" / f"{name}.yaml"
+    out = PKG / "weights" / name
+    model = load(checkpoint)
+    card = {"target": name, "paper_metrics": PAPER.get(name)}
+    config = model.lipzoo_config
+    save_pretrained(model, out, config=config, card=card, storage_dtype=dtype)
+    sha = read_config(out)["sha256"]
+    weights = {"repo_id": f"lipzoo/{name}", "revision": None, "sha256": sha, "filename": "model.safetensors",
+               "local": f"weights/{name}", "storage_dtype": dtype}
     text = _replace_top_level(entry_path.read_text(), "weights", weights)
+    entry_path.write_text(_replace_top_level(text, "metrics", None))  # old numbers belonged to old weights
+    _clear_zoo_cache()
+    # saved again now that the entry pins these bytes (same tensors, same sha256): the name is its own
+    save_pretrained(model, out, config={**config, "name": name}, card=card, storage_dtype=dtype)
+    print(f"shipped {name}: {out} sha256={sha}; now run `lipzoo certify {name}` and --report")
+
+
+def attach(name: str, report_path: str) -> None:
+    entry_path = PKG / "zoo_configs" / f"{name}.yaml"
+    out = PKG / "weights" / name
+    meta = attach_results(out, json.loads(Path(report_path).read_text()))
+    entry_path.write_text(_replace_top_level(entry_path.read_text(), "metrics", meta.results.to_dict()))
+    _clear_zoo_cache()
+    zoo.get_metadata(name)  # the entry still validates (metrics.sha256 == weights.sha256)
+    print(f"attached {report_path} to {name} (sha256 {meta.results.sha256})")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("name", help="zoo entry")
+    ap.add_argument("checkpoint", nargs="?", help="the run's final/ folder (step 1)")
+    ap.add_argument("--report", help="report.json of `lipzoo certify NAME` (step 3)")
+    ap.add_argument("--dtype", default="float16", help="storage dtype of the shipped weights")
+    args = ap.parse_args()
+    if args.checkpoint:
+        ship(args.name, args.checkpoint, args.dtype)
     if args.report:
-        text = _replace_top_level(text, "metrics", saved["metrics"])
-    entry_path.write_text(text)
-    print(f"published {args.name}: {out} sha256={saved['sha256']}")
+        attach(args.name, args.report)
+    if not args.checkpoint and not args.report:
+        ap.error("pass a checkpoint folder (step 1) and/or --report (step 3)")
 
 
 if __name__ == "__main__":

@@ -273,7 +273,7 @@ def test_certify_attach_puts_the_numbers_in_the_card(checkpoint, tmp_path, capsy
     assert "Attached the results" in capsys.readouterr().out
     report = json.loads((tmp_path / "cert" / "report.json").read_text())
     config = json.loads((checkpoint.dir / "config.json").read_text())
-    assert config["metrics"]["sha256"] == config["sha256"]
+    assert config["metrics"]["sha256"] == config["sha256"] == report["sha256"]  # the report names its weights
     assert config["metrics"]["eps"]["0.5"]["certified"] == report["metrics"]["certified@0.5"]
     assert config["metrics"]["num_test_samples"] == 16
     card = (checkpoint.dir / "README.md").read_text()
