@@ -25,7 +25,7 @@ _EXPORTS = {
     "register_activation": "lipzoo.layers",
     "CRMLoss": "lipzoo.losses", "crm_loss": "lipzoo.losses",
     "create_model": "lipzoo.models", "export": "lipzoo.models", "list_models": "lipzoo.models",
-    "list_pretrained": "lipzoo.models", "register_model": "lipzoo.models",
+    "list_pretrained": "lipzoo.models", "register_model": "lipzoo.models", "load_pretrained": "lipzoo.models",
     "load": "lipzoo.hub", "push": "lipzoo.hub", "save_pretrained": "lipzoo.hub", "attach_results": "lipzoo.hub",
     "Eps": "lipzoo.meta", "Metadata": "lipzoo.meta", "parse_eps": "lipzoo.meta", "dataset_facts": "lipzoo.meta",
 }

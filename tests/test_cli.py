@@ -333,3 +333,42 @@ def test_default_output_folder_is_one_per_model(tmp_path, monkeypatch):
     assert _default_out("certify", "crm-mnist-4c3f") == "certify-crm-mnist-4c3f"
     assert _default_out("certify", "runs/A/final") != _default_out("certify", "runs/B/final")
     assert _default_out("certify", "owner/repo") == "certify-owner-repo"
+
+
+def test_lipzoo_train_output_carries_no_inherited_numbers(tmp_path, tiny_arch, monkeypatch, capsys):
+    """`lipzoo train <entry>` where the entry has published weights and numbers (the bug of issue 9)."""
+    import yaml
+
+    from lipzoo.models import zoo
+
+    published = "a" * 64
+    entry = {"name": "cli-tiny-pub", "architecture": ARCH, "model_args": {}, "num_classes": 10,
+             "input_shape": [1, 8, 8], "dataset": "mnist", "normalization": {"mean": [0.5], "std": [0.25]},
+             "recipe": {"loss": "crm", "epochs": 1, "batch_size": 16,
+                        "optimizer": {"name": "adam", "lr": 1.0e-3}, "scheduler": {"name": "constant"},
+                        "augmentation": [], "crm": {"t": 5.0, "lam": 1.0, "r0": 2.0, "g": "linear",
+                                                    "warmup_epochs": 0},
+                        "power_iterations": 1, "validation_split": 0.25},
+             "certify": {"eps": ["1/255"]},
+             "weights": {"repo_id": "lipzoo/cli-tiny-pub", "revision": None, "sha256": published,
+                         "filename": "model.safetensors", "local": None, "storage_dtype": "float32"},
+             "metrics": {"sha256": published, "clean": 0.9911, "eps": {"1/255": {"certified": 0.8877}}}}
+    recipe = tmp_path / "pub.yaml"
+    recipe.write_text(yaml.safe_dump(entry, sort_keys=False))
+    monkeypatch.setattr(zoo, "published_sha256", lambda: {"cli-tiny-pub": published})
+    root = tmp_path / "data"
+    root.mkdir()
+    g = np.random.default_rng(0)
+    np.savez(root / "mnist.npz", x_train=g.integers(0, 256, (32, 8, 8), dtype=np.uint8),
+             y_train=g.integers(0, 10, 32), x_test=g.integers(0, 256, (8, 8, 8), dtype=np.uint8),
+             y_test=g.integers(0, 10, 8))
+    out = tmp_path / "run"
+    assert main(["train", str(recipe), "--out", str(out), "--data-root", str(root), "--device", "cpu",
+                 "--threads", "1", "--no-progress"]) == 0
+    config = json.loads((out / "final" / "config.json").read_text())
+    assert config["metrics"] is None and config["weights"] is None and config["name"] is None
+    assert config["parent"] == {"name": "cli-tiny-pub", "sha256": published}
+    assert config["training"]["epochs_trained"] == 1
+    card = (out / "final" / "README.md").read_text()
+    assert "99.11" not in card and "88.77" not in card and "Not certified yet" in card
+    assert "lipzoo certify cli-tiny-pub" not in card

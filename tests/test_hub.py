@@ -731,3 +731,27 @@ def test_hugging_face_mixin_shape(tmp_path, saved, fake_hfapi):
         fresh.lipzoo_config
     fresh.save_pretrained(tmp_path / "fresh")  # config from get_config()
     assert read_config(tmp_path / "fresh")["architecture"] == "tiny"
+
+
+def test_fine_tuned_checkpoint_names_its_parent_never_its_numbers(tmp_path):
+    """The fine-tuning path: pretrained weights, a new 5-class head, a training step, save, load."""
+    model = lipzoo.load_pretrained("crm-mnist-4c3f", num_classes=5)
+    parent_sha = zoo.get_entry("crm-mnist-4c3f")["weights"]["sha256"]
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    model.train()
+    loss = torch.nn.functional.cross_entropy(model(torch.rand(4, 1, 28, 28)), torch.tensor([0, 1, 2, 4]))
+    loss.backward()
+    optimizer.step()
+    directory = model.eval().save_pretrained(tmp_path / "tuned") or tmp_path / "tuned"
+    config = read_config(directory)
+    assert config["num_classes"] == 5 and config["metrics"] is None and config["weights"] is None
+    assert config["name"] is None and config["parent"] == {"name": "crm-mnist-4c3f", "sha256": parent_sha}
+    assert config["dataset"] is None  # 5 classes: no longer the MNIST task the parent was certified on
+    text = (directory / "README.md").read_text()
+    assert "49.55" not in text and "93.45" not in text and "Derived from `crm-mnist-4c3f`" in text
+    again = lipzoo.load_pretrained(directory)  # a folder path, as `lipzoo train --init runs/A/final` passes it
+    x = torch.rand(2, 1, 28, 28)
+    torch.testing.assert_close(again(x), model(x), rtol=0, atol=0)
+    assert create_model(f"local-dir:{directory}", num_classes=2).num_classes == 2
+    with pytest.raises(ValueError, match="is not a checkpoint folder"):
+        create_model(f"local-dir:{tmp_path / 'nothing'}")

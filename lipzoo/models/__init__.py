@@ -11,11 +11,11 @@ from lipzoo.models.registry import (REGISTRY, ArchitectureInfo, ModelRegistry, g
 from lipzoo.models import plain, residual  # noqa: F401  (register the families)
 from lipzoo.models.base import LipschitzSequential
 from lipzoo.models.export import export
-from lipzoo.models.factory import build_model, create_model, is_model, list_models, list_pretrained
+from lipzoo.models.factory import build_model, create_model, is_model, list_models, list_pretrained, load_pretrained
 from lipzoo.models.zoo import get_entry, get_metadata, list_entries, validate_entry
 
 __all__ = [
     "REGISTRY", "ArchitectureInfo", "LipschitzSequential", "ModelRegistry", "build_model", "create_model", "export",
     "get_architecture", "get_entry", "get_metadata", "is_model", "list_architectures", "list_entries",
-    "list_models", "list_pretrained", "register_model", "validate_entry",
+    "list_models", "list_pretrained", "load_pretrained", "register_model", "validate_entry",
 ]

@@ -5,7 +5,8 @@ Names it takes:
 * an architecture (``"6c2f"``): fresh weights; with ``pretrained=True`` its default pretrained
   entry (see :func:`lipzoo.models.zoo.default_entry`);
 * ``"<architecture>.<tag>"`` (``"6c2f.crm_cifar10"``) or a zoo entry (``"crm-cifar10-6c2f"``);
-* ``"hf-hub:owner/name"``: a checkpoint on the Hugging Face Hub (always pretrained).
+* ``"hf-hub:owner/name"``: a checkpoint on the Hugging Face Hub, ``"local-dir:path"``: a checkpoint
+  folder (both always pretrained); :func:`load_pretrained` also takes a folder path as it is.
 
 With ``pretrained=True`` and a ``num_classes`` other than the checkpoint's, every weight but the
 classifier is loaded and the classifier is re-initialised (``reset_classifier``); the certificate
@@ -21,6 +22,8 @@ from __future__ import annotations
 import difflib
 import json
 import logging
+import os
+from pathlib import Path
 from typing import Any, Mapping
 
 from torch import nn
@@ -29,12 +32,13 @@ from lipzoo.meta import Metadata
 from lipzoo.models import zoo
 from lipzoo.models.registry import REGISTRY, filter_names, get_architecture, list_architectures
 
-__all__ = ["create_model", "build_model", "build_entry", "list_models", "list_pretrained", "is_model",
-           "resolve_name", "HUB_PREFIX"]
+__all__ = ["create_model", "build_model", "build_entry", "load_pretrained", "list_models", "list_pretrained",
+           "is_model", "resolve_name", "HUB_PREFIX", "LOCAL_PREFIX"]
 
 logger = logging.getLogger(__name__)
 
 HUB_PREFIX = "hf-hub:"
+LOCAL_PREFIX = "local-dir:"  # timm's spelling of "a checkpoint folder on this machine"
 # keyword arguments of the hub loader (lipzoo.hub.load), passed through with pretrained=True
 _LOAD_OPTIONS = ("revision", "cache_dir", "token", "local_files_only", "force_download", "map_location")
 
@@ -142,6 +146,8 @@ def create_model(name: str, pretrained: bool = False, num_classes: int | None = 
         raise TypeError(f"create_model: name must be a str such as '6c2f', got {type(name).__name__}.")
     if name.startswith(HUB_PREFIX):
         return _pretrained(name, name, num_classes, kwargs)
+    if name.startswith(LOCAL_PREFIX):
+        return _pretrained(name, name[len(LOCAL_PREFIX):], num_classes, kwargs)
     arch, entry = resolve_name(name)
     if pretrained:
         if entry is None:
@@ -163,8 +169,29 @@ def create_model(name: str, pretrained: bool = False, num_classes: int | None = 
     return build_model(zoo.get_metadata(entry), **kwargs)
 
 
+def load_pretrained(source: str | os.PathLike, num_classes: int | None = None, **options: Any) -> nn.Module:
+    """A pretrained model from anywhere, its classifier resized to ``num_classes`` (fine-tuning's start).
+
+    Args:
+        source: a checkpoint folder (``runs/A/final``), a zoo entry (``"crm-cifar10-6c2f"``), an
+            architecture or ``architecture.tag`` (its default / tagged entry) or ``"hf-hub:owner/name"``.
+        num_classes: the new readout size; ``None`` or the checkpoint's own keeps the classifier. A new
+            classifier drops the checkpoint's certificate and numbers (``model.lipzoo_config["parent"]``
+            names the checkpoint).
+        **options: :func:`lipzoo.hub.load` options (``revision``, ``cache_dir``, ``token``,
+            ``local_files_only``, ``force_download``, ``map_location``).
+
+    Returns:
+        The model in eval mode with ``model.lipzoo_config``.
+    """
+    if isinstance(source, os.PathLike) or (isinstance(source, str) and os.path.isdir(source)):
+        return create_model(LOCAL_PREFIX + os.fspath(source), num_classes=num_classes, **options)
+    return create_model(source, pretrained=True, num_classes=num_classes, **options)
+
+
 def _pretrained(name: str, source: str, num_classes: int | None, kwargs: dict[str, Any]) -> nn.Module:
-    meta = None if source.startswith(HUB_PREFIX) else zoo.get_metadata(source)
+    local = name.startswith(LOCAL_PREFIX)
+    meta = None if source.startswith(HUB_PREFIX) or local else zoo.get_metadata(source)
     if meta is not None and meta.weights is None:
         raise ValueError(f"Zoo entry {source!r} has no published weights yet (weights: null in "
                          f"lipzoo/zoo_configs/{source}.yaml). Build it untrained with pretrained=False, or pick "
@@ -172,7 +199,9 @@ def _pretrained(name: str, source: str, num_classes: int | None, kwargs: dict[st
     options = {k: kwargs.pop(k) for k in _LOAD_OPTIONS if k in kwargs}
     from lipzoo.hub.checkpoint import load  # weights come from the hub layer (see the module docstring)
 
-    model = load(source, **options)
+    if local and not os.path.isdir(source):
+        raise ValueError(f"{name!r}: {source!r} is not a checkpoint folder (model.safetensors + config.json).")
+    model = load(Path(source) if local else source, **options)
     saved = model.lipzoo_config
     builder = {**saved.get("model_args", {}), **(saved.get("normalization") or {})}
     # compared as JSON: (0.5,) and [0.5] are the same normalization
