@@ -359,7 +359,8 @@ def test_register_activation_checks_declared_bounds_against_derived_ones():
 
 
 @pytest.mark.parametrize("mode", PadOp.MODES)
-@pytest.mark.parametrize("pads,shape", [((1, 1, 1, 1), (2, 4, 5)), ((2, 0, 1, 3), (1, 4, 4)), ((3, 3, 2, 2), (1, 4, 4))])
+@pytest.mark.parametrize("pads,shape", [((1, 1, 1, 1), (2, 4, 5)), ((2, 0, 1, 3), (1, 4, 4)),
+                                        ((3, 3, 2, 2), (1, 4, 4))])
 def test_pad_operator_adjoint_and_exact_norm(mode, pads, shape):
     op = PadOp(pads, mode)
     if mode == "reflect" and max(pads) >= min(shape[1:]):

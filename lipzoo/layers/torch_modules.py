@@ -31,11 +31,11 @@ __all__ = ["module_state", "SUPPORTED_TORCH_MODULES", "check_hooks", "check_decl
            "check_sequential"]
 
 SUPPORTED_TORCH_MODULES = (
-    "nn.Conv2d (zero padding), nn.Linear, nn.Flatten(1), nn.AvgPool2d (no ceil_mode), eval-mode "
-    "nn.BatchNorm1d/2d, nn.Identity, nn.Dropout* (eval mode), activations nn.ReLU/ReLU6/LeakyReLU/PReLU/RReLU/"
-    "ELU/CELU/SELU/GELU/SiLU/Mish/Tanh/Hardtanh/Sigmoid/Hardsigmoid/Hardswish/Softplus/Softsign/Tanhshrink/"
-    "LogSigmoid/Threshold/Softshrink/Hardshrink, nested nn.Sequential, and any module with "
-    "lipschitz_state(); see docs/bounds.md"
+    "nn.Conv2d (any padding_mode; padding='same' only with non-zero modes), nn.Linear, nn.Flatten(1), "
+    "nn.AvgPool2d (no ceil_mode), eval-mode nn.BatchNorm1d/2d, nn.Identity, nn.Dropout* (eval mode), "
+    "activations nn.ReLU/ReLU6/LeakyReLU/PReLU/RReLU/ELU/CELU/SELU/GELU/SiLU/Mish/Tanh/Hardtanh/Sigmoid/"
+    "Hardsigmoid/Hardswish/Softplus/Softsign/Tanhshrink/LogSigmoid/Threshold/Softshrink/Hardshrink, nested "
+    "nn.Sequential, and any module with lipschitz_state(); see docs/bounds.md"
 )
 
 
