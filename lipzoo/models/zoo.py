@@ -237,6 +237,19 @@ def markdown_table() -> str:
         lines.append(f"| `{name}` | `{timm_name}` | {m.dataset} | {recipe} | {epochs} | "
                      f"{', '.join(e.text for e in m.eps)} | {_percent(res.clean if res else None)} | {cert} | "
                      f"{pgd} | {weights} |")
+    lines += ["", "## Fine-tuning, and whose numbers a card shows", "",
+              "```python",
+              "import lipzoo, timm",
+              "model = lipzoo.create_model(\"crm-cifar10-6c2f\", pretrained=True, num_classes=5)",
+              "model = timm.create_model(\"lipzoo_6c2f.crm_cifar10\", pretrained=True, num_classes=5)  # the same",
+              "model = lipzoo.load_pretrained(\"runs/A/final\", num_classes=5)  # from a checkpoint folder",
+              "# ... train ...",
+              "model.save_pretrained(\"runs/B\")  # parent: crm-cifar10-6c2f; no metrics until certified",
+              "```", "",
+              "Every weight but the classifier is loaded; the new classifier is initialised afresh, and the "
+              "checkpoint's certificate and numbers no longer apply (a log line says so). A saved checkpoint "
+              "shows numbers only after `lipzoo certify <folder> --attach` measured them on its own weights "
+              "(checked by sha256); its card names the parent, never the parent's numbers."]
     return "\n".join(lines) + "\n"
 
 
