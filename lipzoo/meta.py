@@ -284,8 +284,9 @@ class CRMSettings:
                    lam=float(_number(d["lam"], f"{path}.lam", low=0)),
                    r0=float(_number(d["r0"], f"{path}.r0", low=0, low_open=True)),
                    g=_choice(d["g"], f"{path}.g", G_FUNCTIONS),
+                   # == epochs: cross-entropy for the whole run (what a shortened recipe may come to)
                    warmup_epochs=_number(d["warmup_epochs"], f"{path}.warmup_epochs", low=0, high=epochs,
-                                         high_open=True, integer=True))
+                                         integer=True))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

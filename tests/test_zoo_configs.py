@@ -215,7 +215,7 @@ BAD = [
     (("recipe", "crm", "lam"), -1.0, "recipe.crm.lam: expected a number >= 0"),
     (("recipe", "crm", "r0"), 0, "recipe.crm.r0: expected a number > 0"),
     (("recipe", "crm", "g"), "quadratic", r"recipe.crm.g: expected one of \['linear', 'exp'\]"),
-    (("recipe", "crm", "warmup_epochs"), 400, "recipe.crm.warmup_epochs: expected an int < 400"),
+    (("recipe", "crm", "warmup_epochs"), 401, "recipe.crm.warmup_epochs: expected an int <= 400"),
     (("certify",), {"eps": ["1.58"], "norm": 2}, r"certify: unknown key\(s\) \['norm'\]"),
     (("certify", "eps"), [], "certify.eps: expected a non-empty list"),
     (("certify", "eps"), [1.58], r"certify.eps\[0\] must be an exact fraction string"),
