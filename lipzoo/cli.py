@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -242,8 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--compare", help="a second model drawn in the radius plot (e.g. a cross-entropy baseline)")
     c.add_argument("--norm", default="auto", choices=["auto", "exact", "power"],
                    help="operator norms: auto/exact are guaranteed, power is an estimate (reported as 'estimated')")
-    c.add_argument("--max-dense", type=_positive_int, default=4096,
-                   help="largest side materialized exactly under --norm auto")
+    c.add_argument("--max-dense", type=_positive_int, default=None,
+                   help="under --norm auto: materialize operators up to this side only (default: adaptive, "
+                        "small ones always, larger ones where they tighten the bound most within a time budget)")
     c.add_argument("--out", help="output folder (default: certify-<model>, one per model)")
     c.add_argument("--attach", action="store_true",
                    help="write the results into the checkpoint folder's config.json and card (checked by sha256)")
@@ -257,8 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--input-shape", type=_positive_int, nargs="+", help="C H W (default: the model's)")
     b.add_argument("--norm", default="auto", choices=["auto", "exact", "power"],
                    help="operator norms: auto/exact are guaranteed, power is an estimate")
-    b.add_argument("--max-dense", type=_positive_int, default=4096,
-                   help="largest side materialized exactly under --norm auto")
+    b.add_argument("--max-dense", type=_positive_int, default=None,
+                   help="under --norm auto: materialize operators up to this side only (default: adaptive, "
+                        "small ones always, larger ones where they tighten the bound most within a time budget)")
     b.add_argument("--json", action="store_true", help="print JSON instead of a table")
     b.set_defaults(func=_cmd_bounds)
 
@@ -280,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # guaranteed bounds are cached on disk (keyed by the weights' sha256), so certify after bounds is instant
+    os.environ.setdefault("LIPZOO_CACHE", str(Path.home() / ".cache" / "lipzoo" / "bounds"))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -17,6 +17,7 @@ any number of classes.
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Mapping
 from dataclasses import FrozenInstanceError, dataclass, field
 from types import MappingProxyType
@@ -26,9 +27,12 @@ from torch import nn
 
 from lipzoo.bounds.norms import (EXACT_MARGIN, GUARANTEE_ORDER, NormResult, _tensor_of, chain_norm,
                                  weakest_guarantee)
+from lipzoo.bounds.proved import proved_inner_norms
 from lipzoo.bounds.structure import Structure, build_structure, numel
 from lipzoo.layers.operators import DiagonalOp, compose
 from lipzoo.bounds.sweep import adjoint_sweep, forward_sweep, power_iteration
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["LipschitzBound", "lipschitz_bound", "lipschitz_bounds", "output_norms", "liplt_recursion"]
 
@@ -259,7 +263,11 @@ def _power_norms(structure: Structure, keys, n_iter: int, generator=None) -> dic
     return {k: out[k].norm() for k in keys}
 
 
-def _single_norm(op, in_shape, norm: str, max_dense: int, n_iter: int, generator=None) -> NormResult:
+SMALL_DENSE = 1024
+"""Under ``norm="auto"`` without ``max_dense``: operators with a side this small are always materialized."""
+
+
+def _single_norm(op, in_shape, norm: str, max_dense: int | None, n_iter: int, generator=None) -> NormResult:
     if norm == "power":
         x = torch.randn(1, *in_shape, generator=generator, dtype=torch.float64)
         ref = _reference_tensor(Structure([], op, tuple(in_shape), op.out_shape(in_shape)))
@@ -268,14 +276,15 @@ def _single_norm(op, in_shape, norm: str, max_dense: int, n_iter: int, generator
             x = op.adjoint(op.forward(x), in_shape)
             x = x / x.norm().clamp_min(1e-30)
         return NormResult(op.forward(x).norm(), "estimate")
-    limit = max_dense if norm == "auto" else 10**12
+    limit = (SMALL_DENSE if max_dense is None else max_dense) if norm == "auto" else 10**12
     return chain_norm([op], in_shape, max_dense=limit)
 
 
 def lipschitz_bound(model: nn.Module, input_shape, *, method: str = "liplt", mode: str = "pairwise",
-                    norm: str = "auto", max_dense: int = 4096, n_iter: int = 200,
+                    norm: str = "auto", max_dense: int | None = None, n_iter: int = 200,
                     dtype: torch.dtype = torch.float64, device=None, seed: int = 0,
-                    sdp_t: str = "best") -> LipschitzBound:
+                    sdp_t: str = "best", budget: float = 10.0, progress: bool | None = None,
+                    cache: bool | None = None) -> LipschitzBound:
     """Upper bound on the Lipschitz constant of a model's logits (or logit differences).
 
     Args:
@@ -289,7 +298,9 @@ def lipschitz_bound(model: nn.Module, input_shape, *, method: str = "liplt", mod
             ``max_dense`` dimensions, proved upper bounds otherwise: ``guaranteed=True``),
             ``"exact"`` (materialize every operator; slow for large convolutions) or ``"power"``
             (``n_iter`` power iterations: an estimate, ``guaranteed=False``).
-        max_dense: size limit for exact materialization under ``norm="auto"``.
+        max_dense: under ``norm="auto"``, operators with a side of at most this many dimensions are
+            always certified exactly (default :data:`SMALL_DENSE`); larger ones get proved split
+            bounds, then the ones whose looseness costs most are certified exactly within ``budget``.
         n_iter: power iterations for ``norm="power"``.
         dtype: dtype of the returned value, and computation dtype of ``norm="power"``. Guaranteed
             norms (``"auto"``, ``"exact"``) are always computed in float64 (the rounding margins
@@ -297,21 +308,75 @@ def lipschitz_bound(model: nn.Module, input_shape, *, method: str = "liplt", mod
         device: where to compute (defaults to the model's device).
         seed: seed of the power-iteration start vectors.
         sdp_t: the diagonal ``T`` of ``method="lt_sdp"``.
+        budget: seconds ``norm="auto"`` may spend certifying large operators exactly (their cost is
+            measured before committing; see :mod:`lipzoo.bounds.proved`).
+        progress: tqdm progress bar (``None``: only on a terminal).
+        cache: reuse / store the result on disk, keyed by the weights' sha256, every option and the
+            accountant's code (:mod:`lipzoo.bounds.cache`). ``None``: only when the environment
+            variable ``LIPZOO_CACHE`` names a folder (the ``lipzoo`` command line sets it to
+            ``~/.cache/lipzoo/bounds`` unless it is set; ``LIPZOO_CACHE=off`` disables).
     """
     _check_choice("mode", mode, MODES)
     return lipschitz_bounds(model, input_shape, method=method, modes=(mode,), norm=norm, max_dense=max_dense,
-                            n_iter=n_iter, dtype=dtype, device=device, seed=seed, sdp_t=sdp_t)[mode]
+                            n_iter=n_iter, dtype=dtype, device=device, seed=seed, sdp_t=sdp_t, budget=budget,
+                            progress=progress, cache=cache)[mode]
 
 
 def lipschitz_bounds(model: nn.Module, input_shape, *, method: str = "liplt", modes=MODES, norm: str = "auto",
-                     max_dense: int = 4096, n_iter: int = 200, dtype: torch.dtype = torch.float64, device=None,
-                     seed: int = 0, sdp_t: str = "best") -> dict[str, LipschitzBound]:
+                     max_dense: int | None = None, n_iter: int = 200, dtype: torch.dtype = torch.float64,
+                     device=None, seed: int = 0, sdp_t: str = "best", budget: float = 10.0,
+                     progress: bool | None = None, cache: bool | None = None) -> dict[str, LipschitzBound]:
     """:func:`lipschitz_bound` for several modes at once, sharing the inner operator norms."""
     _check_choice("method", method, METHODS)
     _check_choice("sdp_t", sdp_t, SDP_T)
     for mode in modes:
         _check_choice("mode", mode, MODES)
     _check_choice("norm", norm, NORMS)
+    if max_dense is not None and (isinstance(max_dense, bool) or not isinstance(max_dense, int) or max_dense < 0):
+        raise ValueError(f"max_dense must be a non-negative int or None, got {max_dense!r}.")
+    if not budget >= 0:
+        raise ValueError(f"budget must be a number of seconds >= 0, got {budget!r}.")
+    key = hit = None
+    from lipzoo.bounds import cache as _cache
+
+    if cache is None:
+        cache = _cache.enabled_by_env()
+    if cache and isinstance(input_shape, (tuple, list, torch.Size)):  # a bad shape raises below, uncached
+
+        request = {"input_shape": [str(s) for s in input_shape], "method": method, "norm": norm,
+                   "max_dense": max_dense, "n_iter": n_iter, "dtype": str(dtype), "seed": seed, "sdp_t": sdp_t,
+                   "budget": budget if norm == "auto" else None,
+                   "device": torch.device(device).type if device is not None else _model_device(model)}
+        key = _cache.bound_key(model, request)
+        hit = _cache.load_bounds(key)
+        if hit is not None and all(m in hit for m in modes):
+            try:
+                return {m: _bound_from_record(hit[m]) for m in modes}
+            except (KeyError, TypeError, ValueError) as err:
+                logger.warning("Ignoring a malformed Lipschitz-bound cache entry (%s); recomputing.", err)
+    out = _lipschitz_bounds(model, input_shape, method=method, modes=modes, norm=norm, max_dense=max_dense,
+                            n_iter=n_iter, dtype=dtype, device=device, seed=seed, sdp_t=sdp_t, budget=budget,
+                            progress=progress)
+    if key is not None:
+        stored = dict(hit or {})
+        stored.update({m: {**b.to_dict(), "details": _thaw(b.details)} for m, b in out.items()})
+        _cache.store_bounds(key, stored)
+    return out
+
+
+def _model_device(model: nn.Module) -> str:
+    t = next(iter(list(model.parameters()) + list(model.buffers())), None)
+    return t.device.type if t is not None else "cpu"
+
+
+def _bound_from_record(record) -> LipschitzBound:
+    return LipschitzBound(value=torch.tensor(record["value"], dtype=torch.float64), guaranteed=record["guaranteed"],
+                          guarantee=record["guarantee"], method=record["method"], mode=record["mode"],
+                          norm=record["norm"], layer_bounds=record["layer_bounds"], details=record["details"])
+
+
+def _lipschitz_bounds(model, input_shape, *, method, modes, norm, max_dense, n_iter, dtype, device, seed, sdp_t,
+                      budget, progress) -> dict[str, LipschitzBound]:
     # Guaranteed norms are always computed in float64, whatever ``dtype`` asks for: EXACT_MARGIN is
     # sized for float64 rounding (a float32 exact norm came out 8e-6 low, above a 1e-6 margin). The
     # value is then rounded *up* to ``dtype``. ``dtype`` is the computation dtype of ``norm="power"``.
@@ -332,9 +397,22 @@ def lipschitz_bounds(model: nn.Module, input_shape, *, method: str = "liplt", mo
         values = {}
         if method == "liplt":
             inner_keys = [(t, j) for t in range(L) for j in range(-1, t)]
+            rows = output_rows(structure, range(-1, L))
             if norm == "power":
                 inner = _power_norms(structure, inner_keys, n_iter, gen)
                 kinds.append("estimate")
+            elif norm == "auto":
+                final_global = {j: output_norms(r, "global", margin) for j, r in rows.items()}
+                proved = proved_inner_norms(
+                    structure, inner_keys, objective=lambda inner: liplt_recursion(structure, inner, final_global)[0],
+                    # an explicit max_dense is a hard cap on materialization: no refinement beyond it
+                    small=SMALL_DENSE if max_dense is None else max_dense,
+                    budget=budget if max_dense is None else 0.0, seed=seed,
+                    progress=progress)
+                inner = {k: torch.tensor(p.value, dtype=torch.float64) for k, p in proved.items()}
+                kinds.extend(p.guarantee for p in proved.values())
+                how = {f"{t},{j}": {"bound": p.value, "estimate": p.estimate, "guarantee": p.guarantee, "how": p.how}
+                       for (t, j), p in proved.items()}
             else:
                 inner = {}
                 limit = max_dense if norm == "auto" else 10**12
@@ -342,14 +420,16 @@ def lipschitz_bounds(model: nn.Module, input_shape, *, method: str = "liplt", mo
                     res = chain_norm(structure.chain(t, j), structure.space_shape(t, j)[0], max_dense=limit)
                     inner[(t, j)] = res.value
                     kinds.append(res.guarantee)
-            rows = output_rows(structure, range(-1, L))
             for mode in modes:
                 final = {j: output_norms(r, mode, margin) for j, r in rows.items()}
                 values[mode], m = liplt_recursion(structure, inner, final)
             details = {"inner": {f"{t},{j}": float(v) for (t, j), v in inner.items()}}
+            if norm == "auto":
+                details["inner_proofs"] = how
         else:
-            layer = (_naive_layer(norm, max_dense, n_iter, gen) if method == "naive"
-                     else _sdp_layer(norm, max_dense, n_iter, gen, sdp_t))
+            cap = SMALL_DENSE if max_dense is None else max_dense
+            layer = (_naive_layer(norm, cap, n_iter, gen) if method == "naive"
+                     else _sdp_layer(norm, cap, n_iter, gen, sdp_t))
             total, m, details, layer_kinds = _layerwise(structure, layer)
             kinds.extend(layer_kinds)
             out_only = Structure([], structure.output, structure.blocks[-1].next_shape if structure.blocks

@@ -1,0 +1,209 @@
+"""The fast guaranteed path (lipzoo.bounds.proved) and the bound cache: every proved number is >= the
+exact float64 norm, certified ones are tight, and the cache is keyed, reused and robust to corruption."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from lipzoo.bounds import build_structure, lipschitz_bound, lipschitz_bounds
+from lipzoo.bounds import cache as bound_cache
+from lipzoo.bounds.proved import (abs_norm_bound, certified_chain_norm, certified_lambda_max, proved_inner_norms,
+                                  rounding_model)
+from lipzoo.bounds.norms import EXACT_MARGIN
+from lipzoo.bounds.structure import materialize
+from lipzoo.layers import Flatten, LTConv2d, LTLinear, LTResidualConv, Normalize
+from lipzoo.layers.operators import Conv2dOp, DenseOp, DiagonalOp, FlattenOp, ScaleOp, SumOp, compose
+
+# Certified exact norms may exceed the true norm by their rounding margins and the Cholesky shift
+# (tau = lam (1 + 1e-7) on the first try): well below this.
+CERT_RTOL = 1e-5
+
+
+def _dense_norm(op, in_shape) -> float:
+    return float(torch.linalg.matrix_norm(materialize(op, in_shape, dtype=torch.float64), ord=2))
+
+
+def _random_ops(gen):
+    """Random small operators: convolutions (stride, padding, dilation, groups), dense, compositions, sums."""
+    def conv(co, ci, k, **kw):
+        return Conv2dOp(torch.randn(co, ci // kw.get("groups", 1), k, k, generator=gen, dtype=torch.float64), **kw)
+
+    yield conv(3, 2, 3, stride=1, padding=1), (2, 6, 6)
+    yield conv(4, 2, 4, stride=2, padding=1), (2, 7, 7)
+    yield conv(4, 4, 3, stride=2, padding=0, groups=2), (4, 8, 5)
+    yield conv(2, 3, 3, stride=1, padding=2, dilation=2), (3, 5, 6)
+    yield DenseOp(torch.randn(5, 9, generator=gen, dtype=torch.float64)), (9,)
+    c1, c2 = conv(3, 2, 3, stride=1, padding=1), conv(3, 3, 4, stride=2, padding=1)
+    yield compose(c2, ScaleOp(0.5), c1, DiagonalOp(torch.rand(2, generator=gen, dtype=torch.float64) + 0.5)), (2, 6, 6)
+    d = DenseOp(torch.randn(4, 27, generator=gen, dtype=torch.float64))
+    yield compose(d, FlattenOp(), c2, c1), (2, 6, 6)
+    yield SumOp([ScaleOp(1.0), compose(ScaleOp(-0.5), conv(2, 2, 3, padding=1))]), (2, 5, 5)
+
+
+def test_certified_lambda_max_bounds_and_is_tight(torch_gen):
+    for n, kind in [(1, "rank1"), (7, "full"), (60, "cluster"), (200, "lowrank"), (300, "full")]:
+        a = torch.randn(n, max(n // 3, 1) if kind == "lowrank" else n, generator=torch_gen, dtype=torch.float64)
+        g = a @ a.T
+        if kind == "cluster":  # top eigenvalue nearly repeated
+            q, _ = torch.linalg.qr(torch.randn(n, n, generator=torch_gen, dtype=torch.float64))
+            g = q @ torch.diag(torch.linspace(0, 1, n, dtype=torch.float64).clamp_max(1 - 1e-9)) @ q.T
+        true = float(torch.linalg.eigvalsh(g)[-1])
+        got = certified_lambda_max(g, generator=torch_gen)
+        assert got >= true, kind
+        assert got <= true * (1 + CERT_RTOL) + 1e-300, (kind, got / true - 1)
+
+
+def test_certified_lambda_max_falls_back_soundly_when_tau_never_works():
+    g = torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+    got = certified_lambda_max(g, deltas=())  # no Cholesky shift allowed: Gershgorin fallback
+    assert got >= 3.0
+
+
+def test_certified_chain_norm_on_random_operators(torch_gen):
+    for op, shape in _random_ops(torch_gen):
+        true = _dense_norm(op, shape)
+        factors = op.ops if hasattr(op, "ops") and not isinstance(op, SumOp) else [op]
+        got = certified_chain_norm(list(factors), shape, chunk=7, generator=torch_gen)
+        assert got >= true, type(op).__name__
+        assert got <= true * (1 + CERT_RTOL), (type(op).__name__, got / true - 1)
+
+
+def test_abs_norm_and_rounding_model_dominate(torch_gen):
+    for op, shape in _random_ops(torch_gen):
+        m = materialize(op, shape, dtype=torch.float64)
+        assert abs_norm_bound(op, shape) >= float(torch.linalg.matrix_norm(m.abs(), ord=2)) * (1 - 1e-12)
+        theta, a = rounding_model(op, shape)
+        assert 0 <= theta < 1e-10 and a > 0
+        # the float32 evaluation of the same operator obeys the same model with the float32 roundoff
+        x = torch.randn(16, *shape, generator=torch_gen, dtype=torch.float64)
+        op32 = _to32(op)
+        err = (op32.forward(x.float()).double() - op.forward(x)).flatten(1).norm(dim=1)
+        scale = (2.0 ** -24) / (2.0 ** -53)
+        # inputs rounded to float32 add u32 ||A|| ||x||
+        assert (err <= (theta * scale * a + 2.0 ** -24 * a) * x.flatten(1).norm(dim=1) * 1.01).all()
+
+
+def _to32(op):
+    import copy
+
+    op = copy.copy(op)
+    for attr in ("weight", "scale"):
+        if torch.is_tensor(getattr(op, attr, None)):
+            setattr(op, attr, getattr(op, attr).float())
+    if hasattr(op, "ops"):
+        op.ops = [_to32(o) for o in op.ops]
+    return op
+
+
+def _plain(seed):
+    torch.manual_seed(seed)
+    return nn.Sequential(Normalize([0.4, 0.5], [0.2, 0.3]), LTConv2d(2, 4, 3, 1, 1), LTConv2d(4, 4, 4, 2, 1),
+                         LTConv2d(4, 5, 3, 1, 1), Flatten(), LTLinear(5 * 4 * 4, 12), LTLinear(12, 4, activation=None)
+                         ).double().eval(), (2, 8, 8)
+
+
+def _residual(seed):
+    torch.manual_seed(seed)
+    return nn.Sequential(LTConv2d(1, 3, 3, 1, 1), LTResidualConv(3, 4, 3), LTResidualConv(3, 4, 3), Flatten(),
+                         LTLinear(3 * 6 * 6, 5, activation=None)).double().eval(), (1, 6, 6)
+
+
+@pytest.mark.parametrize("factory", [_plain, _residual])
+@pytest.mark.parametrize("small,budget", [(0, 0.0), (40, 0.0), (0, 30.0), (10**6, 0.0)])
+def test_proved_inner_norms_dominate_exact_norms(factory, small, budget):
+    for seed in range(2):
+        net, shape = factory(seed)
+        with torch.no_grad():
+            s = build_structure(net, shape)
+            keys = [(t, j) for t in range(s.depth) for j in range(-1, t)]
+            got = proved_inner_norms(s, keys, objective=lambda inner: sum(inner.values()), small=small,
+                                     budget=budget, chunk=16, progress=False)
+            for k in keys:
+                true = _dense_norm(compose(*s.chain(*k)), s.space_shape(*k)[0])
+                assert got[k].value >= true, (k, got[k])
+                assert got[k].estimate <= true * (1 + 1e-9)
+                if got[k].guarantee == "exact":
+                    assert got[k].value <= true * (1 + CERT_RTOL), (k, got[k].value / true - 1)
+            if small >= 10**6:
+                assert all(p.guarantee == "exact" for p in got.values())
+
+
+def test_auto_bound_dominates_exact_and_is_tight():
+    net, shape = _plain(3)
+    exact = lipschitz_bound(net, shape, norm="exact", cache=False).value
+    auto = lipschitz_bound(net, shape, norm="auto", cache=False)
+    # the "exact" path inflates every norm by EXACT_MARGIN (1e-6); the recursion is multilinear in them
+    assert auto.guaranteed and (auto.value >= exact / (1 + EXACT_MARGIN) ** 8).all()
+    off = ~torch.eye(exact.shape[0], dtype=torch.bool)
+    assert (auto.value[off] <= exact[off] * (1 + 1e-4)).all()  # everything small: certified exactly
+    assert "inner_proofs" in auto.details
+
+
+def test_explicit_max_dense_is_a_hard_cap():
+    net, shape = _plain(1)
+    b = lipschitz_bound(net, shape, norm="auto", max_dense=8, cache=False)
+    assert b.guarantee == "proved"
+
+
+def test_bad_budget_and_max_dense_raise():
+    net, shape = _plain(0)
+    with pytest.raises(ValueError, match="budget"):
+        lipschitz_bound(net, shape, budget=-1, cache=False)
+    with pytest.raises(ValueError, match="max_dense"):
+        lipschitz_bound(net, shape, max_dense=-3, cache=False)
+
+
+# --- cache --------------------------------------------------------------------------------------------
+
+def test_cache_roundtrip_reuse_and_keys(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIPZOO_CACHE", str(tmp_path))
+    net, shape = _plain(2)
+    first = lipschitz_bounds(net, shape, modes=("pairwise", "global"))
+    assert len(list(tmp_path.glob("*.json"))) == 1
+    import lipzoo.bounds.liplt as liplt
+
+    def boom(*a, **k):
+        raise AssertionError("recomputed although cached")
+
+    monkeypatch.setattr(liplt, "_lipschitz_bounds", boom)
+    again = lipschitz_bound(net, shape, mode="pairwise")  # certify after bounds: a cache hit
+    assert torch.equal(again.value, first["pairwise"].value) and again.guarantee == first["pairwise"].guarantee
+    # a different request or different weights is a different key
+    with pytest.raises(AssertionError, match="recomputed"):
+        lipschitz_bound(net, (2, 9, 9), mode="pairwise")
+    with torch.no_grad():
+        net[1].weight.mul_(1.0001)
+    with pytest.raises(AssertionError, match="recomputed"):
+        lipschitz_bound(net, shape, mode="pairwise")
+
+
+def test_corrupt_cache_file_is_ignored_with_a_warning(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("LIPZOO_CACHE", str(tmp_path))
+    net, shape = _plain(2)
+    ref = lipschitz_bound(net, shape)
+    (path,) = tmp_path.glob("*.json")
+    for garbage in ("{not json", json.dumps({"key": "other", "bounds": {}}),
+                    json.dumps({"key": path.stem, "bounds": {"pairwise": {"value": 1}}})):
+        path.write_text(garbage)
+        with caplog.at_level(logging.WARNING):
+            got = lipschitz_bound(net, shape)
+        assert torch.equal(got.value, ref.value)
+        assert "cache" in caplog.text.lower()
+        caplog.clear()
+
+
+def test_cache_off_and_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIPZOO_CACHE", "off")
+    assert bound_cache.cache_dir() is None and not bound_cache.enabled_by_env()
+    net, shape = _plain(2)
+    lipschitz_bound(net, shape, cache=True)
+    monkeypatch.setenv("LIPZOO_CACHE", str(tmp_path))
+    lipschitz_bound(net, shape, cache=False)
+    assert not list(tmp_path.glob("*.json"))
+    monkeypatch.delenv("LIPZOO_CACHE")
+    assert not bound_cache.enabled_by_env()  # the Python API caches by default only when asked via the env
