@@ -380,7 +380,7 @@ REFUSED = {
     "sequential subclass with its own forward": (lambda: nn.Sequential(_ResidualSequential(nn.Linear(3, 3), nn.ReLU())),
                                                  (3,), r"_ResidualSequential subclasses .*Sequential but redefines"),
     "forward hook x100": (_hooked, (3,), "forward hook"),
-    "forward pre-hook on an activation submodule": (_pre_hooked, (3,), r"submodule '0.act' \(ReLU\) has forward pre"),
+    "forward pre-hook on an activation submodule": (_pre_hooked, (3,), r"submodule '(0\.)?act' \(ReLU\) has forward pre"),
     "nn.Conv2d subclass overriding forward": (lambda: nn.Sequential(_DoubledConv(1, 2, 3)), (1, 5, 5),
                                               "_DoubledConv subclasses .*Conv2d but redefines"),
     "LTConv2d subclass overriding forward": (lambda: nn.Sequential(_DoubledLTConv(1, 2, 3)), (1, 5, 5),

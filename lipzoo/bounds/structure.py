@@ -93,9 +93,10 @@ def flatten_modules(model: nn.Module) -> list[nn.Module]:
     no ``nn.Sequential`` subclass with its own ``forward`` (e.g. ``x + block(x)``); a module with
     ``lipschitz_modules()`` must not redefine ``forward`` below the class that declares it.
     """
-    check_hooks(model)
     if hasattr(model, "lipschitz_state"):
-        return [model]
+        return [model]  # module_state checks it and its submodules
+    # a container: its children are checked as they are visited (all of them for a custom one)
+    check_hooks(model, recurse=hasattr(model, "lipschitz_modules"))
     if hasattr(model, "lipschitz_modules"):
         check_declared_forward(model, "lipschitz_modules")
         return [m for sub in model.lipschitz_modules() for m in flatten_modules(sub)]
@@ -104,7 +105,7 @@ def flatten_modules(model: nn.Module) -> list[nn.Module]:
         return [m for sub in model for m in flatten_modules(sub)]
     if type(model) in (nn.parallel.DistributedDataParallel, nn.DataParallel):
         return flatten_modules(model.module)
-    return [model]
+    return [model]  # a leaf: module_state checks it
 
 
 def _check_input_shape(input_shape) -> Shape:

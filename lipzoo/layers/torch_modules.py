@@ -55,16 +55,16 @@ def _short(module: nn.Module) -> str:
 
 # -- acceptance checks -------------------------------------------------------------------------------
 
-def check_hooks(module: nn.Module) -> None:
-    """Refuse forward hooks / pre-hooks on ``module`` or any submodule, global ones, and a ``forward``
-    assigned on an instance (``m.forward = ...``)."""
+def check_hooks(module: nn.Module, *, recurse: bool = True) -> None:
+    """Refuse forward hooks / pre-hooks on ``module`` (and, with ``recurse``, any submodule), global ones,
+    and a ``forward`` assigned on an instance (``m.forward = ...``)."""
     for name, hooks in (("forward hook", torch_module._global_forward_hooks),
                         ("forward pre-hook", torch_module._global_forward_pre_hooks)):
         if len(hooks):
             raise _refused(module, f"a global {name} is registered (torch.nn.modules.module.register_module_"
                                    f"{name.replace(' ', '_').replace('-', '_')}); hooks can change what every "
                                    "module computes, so the accountant refuses to run while one is registered")
-    for name, sub in module.named_modules():
+    for name, sub in (module.named_modules() if recurse else [("", module)]):
         replaced = [n for n in BEHAVIOUR_METHODS if n in sub.__dict__]
         if replaced:
             where = "its" if sub is module else f"its submodule {name!r} ({type(sub).__name__}) has its"
