@@ -144,6 +144,13 @@ def test_auto_bound_dominates_exact_and_is_tight():
     assert "inner_proofs" in auto.details
 
 
+def test_linear_model_without_inner_operators():
+    torch.manual_seed(0)
+    net = nn.Sequential(LTLinear(6, 3, activation=None)).double()
+    b = lipschitz_bound(net, (6,), cache=False)
+    assert b.guarantee == "exact" and b.value.shape == (3, 3)
+
+
 def test_explicit_max_dense_is_a_hard_cap():
     net, shape = _plain(1)
     b = lipschitz_bound(net, shape, norm="auto", max_dense=8, cache=False)

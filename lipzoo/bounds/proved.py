@@ -548,6 +548,8 @@ def proved_inner_norms(structure: Structure, keys, *, objective: Callable[[dict]
         max_bytes: memory for the matrices of one certified group.
     """
     keys = list(keys)
+    if not keys:
+        return {}
     _NB_MEMO.clear()
     try:
         return _proved_inner_norms(structure, keys, objective, small, budget, chunk, n_estimate, seed, progress,
