@@ -172,6 +172,11 @@ class _NegativeSlope(nn.Module):
         return -0.75 * x
 
 
+class _Doubled(nn.Module):
+    def forward(self, x):
+        return 2 * torch.tanh(x)
+
+
 def test_layer_input_errors():
     with pytest.raises(ValueError, match="explicit integer padding"):
         LTConv2d(1, 1, 3, padding="same")
@@ -353,7 +358,9 @@ def test_register_activation_checks_declared_bounds_against_derived_ones():
         register_activation("neg_elu", lambda: nn.ELU(alpha=-1.0), 0.0, 1.0)
     with pytest.raises(ValueError, match="cannot bound: .*jumps"):
         register_activation("jumpy", lambda: nn.Softplus(threshold=1.0), 0.0, 1.0)
-    assert "neg_elu" not in _REGISTRY and "jumpy" not in _REGISTRY
+    with pytest.raises(ValueError, match=r"measured on _Doubled"):
+        register_activation("doubled_tanh", _Doubled, 0.0, 1.0)  # 2 tanh(x) has slopes up to 2
+    assert "neg_elu" not in _REGISTRY and "jumpy" not in _REGISTRY and "doubled_tanh" not in _REGISTRY
     sp = get_activation("softplus").factory()
     assert isinstance(sp, nn.Softplus) and sp.threshold >= 38
 

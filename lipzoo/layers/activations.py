@@ -410,9 +410,35 @@ def register_activation(name: str, factory: Callable[[], nn.Module], alpha: floa
     if derived is not None and (alpha > derived[0] or beta < derived[1]):
         raise ValueError(f"Activation {name!r}: declared slopes [{alpha}, {beta}] do not contain the slopes "
                          f"[{derived[0]}, {derived[1]}] of {module!r}.")
+    if derived is None:
+        sampled = _sampled_slopes(module)
+        if sampled is not None and (sampled[0] < alpha - 1e-6 or sampled[1] > beta + 1e-6):
+            raise ValueError(f"Activation {name!r}: declared slopes [{alpha}, {beta}] do not contain the slopes "
+                             f"[{sampled[0]:.6g}, {sampled[1]:.6g}] measured on {module!r} (difference quotients "
+                             "on [-60, 60]); a jump shows up as a huge quotient.")
     spec = ActivationSpec(name, factory, float(alpha), float(beta), type(module))
     _REGISTRY[name] = spec
     return spec
+
+
+def _sampled_slopes(module: nn.Module) -> tuple[float, float] | None:
+    """Smallest and largest difference quotient of an elementwise module on a fine grid of [-60, 60].
+
+    A necessary check of declared bounds for modules lipzoo cannot derive slopes for (``None`` when the
+    module does not take a 1-D float64 tensor). Not a proof: the bounds themselves must come from one.
+    """
+    import copy
+
+    t = torch.linspace(-60.0, 60.0, 24001, dtype=torch.float64)
+    try:
+        with torch.no_grad():
+            phi = copy.deepcopy(module).to(torch.float64)(t)
+    except Exception:  # noqa: BLE001 - any module that cannot take this input is simply not sampled
+        return None
+    if not torch.is_tensor(phi) or phi.shape != t.shape:
+        return None
+    q = (phi[1:] - phi[:-1]) / (t[1:] - t[:-1])
+    return float(q.min()), float(q.max())
 
 
 def get_activation(name: str | None) -> ActivationSpec:
