@@ -123,7 +123,7 @@ def check_lipschitz_state(layer: nn.Module, input_shape, *, n_points: int = 4, s
     """Check that ``layer.lipschitz_state()`` (or the state lipzoo assigns to a torch module) is true.
 
     Args:
-        layer: the module (not changed: a float64 copy is checked, in the layer's own mode).
+        layer: the module (not changed: a float64 copy on the CPU is checked, in the layer's own mode).
         input_shape: a small per-sample input shape, e.g. ``(2, 6, 6)``; every operator is
             materialised, so keep its sizes under ``max_dense``.
         n_points: random points for the Jacobian comparison.
@@ -142,7 +142,7 @@ def check_lipschitz_state(layer: nn.Module, input_shape, *, n_points: int = 4, s
     from lipzoo.layers.torch_modules import module_state  # torch_modules imports this package's layers
 
     in_shape = tuple(int(s) for s in input_shape)
-    net = copy.deepcopy(layer).to(torch.float64)
+    net = copy.deepcopy(layer).to("cpu", torch.float64)
     state: LipschitzState = module_state(net)
     gen = torch.Generator().manual_seed(seed)
     W, H, G = state.W, state.H, state.G
