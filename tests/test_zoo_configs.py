@@ -351,3 +351,21 @@ def test_one_source_of_truth_for_vocabularies_and_dataset_facts():
         if e["weights"] is None:
             facts = meta.DATASETS[e["dataset"]]
             assert e["normalization"]["std"] == pytest.approx(list(facts.std), abs=5e-5), entry
+
+
+def test_resolve_config_is_the_metadata_dict_the_trainer_reads():
+    from lipzoo.meta import Metadata
+    from lipzoo.train.config import resolve_config, resolve_metadata
+
+    config = resolve_config("crm-cifar10-6c2f", ["recipe.epochs=300", "recipe.crm.lam=10"])
+    assert {"name", "architecture", "model_args", "num_classes", "input_shape", "dataset", "normalization", "recipe",
+            "certify", "weights", "metrics"} <= set(config)
+    assert config["recipe"]["epochs"] == 300 and config["recipe"]["crm"]["lam"] == 10
+    assert "name" not in config["recipe"]  # overridden: no longer the shared recipe
+    assert resolve_config("crm-cifar10-6c2f")["recipe"]["name"] == "crm-cifar10"
+    assert config["certify"]["eps"] == ["36/255", "18/255"]
+    assert Metadata.from_dict(config).to_dict() == config  # one layout, round trip
+    meta = resolve_metadata("crm-mnist-4c3f", ["recipe.optimizer.lr=1e-4"])
+    assert meta.recipe.optimizer.lr == 1e-4 and meta.eps[0].value == Fraction(79, 50)
+    with pytest.raises(ValueError, match=r"recipe.crm.g: expected one of \['linear', 'exp'\]"):
+        resolve_config("crm-cifar10-6c2f", ["recipe.crm.g=quadratic"])

@@ -60,6 +60,9 @@ def resolve_metadata(target: str, overrides: list[str] | None = None) -> Metadat
     from lipzoo.models import zoo
 
     entry = apply_overrides(_raw(target), overrides or [])
+    changed = any(item.split("=", 1)[0].strip().startswith("recipe.") for item in overrides or [])
+    if changed and isinstance(entry.get("recipe"), dict):
+        entry["recipe"].pop("name", None)  # a modified shared recipe is not that recipe any more
     return zoo.parse_entry(entry)
 
 
