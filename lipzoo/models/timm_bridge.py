@@ -105,6 +105,8 @@ def _make_entrypoint(architecture: str) -> Callable[..., nn.Module]:
 
 def _bridge(info: ArchitectureInfo) -> None:
     name = timm_name(info.name)
+    if name in default_cfgs and callable(getattr(sys.modules[__name__], name, None)):
+        return  # bridged already (a listener replays the registry): registering again would overwrite
     tags = timm_tag_names(info.name)
     cfgs = {f"{name}.{tag}": _cfg(info, entry) for tag, entry in tags.items()} or {name: _cfg(info, None)}
     default_cfgs[name] = generate_default_cfgs(cfgs)[name]
