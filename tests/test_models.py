@@ -420,6 +420,7 @@ def test_build_entry_checks_input_shape():
 def test_pretrained_architecture_loads_its_default_entry():
     model = M.create_model("6c2f", pretrained=True)
     assert model.lipzoo_config["name"] == "crm-cifar10-6c2f"  # the published CRM entry is the default tag
+    assert model.pretrained_cfg["tag"] == "crm_cifar10" and model.pretrained_cfg["hf_hub_id"] == "lipzoo/crm-cifar10-6c2f"
     assert M.create_model("6c2f.crm_cifar10", pretrained=True).lipzoo_config["sha256"] == \
         model.lipzoo_config["sha256"]
     with pytest.raises(ValueError, match=r"Architecture '8c2f' has no pretrained weights yet"):

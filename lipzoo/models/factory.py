@@ -213,4 +213,7 @@ def _pretrained(name: str, source: str, num_classes: int | None, kwargs: dict[st
                          "arguments (num_classes=N replaces only the classifier), or build with pretrained=False.")
     if num_classes is not None and num_classes != model.num_classes:
         model.reset_classifier(num_classes)
+    if meta is not None and isinstance(getattr(model, "pretrained_cfg", None), dict):
+        model.pretrained_cfg = {**model.pretrained_cfg, "tag": zoo.pretrained_tag(source),
+                                "hf_hub_id": meta.weights.repo_id}
     return model
