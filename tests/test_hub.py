@@ -20,7 +20,6 @@ import yaml
 from huggingface_hub import constants as hf_constants
 from huggingface_hub.utils import filter_repo_objects
 from safetensors import safe_open
-from torch import nn
 
 import lipzoo
 import lipzoo.models as M

@@ -56,6 +56,15 @@ def _n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def test_registry_metadata_describes_the_default_build():
+    assert ARCHITECTURES and M.REGISTRY.names() == ARCHITECTURES
+    for name in ARCHITECTURES:
+        info = _info(name)
+        assert info.description and info.dataset in DATASETS
+        facts = DATASETS[info.dataset]
+        assert (info.num_classes, info.input_shape) == (facts.num_classes, facts.input_shape)
+
+
 # -- every architecture ------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ARCHITECTURES)
 def test_build_forward_backward(name):
