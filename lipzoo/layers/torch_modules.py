@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.modules.module as torch_module
+import torch.nn.utils.parametrize as parametrize
 from torch import nn
+from torch.nn.utils.parametrizations import _SpectralNorm
 
 from lipzoo.layers.activations import BEHAVIOUR_METHODS, activation_slopes, resolve_known_class
 from lipzoo.layers.lt import avg_pool2d_operator, conv2d_operator, flatten_operator, linear_operator
@@ -75,6 +77,21 @@ def check_hooks(module: nn.Module, *, recurse: bool = True) -> None:
                 where = "it" if sub is module else f"its submodule {name!r} ({type(sub).__name__})"
                 raise _refused(module, f"{where} has {kind[1:].replace('_', ' ')[:-1]}(s); a hook can change the "
                                        "output, which the accountant cannot see. Remove the hook(s) first")
+
+
+def check_parametrizations(module: nn.Module) -> None:
+    """Refuse parametrizations that change the weight each time it is read (spectral norm in training mode).
+
+    ``torch.nn.utils.parametrizations.spectral_norm`` runs a power-iteration step on every read of the
+    weight in training mode, so the weight ``forward`` uses is not the one the state read.
+    """
+    for name, sub in module.named_modules():
+        for plist in getattr(sub, "parametrizations", {}).values() if parametrize.is_parametrized(sub) else ():
+            for p in plist:
+                if isinstance(p, _SpectralNorm) and p.training:
+                    where = "it" if sub is module else f"its submodule {name!r} ({type(sub).__name__})"
+                    raise _refused(module, f"{where} has a spectral_norm parametrization in training mode, which "
+                                           "changes the weight on every read; call model.eval() first")
 
 
 def _declaring_class(module: nn.Module, attr: str) -> type:
@@ -169,6 +186,7 @@ def accepted_torch_layer_types() -> tuple[type, ...]:
 def module_state(module: nn.Module) -> LipschitzState:
     """The eq. (14) state of one module; raises ``TypeError`` for anything we cannot bound."""
     check_hooks(module)
+    check_parametrizations(module)
     try:
         if hasattr(module, "lipschitz_state"):
             check_declared_forward(module)
