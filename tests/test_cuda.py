@@ -34,13 +34,16 @@ def test_estimator_follows_model_cuda():
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=2e-3, atol=1e-5)
 
 
-def test_device_loader_matches_cpu_bitwise_without_augmentation():
+def test_device_loader_matches_cpu_without_augmentation():
     images = torch.randint(0, 256, (50, 1, 8, 8), dtype=torch.uint8)
     labels = torch.randint(0, 3, (50,))
     cpu = list(DeviceLoader(images, labels, 16, device="cpu", seed=3))
     gpu = list(DeviceLoader(images, labels, 16, device="cuda", seed=3))
+    assert len(cpu) == len(gpu) == 4
     for (xc, yc), (xg, yg) in zip(cpu, gpu):
-        assert xg.device.type == "cuda" and torch.equal(xg.cpu(), xc) and torch.equal(yg.cpu(), yc)
+        # the same order; x / 255 may differ in the last bit (CUDA divides through a reciprocal)
+        assert xg.device.type == "cuda" and torch.equal(yg.cpu(), yc)
+        torch.testing.assert_close(xg.cpu(), xc, rtol=0, atol=1e-7)
 
 
 def test_device_augment_integer_shifts_are_exact_on_cuda():

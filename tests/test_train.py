@@ -390,6 +390,34 @@ def test_exponential_decay_matches_formula():
     assert exponential_decay(3, epochs=3, start_epoch=5, lr=lr, final_lr=final) == 1.0
 
 
+def test_fit_recipe_scales_schedule_and_warmup():
+    recipe = _entry(epochs=400, scheduler={"name": "exponential", "start_epoch": 200, "final_lr": 1e-6},
+                    crm={"t": 5.0, "lam": 15.0, "r0": 0.2, "g": "linear", "warmup_epochs": 10})["recipe"]
+    short = trainer_mod.fit_recipe(recipe, 95)
+    assert short["epochs"] == 95 and short["scheduler"]["start_epoch"] == 48 and short["crm"]["warmup_epochs"] == 3
+    assert recipe["epochs"] == 400  # the input is not changed
+    assert trainer_mod.fit_recipe(recipe, 1)["scheduler"]["start_epoch"] == 0
+    with pytest.raises(ValueError, match=r"epochs must be in \[1, 400\]"):
+        trainer_mod.fit_recipe(recipe, 401)
+
+
+def test_time_budget_shortens_the_run_and_resume_keeps_it(recipe_file, data_root, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    # a budget far below one epoch: the run stops after the two epochs that measure it
+    assert _train(recipe_file, out, data_root, "recipe.epochs=6", "--time-budget", "1e-6") == 0
+    rows = _rows(out)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["recipe"]["epochs"] == 2 and config["time_budget"] == {"seconds": 1e-6, "recipe_epochs": 6}
+    final = json.loads((out / "final" / "config.json").read_text())
+    assert final["recipe"]["epochs"] == 2 and final["time_budget"]["recipe_epochs"] == 6
+    # the schedule was scaled with it (decay start 1 of 6 epochs -> 0 of 2)
+    assert config["recipe"]["scheduler"]["start_epoch"] == 0
+    # a resumed budgeted run keeps its shortened recipe (the command line still says 6 epochs)
+    assert _train(recipe_file, out, data_root, "recipe.epochs=6", "--resume") == 0
+    assert len(_rows(out)) == 2
+
+
 # -- distributed ----------------------------------------------------------------------------------
 def test_ddp_two_processes_on_cpu(tmp_path, data_root):
     """``torchrun --nproc_per_node 2`` with gloo: one epoch, one metrics row, a loadable final."""

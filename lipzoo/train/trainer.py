@@ -213,6 +213,8 @@ class _Run:
         if fit >= epochs:
             return
         fit = max(fit, self.epoch, 1)
+        if fit == epochs:
+            return
         logger.warning("time budget %.0f s: %d of %d epochs fit (%.1f s each); the schedule is scaled to %d epochs.",
                        budget, fit, epochs, epoch_seconds, fit)
         original = self.config.get("time_budget", {}).get("recipe_epochs", epochs)
@@ -385,7 +387,7 @@ def train(config: dict, opts: TrainOptions) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     start = time.time()
-    first_epoch = run.epoch
+    first_epoch, seconds = run.epoch, []
     while run.epoch < int(run.recipe["epochs"]):
         t0 = time.time()
         row = {"epoch": run.epoch + 1, "lr": run.optimizer.param_groups[0]["lr"]}
@@ -394,9 +396,13 @@ def train(config: dict, opts: TrainOptions) -> Path:
         run.epoch += 1
         row.update(run.evaluate())
         row["epoch_seconds"] = time.time() - t0
-        # Fit the budget on the second epoch of this session (the first pays for warm-up/autotuning).
-        if opts.time_budget and run.epoch == min(first_epoch + 2, int(run.recipe["epochs"])):
-            run.fit_budget(row["epoch_seconds"], time.time() - start)
+        # Fit the budget from the second epoch of this session on (the first pays for warm-up and
+        # autotuning), every epoch, on the mean of the last three: a run that slows down (another
+        # job starts on the same GPU) is shortened again, never lengthened.
+        seconds.append(row["epoch_seconds"])
+        if opts.time_budget and run.epoch >= first_epoch + 2:
+            recent = seconds[1:][-3:]
+            run.fit_budget(sum(recent) / len(recent), time.time() - start)
             if run.rank == 0:
                 (out / "config.yaml").write_text(yaml.safe_dump(run.config, sort_keys=False))
         if not all(math.isfinite(v) for v in row.values() if isinstance(v, float)):

@@ -55,10 +55,10 @@ start)
     ;;
 checks)
     cd "$SRC"
-    timeout 240 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_cuda.py tests/test_bounds.py \
+    timeout 150 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_cuda.py tests/test_bounds.py \
         2>&1 | tail -15 | tee "$OUT/cuda_tests.txt"
-    { timeout 120 "$PY" bench/train_step.py --device "$DEVICE" --repeats 20 --models 4c3f 6c2f
-      timeout 120 "$PY" bench/accountant.py --device "$DEVICE" --repeats 10; } 2>&1 | tee "$OUT/bench.txt"
+    { timeout 90 "$PY" bench/train_step.py --device "$DEVICE" --repeats 20 --models 4c3f 6c2f
+      timeout 90 "$PY" bench/accountant.py --device "$DEVICE" --repeats 10 --models 4c3f 6c2f --max-iter 300; } 2>&1 | tee "$OUT/bench.txt"
     ;;
 collect)
     deadline="${1:?epoch seconds}"; shift
