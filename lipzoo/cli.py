@@ -98,6 +98,8 @@ def _cmd_certify(args) -> int:
     if args.attach and not Path(args.model).is_dir():
         raise ValueError(f"--attach writes the results into a checkpoint folder; {args.model!r} is not one. Certify "
                          "the folder you trained or saved (lipzoo certify runs/A/final --attach).")
+    if args.attach and args.split != "test":
+        raise ValueError("--attach records test-set numbers; certify with --split test (the default).")
     if args.attach and args.norm == "power":
         raise ValueError("--attach needs certified numbers; --norm power gives estimates. Use --norm auto or exact.")
     model, config = _load_model(args.model, args.device)  # evaluate() runs where the model is

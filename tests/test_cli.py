@@ -286,6 +286,9 @@ def test_attach_needs_a_folder_and_certified_numbers(checkpoint, tmp_path, capsy
     assert "--attach writes the results into a checkpoint folder" in capsys.readouterr().err
     assert _certify(checkpoint, tmp_path / "c", "--attach", "--norm", "power") == 2
     assert "--attach needs certified numbers" in capsys.readouterr().err
+    assert _certify(checkpoint, tmp_path / "c", "--attach", "--split", "train") == 2
+    assert "--attach records test-set numbers" in capsys.readouterr().err
+    assert "Not certified yet" in (checkpoint.dir / "README.md").read_text()  # nothing was attached
 
 
 # -- polish ----------------------------------------------------------------------------------------------
