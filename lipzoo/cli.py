@@ -136,7 +136,8 @@ def _cmd_certify(args) -> int:
     if args.attach:
         from lipzoo.hub import attach_results
 
-        attach_results(args.model, report)
+        given = args.data if args.data and args.data != config.get("dataset") else None
+        attach_results(args.model, {**report, "data": given})
         print(f"Attached the results to {args.model} (config.json and README.md).")
     return 3 if viol else 0
 

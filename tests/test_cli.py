@@ -276,6 +276,8 @@ def test_certify_attach_puts_the_numbers_in_the_card(checkpoint, tmp_path, capsy
     assert config["metrics"]["sha256"] == config["sha256"] == report["sha256"]  # the report names its weights
     assert config["metrics"]["eps"]["0.5"]["certified"] == report["metrics"]["certified@0.5"]
     assert config["metrics"]["num_test_samples"] == 16
+    assert config["metrics"]["data"] == str(checkpoint.data)  # not the model's dataset: named in the card
+    assert f"the test set of `{checkpoint.data}`" in (checkpoint.dir / "README.md").read_text()
     card = (checkpoint.dir / "README.md").read_text()
     assert "Not certified yet" not in card and f"{100 * report['metrics']['clean']:.2f}" in card
     assert lipzoo.load(checkpoint.dir).lipzoo_config["metrics"]["clean"] == report["metrics"]["clean"]

@@ -114,7 +114,8 @@ def _results(config: Mapping[str, Any], card: Mapping[str, Any], target: str) ->
         header += " paper clean | paper PGD | paper certified |"
         rule += "---|---|---|"
     n = metrics.get("num_test_samples")
-    lines += [f"Accuracy (%) on {f'{n} images of ' if n else ''}the test set, measured on these weights "
+    data = f" of `{metrics['data']}`" if metrics.get("data") else ""
+    lines += [f"Accuracy (%) on {f'{n} images of ' if n else ''}the test set{data}, measured on these weights "
               f"(`model.safetensors` sha256 `{metrics.get('sha256', config.get('sha256'))}`).", "", header, rule]
     for eps, row in ours.items():
         line = f"| {eps} | " + " | ".join(_percent(row[k]) for k in _ACCURACY_KINDS) + " |"
