@@ -432,6 +432,12 @@ def _finish(run: _Run, seconds: float) -> None:
     config["eps"] = list((config.get("certify") or {}).get("eps", []))
     save_pretrained(run.model.cpu(), run.out / "final", config=config)
     run.model.to(run.device)
+    try:  # a picture of the run beside its numbers; never a reason to fail a finished run
+        from lipzoo.train.curves import plot_training_curves
+
+        plot_training_curves({config.get("name", "run"): run.out}, run.out / "curves.png")
+    except Exception as err:  # noqa: BLE001 - matplotlib back ends vary
+        logger.warning("could not draw %s: %s", run.out / "curves.png", err)
 
 
 def _hardware(device: torch.device) -> str:
