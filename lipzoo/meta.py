@@ -812,6 +812,28 @@ class Metadata:
             changes.update(training=None, recipe=None, extra={k: v for k, v in self.extra.items() if k != "card"})
         return dataclasses.replace(self, **changes)
 
+    def with_data(self, dataset: str, num_classes: int, *, input_shape: Sequence[int] | None = None,
+                  normalization: Mapping[str, Sequence[float]] | None = None,
+                  model_args: Mapping[str, Any] | None = None) -> "Metadata":
+        """The metadata of a model to be trained on other data (``lipzoo train --data FILE.npz``).
+
+        ``dataset`` is a label (a file name for the user's own data); ``input_shape``,
+        ``normalization`` and ``model_args`` replace the architecture's when given (e.g.
+        ``in_chans`` / ``img_size`` for another image size). Results, weights and name go, as for
+        any copy (see :meth:`for_weights`).
+        """
+        arch = dataclasses.replace(
+            self.arch, num_classes=int(_number(num_classes, "num_classes", low=1, integer=True)),
+            input_shape=self.arch.input_shape if input_shape is None else tuple(int(v) for v in input_shape),
+            model_args=self.arch.model_args if model_args is None else dict(model_args),
+            normalization=self.arch.normalization if normalization is None else Normalization.parse(
+                normalization, None if input_shape is None or len(input_shape) != 3 else int(input_shape[0])))
+        parent = self.parent
+        if parent is None and self.weights is not None:
+            parent = Parent(self.name, self.weights.sha256)
+        return dataclasses.replace(self, arch=arch, dataset=_string(dataset, "dataset"), results=None, weights=None,
+                                   name=None if self.weights is not None else self.name, parent=parent)
+
     def with_new_head(self, num_classes: int) -> "Metadata":
         """The metadata after the readout was replaced: no results, no weights, no name; parent recorded."""
         parent = self.parent

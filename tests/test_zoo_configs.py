@@ -13,7 +13,7 @@ import torch
 import yaml
 
 import lipzoo.models as M
-from lipzoo.meta import Results, parse_eps
+from lipzoo.meta import Metadata, Results, parse_eps
 from lipzoo.models import zoo
 
 ENTRIES = zoo.list_entries()
@@ -369,3 +369,19 @@ def test_resolve_config_is_the_metadata_dict_the_trainer_reads():
     assert meta.recipe.optimizer.lr == 1e-4 and meta.eps[0].value == Fraction(79, 50)
     with pytest.raises(ValueError, match=r"recipe.crm.g: expected one of \['linear', 'exp'\]"):
         resolve_config("crm-cifar10-6c2f", ["recipe.crm.g=quadratic"])
+
+
+def test_metadata_for_the_users_own_data():
+    meta = zoo.get_metadata("crm-cifar10-6c2f").with_data("flowers5.npz", 5)
+    assert (meta.dataset, meta.num_classes, meta.results, meta.weights, meta.name) == ("flowers5.npz", 5, None, None,
+                                                                                      None)
+    assert meta.parent.name == "crm-cifar10-6c2f" and meta.recipe.name == "crm-cifar10"
+    assert Metadata.from_dict(meta.to_dict()) == meta  # a checkpoint config may name any data
+    other = zoo.get_metadata("crm-cifar10-lt-res-s").with_data("gray.npz", 3, input_shape=[1, 32, 32],
+                                                                normalization={"mean": [0.5], "std": [0.2]},
+                                                                model_args={"in_chans": 1})
+    assert other.input_shape == (1, 32, 32) and other.name == "crm-cifar10-lt-res-s"  # no weights: keeps its name
+    assert M.build_model(other).input_shape == (1, 32, 32)
+    with pytest.raises(ValueError, match="normalization.mean: expected a list of 1 numbers"):
+        zoo.get_metadata("crm-cifar10-6c2f").with_data("x", 2, input_shape=[1, 32, 32],
+                                                       normalization={"mean": [0.5, 0.5], "std": [0.2, 0.2]})
