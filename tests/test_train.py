@@ -130,22 +130,6 @@ def test_train_writes_metrics_checkpoint_and_loadable_final(recipe_file, data_ro
     assert yaml.safe_load((out / "config.yaml").read_text())["recipe"]["epochs"] == 2
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the run's picture
 
-
-def test_training_curves_read_and_refuse(tmp_path):
-    from lipzoo.train.curves import plot_training_curves, read_metrics
-
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "metrics.jsonl").write_text('{"epoch": 1, "train_acc": 0.5, "val_acc": 0.4, "val_cert_est@0.5": 0.1}\n')
-    assert read_metrics(run) == [{"epoch": 1, "train_acc": 0.5, "val_acc": 0.4, "val_cert_est@0.5": 0.1}]
-    assert plot_training_curves({"a": run}, tmp_path / "c.png").stat().st_size > 1000
-    (run / "metrics.jsonl").write_text('{"epoch": 1}\nnot json\n')
-    with pytest.raises(ValueError, match=r"metrics.jsonl:2 is not a JSON line"):
-        read_metrics(run)
-    (run / "metrics.jsonl").write_text("\n")
-    with pytest.raises(ValueError, match="holds no epochs"):
-        read_metrics(run / "metrics.jsonl")
-
     final = out / "final"
     assert {p.name for p in final.iterdir()} >= {"model.safetensors", "config.json", "README.md"}
     config = json.loads((final / "config.json").read_text())
@@ -164,6 +148,22 @@ def test_training_curves_read_and_refuse(tmp_path):
     # training moved the weights away from the seed-0 initialisation
     torch.manual_seed(0)
     assert not torch.equal(tiny_builder(ARCH, 10)()[1].weight, trained[1].weight)
+
+
+def test_training_curves_read_and_refuse(tmp_path):
+    from lipzoo.train.curves import plot_training_curves, read_metrics
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"epoch": 1, "train_acc": 0.5, "val_acc": 0.4, "val_cert_est@0.5": 0.1}\n')
+    assert read_metrics(run) == [{"epoch": 1, "train_acc": 0.5, "val_acc": 0.4, "val_cert_est@0.5": 0.1}]
+    assert plot_training_curves({"a": run}, tmp_path / "c.png").stat().st_size > 1000
+    (run / "metrics.jsonl").write_text('{"epoch": 1}\nnot json\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2 is not a JSON line"):
+        read_metrics(run)
+    (run / "metrics.jsonl").write_text("\n")
+    with pytest.raises(ValueError, match="holds no epochs"):
+        read_metrics(run / "metrics.jsonl")
 
 
 def test_resume_is_bit_for_bit(recipe_file, data_root, tmp_path, monkeypatch):
