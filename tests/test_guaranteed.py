@@ -214,3 +214,19 @@ def test_cache_off_and_default(tmp_path, monkeypatch):
     assert not list(tmp_path.glob("*.json"))
     monkeypatch.delenv("LIPZOO_CACHE")
     assert not bound_cache.enabled_by_env()  # the Python API caches by default only when asked via the env
+
+
+def test_fast_adjoint_equals_operator_adjoint(torch_gen):
+    from lipzoo.bounds.sweep import adjoint
+
+    for op, shape in _random_ops(torch_gen):
+        y = torch.randn(3, *op.out_shape(shape), generator=torch_gen, dtype=torch.float64)
+        ref = op.adjoint(y, shape)
+        got = adjoint(op, y, shape)
+        assert got.shape == ref.shape
+        assert torch.allclose(got, ref, rtol=1e-12, atol=1e-12)
+    # odd sizes: every output_padding in [0, stride)
+    for n in range(5, 10):
+        op = Conv2dOp(torch.randn(3, 2, 3, 3, generator=torch_gen, dtype=torch.float64), stride=3, padding=1)
+        y = torch.randn(2, *op.out_shape((2, n, n + 1)), generator=torch_gen, dtype=torch.float64)
+        assert torch.allclose(adjoint(op, y, (2, n, n + 1)), op.adjoint(y, (2, n, n + 1)), rtol=1e-12, atol=1e-12)

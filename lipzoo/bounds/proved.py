@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 
 from lipzoo.bounds.structure import Structure, numel
-from lipzoo.bounds.sweep import forward_sweep, power_iteration
+from lipzoo.bounds.sweep import adjoint, forward_sweep, power_iteration
 from lipzoo.layers.operators import (AdjointOp, ComposeOp, Conv2dOp, DenseOp, DiagonalOp, FlattenOp,
                                      LinearOperator, ScaleOp, SumOp, compose)
 
@@ -156,7 +156,7 @@ class _Step:
         self.nb = _norm_bound(op, in_shape)
 
     def __call__(self, x):
-        return self.op.adjoint(x, self.in_shape) if self.adjoint else self.op.forward(x)
+        return adjoint(self.op, x, self.in_shape) if self.adjoint else self.op.forward(x)
 
 
 def _primitive_steps(factors: list[LinearOperator], in_shape: Shape) -> list[_Step]:
@@ -267,6 +267,18 @@ def _gram_cost_unit() -> float:
 
 
 _CHOL_RATE: float | None = None
+_GEMM_RATE: float | None = None
+
+
+def _gemm_cost_unit() -> float:
+    """Seconds per float64 matrix-product flop on this machine (measured once)."""
+    global _GEMM_RATE
+    if _GEMM_RATE is None:
+        a = torch.randn(256, 2048, dtype=torch.float64)
+        t0 = time.perf_counter()
+        a @ a.T
+        _GEMM_RATE = max(time.perf_counter() - t0, 1e-6) / (2 * 256 * 256 * 2048)
+    return _GEMM_RATE
 
 
 def _fold_into_convs(parts: list[LinearOperator], in_shape: Shape) -> list[LinearOperator]:
@@ -369,8 +381,8 @@ def _group_gram(steps_to_keys, n: int, shape: Shape, *, chunk: int, device, gene
     for start in range(0, n, chunk):
         if start == chunk and time_limit < math.inf:
             rows = sum(c[0].shape[1] for c in cols.values())
-            predicted = ((time.perf_counter() - t0) * math.ceil(n / chunk)
-                         + (2 * n * n * rows + len(cols) * n ** 3 / 3) * _gram_cost_unit())
+            predicted = ((time.perf_counter() - t0) * math.ceil(n / chunk) + 2 * n * n * rows * _gemm_cost_unit()
+                         + len(cols) * n ** 3 / 3 * _gram_cost_unit())
             if predicted > time_limit:
                 return None
         stop = min(start + chunk, n)
@@ -529,7 +541,7 @@ class _Planner:
 
 
 def proved_inner_norms(structure: Structure, keys, *, objective: Callable[[dict], torch.Tensor],
-                       small: int = 1024, budget: float = 10.0, chunk: int = 256, n_estimate: int = 15,
+                       small: int = 1024, budget: float = 20.0, chunk: int = 256, n_estimate: int = 15,
                        seed: int = 0, progress: bool | None = None, device=None, max_side: int = 16384,
                        max_bytes: int = 1 << 30) -> dict:
     """Guaranteed upper bounds ``{(t, j): ProvedNorm}`` on ``||S_{t,j}||`` for the given keys.
@@ -632,26 +644,38 @@ def _proved_inner_norms(structure, keys, objective, small, budget, chunk, n_esti
             grads = torch.autograd.grad(f, [inner[k] for k in keys], allow_unused=True)
         gain = {k: float(g) * max(result[k].value - est[k], 0.0) for k, g in zip(keys, grads)
                 if g is not None and k not in done}
-        todo = [k for k in gain if gain[k] > 1e-4 * float(f)]
-        cands = []
-        for group in plan.groups(todo, max_side):
-            name, ks, _, n, _ = group
-            # keep the stored matrices of one group under max_bytes: drop its widest operators first
-            ks = sorted(ks, key=lambda k: -gain[k])
-            fitting, size = [], 0
-            for k in ks:
-                w = n * max(numel(x) for x in structure.space_shape(*k)) * 8
-                if size + w <= max_bytes:
-                    fitting.append(k)
-                    size += w
-            if fitting and (name, tuple(fitting)) not in tried:
-                cands.append((sum(gain[k] for k in fitting), name, fitting))
-        if not cands:
+        todo = sorted((k for k in gain if gain[k] > 1e-4 * float(f) and k not in tried), key=lambda k: -gain[k])
+        if not todo:
             break
-        _, name, fitting = max(cands)
-        tried.add((name, tuple(fitting)))
-        group = next(g for g in plan.groups(fitting, max_side) if g[0] == name)
-        if certify(group, time_limit=left):
+        k = todo[0]
+        tried.add(k)
+        # the operators sharing k's small side, in one sweep (stored matrices capped at max_bytes) ...
+        own = plan.groups([k], max_side)
+        if own and own[0][0] not in tried:
+            name, n = own[0][0], own[0][3]
+            tried.add(name)
+            fitting, size = [], 0
+            for k2 in todo:
+                w = n * max(numel(x) for x in structure.space_shape(*k2)) * 8
+                if size + w <= max_bytes and any(g[0] == name for g in plan.groups([k2], max_side)):
+                    fitting.append(k2)
+                    size += w
+            group = next((g for g in plan.groups(fitting, max_side) if g[0] == name), None)
+            if group is not None and len(group[1]) > 1 and certify(group, time_limit=left):
+                update()
+                continue
+        # ... or k alone, through the operator and its adjoint (memory n^2, no stored matrix)
+        left = budget - (time.perf_counter() - t_start)
+        labels, ops, ins, _ = chains[k]
+        bar.set_postfix_str(f"exact S{k}")
+        t0 = time.perf_counter()
+        val = certified_chain_norm(ops, ins[-1], chunk=chunk, time_limit=left, generator=gen, device=device)
+        logger.debug("exact S%s: %s in %.2fs", k, "certified" if val is not None else "too slow, skipped",
+                     time.perf_counter() - t0)
+        if val is not None:
+            plan.exact[(tuple(labels), ins[-1])] = val
+            done.add(k)
+            bar.update(1)
             update()
     bar.close()
     return result
