@@ -62,8 +62,8 @@ class LipLTEstimator(nn.Module):
 
     def forward(self, n_iter: int | None = None) -> torch.Tensor:
         model = self._model
-        ref = next(model.parameters(), None)
-        if ref is not None and next(iter(self.buffers())).device != ref.device:
+        ref, vec = next(model.parameters(), None), next(self.buffers(), None)
+        if ref is not None and vec is not None and vec.device != ref.device:
             self.to(ref.device)  # the model moved (model.cuda()) after the estimator was built
         structure = build_structure(model, self.input_shape)
         v = self.vectors()
