@@ -39,16 +39,16 @@ def _model(name: str, seed: int):
     return model, tuple(model.input_shape), f"random init (seed {seed})"
 
 
-def converged_estimate(model, shape, rtol: float, max_iter: int, seed: int) -> tuple[float, int]:
+def converged_estimate(model, shape, rtol: float, max_iter: int, seed: int, device="cpu") -> tuple[float, int]:
     """Mean pairwise LipLT from power iteration run to convergence; returns (value, iterations)."""
-    net = copy.deepcopy(model).double().eval()
+    net = copy.deepcopy(model).double().eval().to(device)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         s = build_structure(net, shape)
         keys = [(t, j) for t in range(s.depth) for j in range(-1, t)]
         v = {}
         for k in keys:
-            x = torch.randn(1, *s.space_shape(*k)[0], generator=gen, dtype=torch.float64)
+            x = torch.randn(1, *s.space_shape(*k)[0], generator=gen, dtype=torch.float64).to(device)
             v[k] = x / x.norm()
         prev, it = None, max_iter
         for i in range(1, max_iter + 1):
@@ -63,6 +63,7 @@ def converged_estimate(model, shape, rtol: float, max_iter: int, seed: int) -> t
         rows = output_rows(s, range(-1, s.depth))
         final = {j: output_norms(r, "pairwise") for j, r in rows.items()}
         value, _ = liplt_recursion(s, inner, final)
+    value = value.cpu()
     off = ~torch.eye(value.shape[0], dtype=torch.bool)
     return float(value[off].mean()), it
 
@@ -76,23 +77,26 @@ def main(argv=None) -> int:
     p.add_argument("--max-iter", type=int, default=500)
     p.add_argument("--threads", type=int)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"# Guaranteed bound vs converged estimate (CPU, {torch.get_num_threads()} threads, torch {torch.__version__})\n")
+    where = (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
+             else f"CPU, {torch.get_num_threads()} threads")
+    print(f"# Guaranteed bound vs converged estimate ({where}, torch {torch.__version__})\n")
     print("| model | weights | estimate (mean L_ij) | iters | est. s | path | guaranteed | guarantee | ratio | s |")
     print("|---|---|---:|---:|---:|---|---:|---|---:|---:|")
     for name in args.models:
         model, shape, weights = _model(name, args.seed)
         t0 = time.perf_counter()
-        est, iters = converged_estimate(model, shape, args.rtol, args.max_iter, args.seed)
+        est, iters = converged_estimate(model, shape, args.rtol, args.max_iter, args.seed, args.device)
         t_est = time.perf_counter() - t0
         runs = [(f"auto, budget {b:g}s", {"budget": b}) for b in args.budget]
         if args.max_dense:
             runs.append((f"auto, max_dense={args.max_dense}", {"max_dense": args.max_dense}))
         for label, kw in runs:
             t0 = time.perf_counter()
-            b = lipschitz_bound(model, shape, norm="auto", cache=False, **kw)
+            b = lipschitz_bound(model, shape, norm="auto", cache=False, device=args.device, **kw)
             dt = time.perf_counter() - t0
             off = ~torch.eye(b.value.shape[0], dtype=torch.bool)
             val = float(b.value[off].mean())

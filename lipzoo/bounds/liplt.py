@@ -283,7 +283,7 @@ def _single_norm(op, in_shape, norm: str, max_dense: int | None, n_iter: int, ge
 def lipschitz_bound(model: nn.Module, input_shape, *, method: str = "liplt", mode: str = "pairwise",
                     norm: str = "auto", max_dense: int | None = None, n_iter: int = 200,
                     dtype: torch.dtype = torch.float64, device=None, seed: int = 0,
-                    sdp_t: str = "best", budget: float = 10.0, progress: bool | None = None,
+                    sdp_t: str = "best", budget: float = 20.0, progress: bool | None = None,
                     cache: bool | None = None) -> LipschitzBound:
     """Upper bound on the Lipschitz constant of a model's logits (or logit differences).
 
@@ -324,7 +324,7 @@ def lipschitz_bound(model: nn.Module, input_shape, *, method: str = "liplt", mod
 
 def lipschitz_bounds(model: nn.Module, input_shape, *, method: str = "liplt", modes=MODES, norm: str = "auto",
                      max_dense: int | None = None, n_iter: int = 200, dtype: torch.dtype = torch.float64,
-                     device=None, seed: int = 0, sdp_t: str = "best", budget: float = 10.0,
+                     device=None, seed: int = 0, sdp_t: str = "best", budget: float = 20.0,
                      progress: bool | None = None, cache: bool | None = None) -> dict[str, LipschitzBound]:
     """:func:`lipschitz_bound` for several modes at once, sharing the inner operator norms."""
     _check_choice("method", method, METHODS)
@@ -384,7 +384,8 @@ def _lipschitz_bounds(model, input_shape, *, method, modes, norm, max_dense, n_i
     net = copy.deepcopy(model).to(dtype=work_dtype)
     if device is not None:
         net = net.to(device)
-    net.eval()
+    # The copy keeps the caller's train/eval mode: build_structure refuses the modules whose
+    # train-mode forward differs (batch norm, dropout), instead of silently bounding eval mode.
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         structure = build_structure(net, input_shape)
@@ -408,7 +409,7 @@ def _lipschitz_bounds(model, input_shape, *, method, modes, norm, max_dense, n_i
                     # an explicit max_dense is a hard cap on materialization: no refinement beyond it
                     small=SMALL_DENSE if max_dense is None else max_dense,
                     budget=budget if max_dense is None else 0.0, seed=seed,
-                    progress=progress)
+                    progress=progress, device=_reference_tensor(structure).device)
                 inner = {k: torch.tensor(p.value, dtype=torch.float64) for k, p in proved.items()}
                 kinds.extend(p.guarantee for p in proved.values())
                 how = {f"{t},{j}": {"bound": p.value, "estimate": p.estimate, "guarantee": p.guarantee, "how": p.how}
