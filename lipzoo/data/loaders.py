@@ -9,16 +9,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from lipzoo.meta import AUGMENTATIONS  # the recipe schema's names (one list)
+
 __all__ = ["AUGMENTATIONS", "build_augmentation", "make_loaders", "DeviceAugment", "DeviceLoader",
            "make_device_loaders"]
 
-#: Names accepted in an augmentation spec.
-AUGMENTATIONS = ("hflip", "affine", "crop")
-
-
-def _one_augmentation(item: str | dict[str, Any], image_size: tuple[int, int] | None) -> Any:
-    from torchvision.transforms import v2
-
+def _spec_item(item: str | dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``"hflip"`` or ``{"affine": {...}}`` -> ``(name, kwargs)`` (a fresh kwargs dict), checked."""
     if isinstance(item, str):
         name, kwargs = item, {}
     elif isinstance(item, dict) and len(item) == 1:
@@ -29,6 +26,13 @@ def _one_augmentation(item: str | dict[str, Any], image_size: tuple[int, int] | 
                          f"Supported: {AUGMENTATIONS}.")
     if name not in AUGMENTATIONS:
         raise ValueError(f"Unknown augmentation {name!r}; supported augmentations are {AUGMENTATIONS}.")
+    return name, kwargs
+
+
+def _one_augmentation(item: str | dict[str, Any], image_size: tuple[int, int] | None) -> Any:
+    from torchvision.transforms import v2
+
+    name, kwargs = _spec_item(item)
     try:
         if name == "hflip":
             return v2.RandomHorizontalFlip(**kwargs)
@@ -193,16 +197,7 @@ class DeviceAugment:
             spec = [spec]
         self.ops: list[tuple[str, dict[str, Any]]] = []
         for item in spec:
-            if isinstance(item, str):
-                name, kwargs = item, {}
-            elif isinstance(item, dict) and len(item) == 1:
-                name, kwargs = next(iter(item.items()))
-                kwargs = dict(kwargs or {})
-            else:
-                raise ValueError(f"Each augmentation must be a name or a one-key dict {{name: {{kwargs}}}}; "
-                                 f"got {item!r}. Supported: {AUGMENTATIONS}.")
-            if name not in AUGMENTATIONS:
-                raise ValueError(f"Unknown augmentation {name!r}; supported augmentations are {AUGMENTATIONS}.")
+            name, kwargs = _spec_item(item)
             if name == "hflip":
                 p = float(kwargs.pop("p", 0.5))
                 if kwargs or not 0.0 <= p <= 1.0:
@@ -236,14 +231,23 @@ class DeviceAugment:
 
     @staticmethod
     def _affine(x: Tensor, gen: torch.Generator, degrees: float, translate, scale) -> Tensor:
-        import torch.nn.functional as F
-
         n, (h, w), dev = x.shape[0], x.shape[-2:], x.device
         angle = torch.deg2rad(_uniform(gen, n, -degrees, degrees, dev))
         # torchvision draws integer pixel shifts: round(uniform(-t * size, t * size)).
         tx = torch.round(_uniform(gen, n, -translate[0] * w, translate[0] * w, dev))
         ty = torch.round(_uniform(gen, n, -translate[1] * h, translate[1] * h, dev))
         s = _uniform(gen, n, scale[0], scale[1], dev) if scale else torch.ones(n, device=dev)
+        return DeviceAugment.warp(x, angle, tx, ty, s)
+
+    @staticmethod
+    def warp(x: Tensor, angle: Tensor, tx: Tensor, ty: Tensor, s: Tensor) -> Tensor:
+        """Rotate each image by ``angle`` (radians) about its centre, scale by ``s``, shift by (tx, ty) pixels.
+
+        Nearest-neighbour sampling and zero fill, as ``torchvision``'s ``RandomAffine`` defaults.
+        """
+        import torch.nn.functional as F
+
+        h, w = x.shape[-2:]
         cos, sin = torch.cos(angle) / s, torch.sin(angle) / s
         # Output pixel p (centred pixel coordinates) samples input pixel R^-1 (p - t) / s; in the
         # normalized coordinates of affine_grid (x_pix = x_norm * w / 2) that is A x + b below.
