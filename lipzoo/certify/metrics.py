@@ -31,20 +31,28 @@ _ATTACK_KEYS = ("steps", "restarts", "step_size", "random_start", "seed")
 
 
 def parse_eps(eps: float | int | str) -> float:
-    """Turn ``1.58``, ``"1.58"`` or ``"36/255"`` into a float ``>= 0``.
+    """Turn ``1.58``, ``"1.58"``, ``"36/255"`` or ``0`` into a float ``>= 0`` (for radii comparisons).
+
+    A thin float view of :func:`lipzoo.meta.parse_eps` (``allow_zero=True``), the one parser; unlike
+    it, a Python float is accepted here (its exact binary value is used), since a float radius is
+    what callers of the metrics have.
 
     Raises:
         ValueError: if ``eps`` is not a number / fraction string, or is negative or not finite.
     """
-    if isinstance(eps, bool):
-        raise ValueError(f"eps must be a number or a fraction string like '36/255'; got {eps!r}.")
+    from lipzoo.meta import parse_eps as parse_exact
+
+    value = eps
+    if isinstance(eps, float) and not isinstance(eps, bool):
+        if not math.isfinite(eps):
+            raise ValueError(f"eps must be finite and >= 0; got {eps!r}.")
+        value = Fraction(eps)  # exact: float(Fraction(x)) == x
     try:
-        value = float(Fraction(eps)) if isinstance(eps, str) else float(eps)
-    except (TypeError, ValueError, ZeroDivisionError):
-        raise ValueError(f"eps must be a number or a fraction string like '36/255'; got {eps!r}.") from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"eps must be finite and >= 0; got {eps!r}.")
-    return value
+        return float(parse_exact(value, allow_zero=True))
+    except (TypeError, ValueError) as err:
+        negative = isinstance(err, ValueError) and "must be >= 0" in str(err)
+        what = "finite and >= 0" if negative else "a number or a fraction string like '36/255'"
+        raise ValueError(f"eps must be {what}; got {eps!r}.") from None
 
 
 def _next_up(x: Tensor) -> Tensor:

@@ -15,11 +15,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lipzoo.bounds.radius import pairwise_radii
+# Supported penalties (the recipe schema's list): ``linear`` is ``g(R_soft) = -R_soft``; ``exp`` is
+# ``exp(-t R) / t`` on the hard radius.
+from lipzoo.meta import G_FUNCTIONS
 
 __all__ = ["soft_radius", "crm_loss", "CRMLoss", "G_FUNCTIONS"]
-
-#: Supported penalties: ``linear`` is ``g(R_soft) = -R_soft``; ``exp`` is ``exp(-t R) / t`` on the hard radius.
-G_FUNCTIONS = ("linear", "exp")
 
 
 def _check_t(t: float) -> None:
