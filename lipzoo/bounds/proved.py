@@ -4,20 +4,27 @@ Eq. (16) needs ``||S_{t,j}||`` for every ``S_{t,j} = W_t Hhat_{t-1} ... Hhat_{j+
 number returned here is a mathematically guaranteed upper bound, floating-point rounding included:
 
 1. **Cheap proved bounds.** Each chain is a product of factors; any split into consecutive
-   segments gives ``||S|| <= prod ||segment||``. A segment is bounded by its own proved bound
-   (FFT/polyphase bound of a convolution, exact for dense and diagonal maps) or, when one of its
-   sides has at most ``small`` dimensions, certified exactly (below). A dynamic programme takes the
-   best split per chain; segment bounds are cached, so a factor shared by many chains is bounded once.
-2. **Certified refinement where it pays.** A cheap batched power iteration gives estimates
+   segments gives ``||S|| <= prod ||segment||``. A segment is bounded by its certified norm when one is
+   known, a factor by its own proved bound (FFT/polyphase bound of a convolution, with per-channel
+   scalings merged into the kernel; exact for dense and diagonal maps). A dynamic programme takes the
+   best split per chain; factor bounds are memoized, so a factor shared by many chains is bounded once.
+2. **Exact where a side is small**: every chain with a side of at most ``small`` dimensions is
+   certified; chains sharing that side share one sweep of the identity basis (:func:`_group_gram`).
+3. **Certified refinement where it pays.** A cheap batched power iteration gives estimates
    ``sigma_k <= ||S_k||``; with the sensitivity ``dF/db_k`` of the final bound, ``dF/db_k (b_k - sigma_k)``
-   bounds what an exact norm of ``S_k`` could gain. Chains are certified exactly in that order, each
-   only if its measured cost (the first chunk is timed) fits in what is left of ``budget`` seconds.
-3. **Exact certificates** (:func:`certified_chain_norm`): the Gram matrix ``G`` of the smaller side
-   is formed in float64 with the operator and its adjoint, a Lanczos estimate ``lam`` of its top
-   eigenvalue is computed, and ``tau I - G`` with ``tau = lam (1 + delta)`` is shown positive definite
-   by a Cholesky factorization that runs to completion (see :func:`certified_lambda_max` for the
-   rounding argument). The rounding of ``G`` itself is bounded a priori from absolute-value operator
-   bounds (:func:`abs_norm_bound`).
+   bounds what an exact norm of ``S_k`` could gain. Chains are certified exactly in that order (with the
+   chains sharing their small side when the stored matrices fit in ``max_bytes``), each only if its
+   measured cost (the first block is timed) fits in what is left of ``budget`` seconds.
+4. **Exact certificates**: the Gram matrix ``G`` of the smaller side is formed in float64, a Lanczos
+   estimate ``lam`` of its top eigenvalue is computed, and ``tau I - G`` with ``tau = lam (1 + delta)`` is
+   shown positive definite by a Cholesky factorization that runs to completion
+   (:func:`certified_lambda_max` has the rounding argument). The rounding of ``G`` itself is bounded a
+   priori: every primitive has a rounding model (:func:`rounding_model`) and the error is propagated
+   through the chain with the factors' proved norms (:func:`_run_tracked`).
+
+Assumption: float64 arithmetic in the standard model (each sum of ``K`` products within ``gamma_K``),
+which holds for PyTorch's CPU kernels (im2col + GEMM, LAPACK Cholesky) and for CUDA with cuDNN
+switched off (done here); fast (Strassen/Winograd/FFT) products would need other constants.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import torch
 from lipzoo.bounds.structure import Structure, numel
 from lipzoo.bounds.sweep import adjoint, forward_sweep, power_iteration
 from lipzoo.layers.operators import (AdjointOp, ComposeOp, Conv2dOp, DenseOp, DiagonalOp, FlattenOp,
-                                     LinearOperator, ScaleOp, SumOp, compose)
+                                     LinearOperator, ScaleOp, SumOp)
 
 Shape = tuple[int, ...]
 
@@ -59,9 +66,6 @@ def _gamma(n: int) -> float:
 
 
 # ----------------------------------------------------------------------------- rounding helpers
-
-_KNOWN_PRIMITIVES = (Conv2dOp, DenseOp, DiagonalOp, ScaleOp, FlattenOp)
-
 
 def abs_norm_bound(op: LinearOperator, in_shape: Shape) -> float:
     """A proved upper bound on ``|| |A| ||_2`` (entrywise absolute value of the matrix of ``op``).
