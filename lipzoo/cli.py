@@ -11,10 +11,20 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
 __all__ = ["main"]
+
+
+def _device(name: str | None) -> str:
+    """``--device``, else ``cuda`` when a GPU is present (the guaranteed bound runs there in float64)."""
+    import torch
+
+    if name:
+        return name
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _load_model(target: str, device: str | None = None):
@@ -55,8 +65,9 @@ def _default_out(prefix: str, target: str) -> str:
     return f"{prefix}-{slug}"
 
 
-def _check_data(dataset, input_shape, limit: int | None) -> None:
-    """Refuse data the model cannot take (shape, channels) or pixels that are not numbers, before any bound."""
+def _check_data(dataset, input_shape, limit: int | None, num_classes: int | None = None) -> None:
+    """Refuse data the model cannot take (shape, channels, labels past its classes) or pixels that are
+    not numbers, before any bound."""
     import torch
 
     n = len(dataset) if limit is None else min(limit, len(dataset))
@@ -74,21 +85,36 @@ def _check_data(dataset, input_shape, limit: int | None) -> None:
         if bool(bad.any()):
             raise ValueError(f"The data holds {int(bad.sum())} NaN/inf pixel values (first image "
                              f"{int(bad.flatten(1).any(1).nonzero()[0])}); clean the data before certifying.")
+    labels = getattr(dataset, "labels", None)
+    if num_classes is not None and isinstance(labels, torch.Tensor) and labels.numel():
+        low, high = int(labels[:n].min()), int(labels[:n].max())
+        if low < 0 or high >= int(num_classes):
+            raise ValueError(f"The data has label {low if low < 0 else high}, but the model has {num_classes} classes "
+                             f"(0..{int(num_classes) - 1}): certify it on data with its classes.")
 
 
 def _cmd_train(args) -> int:
     from lipzoo.train import TrainOptions, resolve_config, train
 
-    config = resolve_config(args.target, args.overrides)
+    # the data and the initial weights are checked here, before the first step
+    config = resolve_config(args.target, args.overrides, data=args.data, init=args.init,
+                            normalization=args.normalization, data_root=args.data_root)
     out = args.out or f"runs/{config['name'] or Path(args.target).stem}"
     opts = TrainOptions(out_dir=out, data_root=args.data_root, device=args.device, seed=args.seed,
                         resume=args.resume, amp=args.amp, num_workers=args.workers,
                         max_steps_per_epoch=args.max_steps, progress=not args.no_progress, threads=args.threads,
-                        time_budget=args.time_budget, compile=args.compile)
+                        time_budget=args.time_budget, compile=args.compile, init=args.init, data=args.data)
     run_dir = train(config, opts)
+    data = f" --data {shlex.quote(args.data)}" if args.data and not _known_dataset(args.data) else ""
     print(f"Training finished: {run_dir}/final (metrics in {run_dir}/metrics.jsonl). Certify it with:\n"
-          f"  lipzoo certify {run_dir}/final")
+          f"  lipzoo certify {run_dir}/final{data} --attach")
     return 0
+
+
+def _known_dataset(name: str) -> bool:
+    from lipzoo.meta import DATASETS
+
+    return name in DATASETS
 
 
 def _cmd_certify(args) -> int:
@@ -102,19 +128,22 @@ def _cmd_certify(args) -> int:
         raise ValueError("--attach records test-set numbers; certify with --split test (the default).")
     if args.attach and args.norm == "power":
         raise ValueError("--attach needs certified numbers; --norm power gives estimates. Use --norm auto or exact.")
-    model, config = _load_model(args.model, args.device)  # evaluate() runs where the model is
+    device = _device(args.device)
+    model, config = _load_model(args.model, device)  # evaluate() and the bound run where the model is
     data = args.data or config.get("dataset")
     if data is None:
-        raise ValueError("No dataset: pass --data (mnist, cifar10, tinyimagenet or a .npz path).")
+        raise ValueError("No dataset: pass --data (mnist, cifar10, tinyimagenet, a .npz path or an image folder).")
+    if not args.data and not _known_dataset(data) and not Path(data).exists():
+        raise ValueError(f"{args.model} was trained on your own data {data!r}; pass its path: --data PATH/{data}.")
     eps_list = args.eps or config.get("eps") or (config.get("certify") or {}).get("eps")
     if not eps_list:
         raise ValueError("No eps: pass --eps, e.g. --eps 36/255.")
     dataset = load_dataset(data, split=args.split, root=args.data_root)
-    _check_data(dataset, config["input_shape"], args.limit)
+    _check_data(dataset, config["input_shape"], args.limit, config.get("num_classes"))
     attack = None if args.no_attack else {"steps": args.attack_steps, "restarts": args.restarts}
     compare = None
     if args.compare:
-        other, other_cfg = _load_model(args.compare, args.device)
+        other, other_cfg = _load_model(args.compare, device)
         rep = certify(other, dataset, eps_list, input_shape=other_cfg["input_shape"], limit=args.limit,
                       attack=None, norm=args.norm, max_dense=args.max_dense, progress=not args.no_progress,
                       name=args.compare, allow_estimate=args.norm == "power")
@@ -123,7 +152,7 @@ def _cmd_certify(args) -> int:
     out = args.out or _default_out("certify", name)
     report = certify(model, dataset, eps_list, input_shape=config["input_shape"], out_dir=out, name=name,
                      limit=args.limit, batch_size=args.batch_size, attack=attack, norm=args.norm,
-                     max_dense=args.max_dense, compare=compare, device=args.device, progress=not args.no_progress,
+                     max_dense=args.max_dense, compare=compare, device=device, progress=not args.no_progress,
                      allow_estimate=args.norm == "power")  # --norm power asks for an estimate explicitly
     if config.get("sha256"):  # which weights these numbers belong to (checked by attach_results)
         report["sha256"] = config["sha256"]
@@ -136,7 +165,10 @@ def _cmd_certify(args) -> int:
     if args.attach:
         from lipzoo.hub import attach_results
 
-        given = args.data if args.data and args.data != config.get("dataset") else None
+        from lipzoo.data import data_label
+
+        # the data's name (a file name, not this machine's path) when it is not the model's dataset
+        given = data_label(args.data) if args.data and data_label(args.data) != config.get("dataset") else None
         attach_results(args.model, {**report, "data": given})
         print(f"Attached the results to {args.model} (config.json and README.md).")
     return 3 if viol else 0
@@ -145,7 +177,7 @@ def _cmd_certify(args) -> int:
 def _cmd_bounds(args) -> int:
     from lipzoo.certify.report import bounds_table
 
-    model, config = _load_model(args.model)
+    model, config = _load_model(args.model, _device(args.device))  # the bound runs where the model is
     shape = args.input_shape or config["input_shape"]
     table = bounds_table(model, shape, norm=args.norm, max_dense=args.max_dense)
     if args.json:
@@ -216,6 +248,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("target", help="zoo entry (e.g. crm-mnist-4c3f) or a YAML file")
     t.add_argument("overrides", nargs="*", help="recipe overrides key=value, e.g. recipe.epochs=5")
     t.add_argument("--out", help="run directory (default: runs/<name>)")
+    t.add_argument("--init", metavar="SOURCE",
+                   help="start from these weights (checkpoint folder, zoo entry, arch.tag or hf-hub:owner/name); "
+                        "a classifier of another class count is re-initialised; unused when --resume finds a "
+                        "checkpoint")
+    t.add_argument("--data", metavar="FILE|DIR",
+                   help="train on your own data: a Keras-layout .npz (x_train, y_train, x_test, y_test) or an image "
+                        "folder DIR/train/<class>/; classes and input shape come from it (default: the recipe's "
+                        "dataset)")
+    t.add_argument("--normalization", default="auto", choices=["auto", "data", "keep"],
+                   help="the model's Normalize: auto = the --init checkpoint's, else the statistics of --data's "
+                        "training split; data = always those statistics; keep = the checkpoint's or the recipe's")
     t.add_argument("--data-root", help="folder with mnist.npz / cifar10.npz (default: $LIPZOO_DATA)")
     t.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     t.add_argument("--seed", type=int, default=0, help="seed of the initialisation, data order and augmentation")
@@ -233,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("certify", help="certified and PGD accuracy with a guaranteed pairwise LipLT bound",
                        parents=[common], formatter_class=fmt)
     c.add_argument("model", help="zoo entry, checkpoint folder or Hub repo id")
-    c.add_argument("--data", help="mnist, cifar10, tinyimagenet or a .npz path (default: the model's dataset)")
+    c.add_argument("--data", help="mnist, cifar10, tinyimagenet, a .npz path or an image folder (its test split; "
+                                  "default: the model's dataset)")
     c.add_argument("--data-root", help="folder with the dataset files (default: $LIPZOO_DATA; MNIST test ships)")
     c.add_argument("--split", default="test", choices=["train", "test"], help="which split to certify on")
     c.add_argument("--eps", action="append", type=_eps,
@@ -252,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", help="output folder (default: certify-<model>, one per model)")
     c.add_argument("--attach", action="store_true",
                    help="write the results into the checkpoint folder's config.json and card (checked by sha256)")
-    c.add_argument("--device", help="cpu, cuda, ... (default: cpu)")
+    c.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     c.add_argument("--no-progress", action="store_true", help="no progress bars")
     c.set_defaults(func=_cmd_certify)
 
@@ -265,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-dense", type=_positive_int, default=None,
                    help="under --norm auto: materialize operators up to this side only (default: adaptive, "
                         "small ones always, larger ones where they tighten the bound most within a time budget)")
+    b.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     b.add_argument("--json", action="store_true", help="print JSON instead of a table")
     b.set_defaults(func=_cmd_bounds)
 

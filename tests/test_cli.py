@@ -276,11 +276,42 @@ def test_certify_attach_puts_the_numbers_in_the_card(checkpoint, tmp_path, capsy
     assert config["metrics"]["sha256"] == config["sha256"] == report["sha256"]  # the report names its weights
     assert config["metrics"]["eps"]["0.5"]["certified"] == report["metrics"]["certified@0.5"]
     assert config["metrics"]["num_test_samples"] == 16
-    assert config["metrics"]["data"] == str(checkpoint.data)  # not the model's dataset: named in the card
-    assert f"the test set of `{checkpoint.data}`" in (checkpoint.dir / "README.md").read_text()
+    # not the model's dataset: named in the card, by its file name (never this machine's path)
+    assert config["metrics"]["data"] == checkpoint.data.name == "tiny.npz"
+    assert "the test set of `tiny.npz`" in (checkpoint.dir / "README.md").read_text()
     card = (checkpoint.dir / "README.md").read_text()
     assert "Not certified yet" not in card and f"{100 * report['metrics']['clean']:.2f}" in card
     assert lipzoo.load(checkpoint.dir).lipzoo_config["metrics"]["clean"] == report["metrics"]["clean"]
+
+
+def test_certify_and_bounds_default_to_the_gpu_when_present(checkpoint, monkeypatch):
+    import lipzoo.cli as cli
+
+    seen = []
+
+    def fake_load(target, device=None):
+        seen.append(device)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(cli, "_load_model", fake_load)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert main(["certify", str(checkpoint.dir), "--no-progress"]) == 2
+    assert main(["bounds", str(checkpoint.dir)]) == 2
+    assert main(["certify", str(checkpoint.dir), "--device", "cpu", "--no-progress"]) == 2
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["bounds", str(checkpoint.dir)]) == 2
+    assert seen == ["cuda", "cuda", "cpu", "cpu"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_certify_on_the_gpu_matches_the_cpu(checkpoint, tmp_path):
+    assert _certify(checkpoint, tmp_path / "gpu") == 0  # default device: cuda
+    assert _certify(checkpoint, tmp_path / "cpu", "--device", "cpu") == 0
+    gpu, cpu = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("gpu", "cpu"))
+    assert gpu["metrics"]["clean"] == cpu["metrics"]["clean"]
+    for eps in ("1/255", "0.5"):  # the bound is the same float64 computation; radii may differ in the last bits
+        assert abs(gpu["metrics"][f"certified@{eps}"] - cpu["metrics"][f"certified@{eps}"]) <= 1 / 16
 
 
 def test_attach_needs_a_folder_and_certified_numbers(checkpoint, tmp_path, capsys):

@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 
 from conftest import SHARED_DATA
-from lipzoo.data import ImageTensorDataset, build_augmentation, dataset_info, load_dataset, make_loaders
+from lipzoo.data import (ImageTensorDataset, build_augmentation, data_facts, dataset_info, load_dataset,
+                         make_loaders)
 from lipzoo.data import datasets as datasets_module
 
 
@@ -237,6 +238,79 @@ def test_tinyimagenet_val_class_not_in_train(tmp_path, rng, annotated, no_data_e
     shutil.rmtree(base / "train" / "n03")  # n03 still has validation images
     with pytest.raises(ValueError, match="n03"):
         load_dataset("tinyimagenet", split="test", root=tmp_path)
+
+
+# ---------------------------------------------------------------- the user's own data (lipzoo train --data)
+
+
+def _image_folder(root: Path, rng, sizes=None) -> dict[str, dict[str, list[np.ndarray]]]:
+    """``root/{train,test}/<class>/*.png``: classes ``cat`` and ``ant`` (sorted: ant=0, cat=1), RGB 6x5."""
+    pixels: dict[str, dict[str, list[np.ndarray]]] = {}
+    for split, n in (("train", 3), ("test", 1)):
+        for cls in ("cat", "ant"):
+            (root / split / cls).mkdir(parents=True)
+            for j in range(n):
+                x = rng.integers(0, 256, (5, 6, 3), dtype=np.uint8)
+                Image.fromarray(x).save(root / split / cls / f"{j}.png")
+                pixels.setdefault(split, {}).setdefault(cls, []).append(x)
+    (root / "train" / "cat" / "notes.txt").write_text("not an image")  # ignored
+    return pixels
+
+
+def test_image_folder_loads_both_splits_exactly(tmp_path, rng):
+    pixels = _image_folder(tmp_path / "pets", rng)
+    train = load_dataset(str(tmp_path / "pets"), split="train")
+    assert train.images.dtype == torch.uint8 and tuple(train.images.shape) == (6, 3, 5, 6)
+    assert train.labels.tolist() == [0, 0, 0, 1, 1, 1]  # ant, then cat (sorted class folders)
+    np.testing.assert_array_equal(train.images[3].permute(1, 2, 0).numpy(), pixels["train"]["cat"][0])
+    test = load_dataset(str(tmp_path / "pets"), split="test")
+    assert test.labels.tolist() == [0, 1]
+    facts = data_facts(str(tmp_path / "pets"))
+    assert (facts.name, facts.num_classes, facts.input_shape) == ("pets", 2, (3, 5, 6))
+    every = np.stack([x for cls in ("ant", "cat") for x in pixels["train"][cls]]).reshape(-1, 3) / 255
+    np.testing.assert_allclose(facts.mean, every.mean(0), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(facts.std, every.std(0), rtol=0, atol=1e-12)
+
+
+def test_image_folder_errors(tmp_path, rng):
+    _image_folder(tmp_path / "pets", rng)
+    Image.fromarray(rng.integers(0, 256, (7, 6, 3), dtype=np.uint8)).save(tmp_path / "pets" / "train" / "ant" / "z.png")
+    with pytest.raises(ValueError, match=r"Images must share one size: .*z.png is 6x7"):
+        load_dataset(str(tmp_path / "pets"))
+    (tmp_path / "only").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"has no train/ folder"):
+        load_dataset(str(tmp_path / "only"))
+    (tmp_path / "odd" / "train" / "a").mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 256, (4, 4), dtype=np.uint8)).save(tmp_path / "odd" / "train" / "a" / "0.png")
+    (tmp_path / "odd" / "test" / "b").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"Class folders \['b'\] of .* are not training classes"):
+        load_dataset(str(tmp_path / "odd"), split="test")
+    gray = load_dataset(str(tmp_path / "odd"))  # a grayscale folder stays one channel
+    assert tuple(gray.images.shape) == (1, 1, 4, 4)
+
+
+def test_data_facts_of_an_npz_are_exact_and_checked(write_npz, rng):
+    x = rng.integers(0, 256, (12, 4, 4, 3), dtype=np.uint8)
+    y = np.arange(12) % 3
+    facts = data_facts(str(write_npz("mine.npz", x_train=x, y_train=y, x_test=x[:3], y_test=y[:3])))
+    assert (facts.name, facts.num_classes, facts.input_shape) == ("mine.npz", 3, (3, 4, 4))
+    ref = x.reshape(-1, 3).astype(np.float64) / 255
+    np.testing.assert_allclose(facts.mean, ref.mean(0), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(facts.std, ref.std(0), rtol=0, atol=1e-12)
+    assert data_facts("cifar10") == datasets_module.dataset_facts("cifar10")
+    # a training split without a test split is fine (certify then needs other data)
+    assert data_facts(str(write_npz("train_only.npz", x_train=x, y_train=y))).num_classes == 3
+    with pytest.raises(ValueError, match=r"test images of other.npz are \(3, 2, 2\), the training images \(3, 4, 4\)"):
+        data_facts(str(write_npz("other.npz", x_train=x, y_train=y, x_test=x[:3, :2, :2], y_test=y[:3])))
+    with pytest.raises(ValueError, match=r"constant in a channel"):
+        data_facts(str(write_npz("flat.npz", x_train=np.zeros_like(x), y_train=y)))
+
+
+def test_nan_pixels_in_a_float_npz_are_refused(write_npz):
+    x = np.full((3, 4, 4), 0.5, np.float32)
+    x[2, 1, 1] = np.nan
+    with pytest.raises(ValueError, match=r"'x_train' in .* holds 1 NaN/inf pixel values \(first image 2\)"):
+        load_dataset(str(write_npz(x_train=x, y_train=np.zeros(3, np.int64))))
 
 
 # ---------------------------------------------------------------- info

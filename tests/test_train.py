@@ -247,7 +247,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(recipe_file, data_root, t
         trainer_mod.train(config, opts)
     # non-finite logits stop the run before the loss is computed
     monkeypatch.setattr(trainer_mod._Run, "loss", original_loss)
-    real_build = trainer_mod._build_entry
+    real_build = trainer_mod._build_model
 
     def nan_model(cfg):
         model = real_build(cfg)
@@ -255,11 +255,11 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(recipe_file, data_root, t
             model[-1].bias.fill_(float("nan"))
         return model
 
-    monkeypatch.setattr(trainer_mod, "_build_entry", nan_model)
+    monkeypatch.setattr(trainer_mod, "_build_model", nan_model)
     opts.out_dir = str(tmp_path / "lib1")
     with pytest.raises(FloatingPointError, match=r"epoch 1, step 1: the network produced non-finite logits"):
         trainer_mod.train(config, opts)
-    monkeypatch.setattr(trainer_mod, "_build_entry", real_build)
+    monkeypatch.setattr(trainer_mod, "_build_model", real_build)
     # a non-finite validation metric stops the run too, before its checkpoint is written
     monkeypatch.setattr(trainer_mod._Run, "evaluate", lambda self: {"val_acc": float("nan")})
     opts.out_dir = str(tmp_path / "lib2")
@@ -416,6 +416,10 @@ def test_fit_recipe_scales_schedule_and_warmup():
     assert trainer_mod.fit_recipe(recipe, 1)["scheduler"]["start_epoch"] == 0
     with pytest.raises(ValueError, match=r"epochs must be in \[1, 400\]"):
         trainer_mod.fit_recipe(recipe, 401)
+    # the shortened recipe is checked at once (not in save_pretrained at the end of the run)
+    with pytest.raises(ValueError, match=r"recipe \(shortened to 95 epochs\)\.batch_size"):
+        trainer_mod.fit_recipe({**recipe, "batch_size": 0}, 95)
+    assert "name" not in trainer_mod.fit_recipe({**recipe, "name": "crm-cifar10"}, 95)  # no longer that recipe
 
 
 def test_time_budget_shortens_the_run_and_resume_keeps_it(recipe_file, data_root, tmp_path, monkeypatch):

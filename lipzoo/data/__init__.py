@@ -1,6 +1,7 @@
 """Datasets in pixel units [0, 1] (Keras-layout npz, torchvision, ImageFolder) and their loaders."""
 
-from lipzoo.data.datasets import DATASETS, ENV_VAR, ImageTensorDataset, dataset_info, load_dataset
+from lipzoo.data.datasets import (DATASETS, ENV_VAR, ImageTensorDataset, data_facts, data_label, dataset_info,
+                                  load_dataset)
 from lipzoo.data.loaders import (AUGMENTATIONS, DeviceAugment, DeviceLoader, build_augmentation, make_device_loaders,
                                  make_loaders)
 
@@ -12,6 +13,8 @@ __all__ = [
     "ENV_VAR",
     "ImageTensorDataset",
     "build_augmentation",
+    "data_facts",
+    "data_label",
     "dataset_info",
     "load_dataset",
     "make_device_loaders",

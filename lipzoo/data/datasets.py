@@ -20,11 +20,11 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from lipzoo.meta import DATASETS as _FACTS
-from lipzoo.meta import dataset_facts
+from lipzoo.meta import DatasetFacts, dataset_facts
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ENV_VAR", "DATASETS", "ImageTensorDataset", "load_dataset", "dataset_info"]
+__all__ = ["ENV_VAR", "DATASETS", "ImageTensorDataset", "load_dataset", "dataset_info", "data_facts", "data_label"]
 
 ENV_VAR = "LIPZOO_DATA"
 DATASETS = tuple(_FACTS)  # the names of lipzoo.meta.DATASETS
@@ -77,6 +77,10 @@ def _to_chw(x: np.ndarray, key: str, path: Path) -> Tensor:
         raise ValueError(f"Array {key!r} in {path} must be (N, H, W), (N, H, W, C) or (N, C, H, W); got {x.shape}.")
     if x.dtype == np.uint8:
         return torch.from_numpy(np.ascontiguousarray(x))
+    if np.issubdtype(x.dtype, np.floating) and x.size and not np.isfinite(x).all():
+        bad = ~np.isfinite(x)
+        raise ValueError(f"Array {key!r} in {path} holds {int(bad.sum())} NaN/inf pixel values (first image "
+                         f"{int(bad.reshape(len(x), -1).any(1).argmax())}); clean the data or store uint8 pixels.")
     if not np.issubdtype(x.dtype, np.floating) or x.size and (x.min() < 0 or x.max() > 1):
         raise ValueError(f"Array {key!r} in {path} must be uint8 or float in [0, 1]; got dtype {x.dtype} "
                          "with values outside [0, 1] or of a non-float type. Store raw uint8 pixels.")
@@ -195,8 +199,10 @@ def load_dataset(name_or_path: str | os.PathLike[str], split: str = "train", roo
     """Load a dataset yielding ``(x, y)``: float32 CHW pixels in [0, 1] and int64 labels.
 
     ``name_or_path`` is ``"mnist"`` / ``"cifar10"`` (``<root>/<name>.npz`` in the Keras layout),
-    ``"tinyimagenet"`` (``<root>/tiny-imagenet-200``, ImageFolder; its labelled val split is ``"test"``)
-    or a path to an ``.npz`` archive. The folder is ``root``, else the ``LIPZOO_DATA`` environment
+    ``"tinyimagenet"`` (``<root>/tiny-imagenet-200``, ImageFolder; its labelled val split is ``"test"``),
+    a path to an ``.npz`` archive (Keras layout) or to an image folder ``DIR/train/<class>/*.png``
+    and ``DIR/test/<class>/*.png`` (or ``DIR/val/...``; classes indexed in sorted order of the
+    training folders, as torchvision's ``ImageFolder``). The folder is ``root``, else the ``LIPZOO_DATA`` environment
     variable. Without either, ``("mnist", "test")`` uses the bundled copy (``lipzoo/data/README.md``);
     other MNIST / CIFAR-10 splits use torchvision's copy in ``~/.cache/lipzoo`` (fetched when
     ``download=True``).
@@ -211,12 +217,15 @@ def load_dataset(name_or_path: str | os.PathLike[str], split: str = "train", roo
     name = os.fspath(name_or_path)
     if name not in DATASETS:
         path = Path(name).expanduser()
+        if path.is_dir():
+            return _load_image_folder(path, split)
         if path.suffix == ".npz" or os.sep in name or path.exists():
             if not path.is_file():
                 raise FileNotFoundError(f"Dataset file {path} does not exist; pass an existing .npz path "
                                         f"or one of {DATASETS}.")
             return _load_npz(path, split)
-        raise ValueError(f"Unknown dataset {name!r}; use one of {DATASETS} or a path to an .npz file.")
+        raise ValueError(f"Unknown dataset {name!r}; use one of {DATASETS}, a path to an .npz file or an image "
+                         "folder.")
     folder = root if root is not None else os.environ.get(ENV_VAR) or None
     if name == "tinyimagenet":
         if folder is None:
@@ -239,3 +248,131 @@ def load_dataset(name_or_path: str | os.PathLike[str], split: str = "train", roo
         logger.info("Using the bundled MNIST test split %s", BUNDLED_MNIST_TEST)
         return _load_npz(BUNDLED_MNIST_TEST, split)
     return _torchvision(name, split, download)
+
+
+# -- the user's own data -----------------------------------------------------------------------------
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+def _split_folder(root: Path, split: str) -> Path:
+    names = ("train",) if split == "train" else ("test", "val")
+    for name in names:
+        if (root / name).is_dir():
+            return root / name
+    raise FileNotFoundError(f"Image folder {root} has no {' or '.join(n + '/' for n in names)} folder: expected "
+                            f"{root}/train/<class>/<image> and {root}/test/<class>/<image>.")
+
+
+def _load_image_folder(root: Path, split: str) -> ImageTensorDataset:
+    """``root/<split>/<class>/<image>`` read into one uint8 tensor (every image of one size)."""
+    from PIL import Image
+
+    classes = sorted(p.name for p in _split_folder(root, "train").iterdir() if p.is_dir())
+    if not classes:
+        raise ValueError(f"Image folder {root / 'train'} has no class folders; expected train/<class>/<image>.")
+    folder = _split_folder(root, split)
+    unknown = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in classes)
+    if unknown:
+        raise ValueError(f"Class folders {unknown[:3]} of {folder} are not training classes (train/ has {classes[:5]}"
+                         f"{'...' if len(classes) > 5 else ''}).")
+    arrays, labels, first = [], [], None
+    for index, cls in enumerate(classes):
+        for file in sorted((folder / cls).iterdir()) if (folder / cls).is_dir() else []:
+            if file.suffix.lower() not in _IMAGE_SUFFIXES:
+                continue
+            try:
+                with Image.open(file) as image:
+                    image = image.convert("L" if image.mode in ("1", "L", "I", "I;16", "F") else "RGB")
+                    pixels = np.asarray(image, dtype=np.uint8)
+            except OSError as err:
+                raise ValueError(f"Cannot read image {file} ({err}); remove or re-save it.") from err
+            pixels = pixels[:, :, None] if pixels.ndim == 2 else pixels
+            if first is None:
+                first = (file, pixels.shape[:2])
+            elif pixels.shape[:2] != first[1]:
+                raise ValueError(f"Images must share one size: {file} is {pixels.shape[1]}x{pixels.shape[0]}, "
+                                 f"{first[0]} is {first[1][1]}x{first[1][0]}; resize them first.")
+            arrays.append(pixels)
+            labels.append(index)
+    if not arrays:
+        raise ValueError(f"Image folder {folder} holds no images ({', '.join(_IMAGE_SUFFIXES)}).")
+    channels = max(a.shape[2] for a in arrays)  # grayscale images among colour ones become grey RGB
+    x = np.stack([np.repeat(a, channels // a.shape[2], axis=2) for a in arrays]).transpose(0, 3, 1, 2)
+    return ImageTensorDataset(torch.from_numpy(np.ascontiguousarray(x)), torch.tensor(labels, dtype=torch.int64))
+
+
+def data_label(name_or_path: str | os.PathLike[str]) -> str:
+    """The name a model's ``dataset`` records: a known dataset's name, else the file or folder name."""
+    name = os.fspath(name_or_path)
+    return name if name in DATASETS else Path(name).expanduser().resolve().name
+
+
+def _channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and population std in pixel units, exact for uint8 (from 256-bin histograms)."""
+    channels = images.shape[1]
+    if images.dtype == torch.uint8:
+        flat = images.transpose(0, 1).reshape(channels, -1).numpy()
+        levels = np.arange(256, dtype=np.float64) / 255
+        mean, std = [], []
+        for c in range(channels):
+            counts = np.bincount(flat[c], minlength=256).astype(np.float64)
+            m = float(counts @ levels / counts.sum())
+            mean.append(m)
+            std.append(float(np.sqrt(counts @ (levels - m) ** 2 / counts.sum())))
+        return tuple(mean), tuple(std)
+    x = images.transpose(0, 1).reshape(channels, -1).double()
+    return tuple(x.mean(1).tolist()), tuple(x.std(1, unbiased=False).tolist())
+
+
+def _check_labels(labels: Tensor, split: str, where: str, num_classes: int | None) -> int:
+    if labels.numel() == 0:
+        raise ValueError(f"The {split} split of {where} is empty (0 images); it needs at least one labelled image.")
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0:
+        raise ValueError(f"The {split} split of {where} has a negative label ({low}); labels must be 0..K-1.")
+    if num_classes is not None and high >= num_classes:
+        raise ValueError(f"The {split} split of {where} has label {high}, but the training split has "
+                         f"{num_classes} classes (0..{num_classes - 1}).")
+    return high + 1
+
+
+def data_facts(name_or_path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None) -> DatasetFacts:
+    """The :class:`lipzoo.meta.DatasetFacts` of a known dataset, or of the user's own data, checked.
+
+    For an ``.npz`` file or an image folder, the training split is loaded and checked (not empty,
+    labels ``0..K-1`` with every class present, finite pixels in [0, 1]) and so is the test split
+    when there is one (same image shape, labels below ``K``); the class count, input shape and
+    per-channel mean / std (population, pixel units) come from the training split.
+
+    Raises:
+        ValueError: the data breaks one of the rules above (one line naming the split and the fix).
+        FileNotFoundError: no such file or folder.
+    """
+    name = os.fspath(name_or_path)
+    if name in DATASETS:
+        return dataset_facts(name)
+    label = data_label(name)
+    train = load_dataset(name, split="train", root=root)
+    num_classes = _check_labels(train.labels, "train", label, None)
+    present = torch.bincount(train.labels, minlength=num_classes)
+    empty = (present == 0).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"The training split of {label} has no image of class(es) {empty[:10]} although its labels "
+                         f"go up to {num_classes - 1}: relabel the classes to 0..K-1 (scripts/make_subset.py does).")
+    shape = tuple(int(s) for s in train.images.shape[1:])
+    test = None
+    try:
+        test = load_dataset(name, split="test", root=root)
+    except (ValueError, FileNotFoundError) as err:
+        if "missing" not in str(err) and "has no" not in str(err):
+            raise
+        logger.warning("%s has no test split (%s): lipzoo certify will need other data.", label, err)
+    if test is not None:
+        _check_labels(test.labels, "test", label, num_classes)
+        if tuple(test.images.shape[1:]) != shape:
+            raise ValueError(f"The test images of {label} are {tuple(test.images.shape[1:])}, the training images "
+                             f"{shape}: both splits need one shape.")
+    mean, std = _channel_stats(train.images)
+    if min(std) <= 0:
+        raise ValueError(f"The training images of {label} are constant in a channel (std {std}); nothing to learn.")
+    return DatasetFacts(label, num_classes, shape, mean, std, f"computed from the training split of {label}")

@@ -6,6 +6,13 @@ plain tensors and containers, so it loads with ``torch.load(..., weights_only=Tr
 unpickles code), ``config.yaml`` (the resolved recipe) and, at the end, ``final/`` (a Hub-format
 checkpoint). Re-running the same command with ``resume=True`` continues bit-for-bit where it stopped.
 
+Fine-tuning: ``TrainOptions.init`` names pretrained weights (a checkpoint folder, zoo entry, ``arch.tag``
+or ``hf-hub:owner/name``) that a *fresh* run starts from: every weight but a classifier whose class
+count differs and but the ``Normalize`` statistics, which are the config's (see
+:func:`lipzoo.train.config.resolve_metadata`). A resumed run never reads them: its checkpoint holds
+the weights. ``TrainOptions.data`` trains on the user's own data (``.npz`` or image folder) instead
+of the config's dataset; the config must already describe it (``resolve_config(..., data=...)``).
+
 The hot loop is built for accelerators: the training split lives on the device as uint8
 (:class:`lipzoo.data.DeviceLoader`), augmentation runs there in batches, and a step never waits for
 the device: losses, accuracy, radii and the finiteness checks accumulate in device tensors that are
@@ -14,6 +21,7 @@ read every ``sync_every`` steps and at the end of the epoch.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -59,6 +67,8 @@ class TrainOptions:
     time_budget: float | None = None  # seconds: shrink the recipe's epochs (and schedule) to fit
     sync_every: int = 50  # steps between reads of the device-side running metrics
     compile: bool = False  # torch.compile the network's forward (the bound stays eager, float32)
+    init: str | None = None  # pretrained weights a fresh run starts from (folder, entry, arch.tag, hf-hub:...)
+    data: str | None = None  # the user's data (.npz, image folder or a dataset name) instead of config["dataset"]
 
 
 def exponential_decay(epoch: int, *, epochs: int, start_epoch: int, lr: float, final_lr: float) -> float:
@@ -139,7 +149,7 @@ def _loaders(config: dict, opts: TrainOptions, device: torch.device, rank: int, 
     from lipzoo.data import load_dataset, make_device_loaders
 
     recipe = config["recipe"]
-    train_set = load_dataset(config["dataset"], split="train", root=opts.data_root)
+    train_set = load_dataset(opts.data or config["dataset"], split="train", root=opts.data_root)
     loaders = make_device_loaders(train_set, int(recipe["batch_size"]), device=device,
                                   validation_split=float(recipe.get("validation_split", 0)),
                                   augmentation=recipe.get("augmentation") or [], seed=opts.seed, rank=rank, world=world)
@@ -150,9 +160,17 @@ def fit_recipe(recipe: dict, epochs: int) -> dict:
     """``recipe`` shortened to ``epochs``, its schedule and CRM warm-up scaled by the same factor.
 
     Used by ``time_budget``: the learning-rate decay then still spans the second part of the run
-    and the warm-up keeps its share, instead of a long recipe cut off before its decay.
+    and the warm-up keeps its share, instead of a long recipe cut off before its decay. The result
+    is checked against the recipe schema here (a shortened recipe that breaks it fails now, not
+    in ``save_pretrained`` at the end of the run), and it loses a shared recipe's ``name``.
+
+    Raises:
+        ValueError: ``epochs`` outside ``[1, recipe epochs]``, or a shortened recipe that breaks the schema.
     """
+    from lipzoo.meta import Recipe
+
     recipe = json.loads(json.dumps(recipe))
+    recipe.pop("name", None)  # a shortened shared recipe is not that recipe any more
     old = int(recipe["epochs"])
     if not 1 <= epochs <= old:
         raise ValueError(f"epochs must be in [1, {old}]; got {epochs}.")
@@ -164,6 +182,7 @@ def fit_recipe(recipe: dict, epochs: int) -> dict:
     crm = recipe.get("crm") or {}
     if "warmup_epochs" in crm:
         crm["warmup_epochs"] = int(math.ceil(int(crm["warmup_epochs"]) * scale))
+    Recipe.parse(recipe, path=f"recipe (shortened to {epochs} epochs)")
     return recipe
 
 
@@ -183,7 +202,12 @@ class _Run:
         torch.manual_seed(opts.seed)
         np.random.seed(opts.seed)
         random.seed(opts.seed)
-        self.model = _build_entry(config).to(self.device)
+        self.out = Path(opts.out_dir)
+        self.ckpt = self.out / "checkpoint.pt"
+        self.model = _build_model(config)
+        if opts.init and not (opts.resume and self.ckpt.exists()):  # a resumed run has its own weights
+            self.start_from(opts.init)
+        self.model.to(self.device)
         self.input_shape = tuple(config["input_shape"])
         self.estimator = LipLTEstimator(self.model, self.input_shape, n_iter=int(self.recipe.get("power_iterations", 5)),
                                         seed=opts.seed)
@@ -198,8 +222,27 @@ class _Run:
         if opts.compile:
             self.net = torch.compile(self.net)
         self.train_loader, self.val_loader = _loaders(config, opts, self.device, self.rank, self.world)
-        self.out = Path(opts.out_dir)
-        self.ckpt = self.out / "checkpoint.pt"
+
+    def start_from(self, source: str) -> None:
+        """Load pretrained weights: all but the ``Normalize`` statistics (the config's) and a classifier
+        of another class count (``load_pretrained`` re-initialises it)."""
+        from lipzoo.layers import Normalize
+        from lipzoo.models import load_pretrained
+
+        init = load_pretrained(source, num_classes=int(self.config["num_classes"]))
+        keep = {f"{name}.{buf}" for name, m in self.model.named_modules() if isinstance(m, Normalize)
+                for buf in ("mean", "std")}
+        state = {k: v for k, v in init.state_dict().items() if k not in keep}
+        own = self.model.state_dict()
+        odd = sorted(k for k in state if k in own and state[k].shape != own[k].shape)
+        missing, extra = sorted(set(own) - set(state) - keep), sorted(set(state) - set(own))
+        if odd or missing or extra:
+            raise ValueError(f"--init {source!r} does not fit the model of the config: "
+                             + "; ".join(f"{what} {keys[:3]}" for what, keys in (("other shapes", odd), (
+                                 "missing", missing), ("unexpected", extra)) if keys)
+                             + ". Start from a checkpoint of the same architecture and model_args.")
+        self.model.load_state_dict(state, strict=False)
+        logger.info("Initialised from %s (%d tensors; Normalize from the config).", source, len(state))
 
     def _criterion(self) -> CRMLoss:
         crm = self.recipe.get("crm") or {}
@@ -258,6 +301,10 @@ class _Run:
         if state.get("config", {}).get("architecture") != self.config["architecture"]:
             raise ValueError(f"Checkpoint {str(self.ckpt)!r} belongs to architecture "
                              f"{state.get('config', {}).get('architecture')!r}, not {self.config['architecture']!r}.")
+        if state["config"].get("num_classes") != self.config["num_classes"]:
+            raise ValueError(f"Checkpoint {str(self.ckpt)!r} has {state['config'].get('num_classes')} classes, this "
+                             f"run's data {self.config['num_classes']}: resume with the same --data, or choose "
+                             "another --out.")
         self.epoch = int(state["epoch"])
         if "time_budget" in state["config"]:  # the run was shortened to fit a budget: keep its schedule
             self.config = dict(self.config, recipe=state["config"]["recipe"], time_budget=state["config"]["time_budget"])
@@ -358,15 +405,15 @@ class _Run:
 
 
 def _fraction(eps: str) -> float:
-    from lipzoo.models.zoo import parse_eps
+    from lipzoo.meta import parse_eps
 
     return float(parse_eps(eps))
 
 
-def _build_entry(config: dict) -> nn.Module:
-    from lipzoo.models.registry import build_entry
+def _build_model(config: dict) -> nn.Module:
+    from lipzoo.models import build_model
 
-    return build_entry(config)
+    return build_model(config)
 
 
 def train(config: dict, opts: TrainOptions) -> Path:
@@ -428,6 +475,10 @@ def _finish(run: _Run, seconds: float) -> None:
     train_info = {"epochs_trained": run.epoch, "seconds_this_session": round(seconds, 1),
                   "seconds_total": round(sum(r.get("epoch_seconds", 0) for r in history), 1),
                   "hardware": _hardware(run.device), "last_epoch": history[-1] if history else {}}
+    if run.opts.init:
+        train_info["init"] = run.opts.init
+    if run.opts.data:
+        train_info["data"] = _data_record(run.opts.data)
     config["training"] = train_info
     config["eps"] = list((config.get("certify") or {}).get("eps", []))
     save_pretrained(run.model.cpu(), run.out / "final", config=config)
@@ -438,6 +489,21 @@ def _finish(run: _Run, seconds: float) -> None:
         plot_training_curves({config.get("name", "run"): run.out}, run.out / "curves.png")
     except Exception as err:  # noqa: BLE001 - matplotlib back ends vary
         logger.warning("could not draw %s: %s", run.out / "curves.png", err)
+
+
+def _data_record(data: str) -> dict[str, str]:
+    """What a run trained on: the data's name, and the sha256 of the file when it is one."""
+    from lipzoo.data import data_label
+
+    record = {"name": data_label(data)}
+    path = Path(data).expanduser()
+    if path.is_file():
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        record["sha256"] = digest.hexdigest()
+    return record
 
 
 def _hardware(device: torch.device) -> str:
