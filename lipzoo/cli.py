@@ -99,7 +99,7 @@ def _cmd_train(args) -> int:
     # the data and the initial weights are checked here, before the first step
     config = resolve_config(args.target, args.overrides, data=args.data, init=args.init,
                             normalization=args.normalization, data_root=args.data_root)
-    out = args.out or f"runs/{config['name'] or Path(args.target).stem}"
+    out = args.out or _default_run(args.target, config, args.data)
     opts = TrainOptions(out_dir=out, data_root=args.data_root, device=args.device, seed=args.seed,
                         resume=args.resume, amp=args.amp, num_workers=args.workers,
                         max_steps_per_epoch=args.max_steps, progress=not args.no_progress, threads=args.threads,
@@ -109,6 +109,16 @@ def _cmd_train(args) -> int:
     print(f"Training finished: {run_dir}/final (metrics in {run_dir}/metrics.jsonl). Certify it with:\n"
           f"  lipzoo certify {run_dir}/final{data} --attach")
     return 0
+
+
+def _default_run(target: str, config: dict, data: str | None) -> str:
+    """``runs/<name>``; a run on other data gets the data's name too (``runs/crm-cifar10-6c2f-my``)."""
+    base = config["name"] or Path(target).stem
+    if data is None:
+        return f"runs/{base}"
+    from lipzoo.data import data_label
+
+    return f"runs/{base}-{Path(data_label(data)).stem}"
 
 
 def _known_dataset(name: str) -> bool:
@@ -247,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=fmt)
     t.add_argument("target", help="zoo entry (e.g. crm-mnist-4c3f) or a YAML file")
     t.add_argument("overrides", nargs="*", help="recipe overrides key=value, e.g. recipe.epochs=5")
-    t.add_argument("--out", help="run directory (default: runs/<name>)")
+    t.add_argument("--out", help="run directory (default: runs/<name>, runs/<name>-<data> with --data)")
     t.add_argument("--init", metavar="SOURCE",
                    help="start from these weights (checkpoint folder, zoo entry, arch.tag or hf-hub:owner/name); "
                         "a classifier of another class count is re-initialised; unused when --resume finds a "

@@ -141,6 +141,23 @@ def test_finetune_certify_attach_and_card(subset, tmp_path, capsys):
     assert "pass its path: --data" in capsys.readouterr().err
 
 
+def test_default_run_folder_names_the_data(subset, tmp_path, monkeypatch):
+    import lipzoo.train as train_package
+
+    seen = {}
+
+    def fake_train(config, opts):
+        seen.update(config=config, opts=opts)
+        return Path(opts.out_dir)
+
+    monkeypatch.setattr(train_package, "train", fake_train)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", ENTRY, "--init", ENTRY, "--data", str(subset), "--no-progress"]) == 0
+    opts = seen["opts"]
+    assert (opts.out_dir, opts.init, opts.data) == (f"runs/{ENTRY}-sub", ENTRY, str(subset))
+    assert seen["config"]["num_classes"] == 5
+
+
 # -- resume, normalization, validation ------------------------------------------------------------
 @pytest.fixture
 def tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
