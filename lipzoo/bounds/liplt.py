@@ -265,6 +265,8 @@ def _power_norms(structure: Structure, keys, n_iter: int, generator=None) -> dic
 
 SMALL_DENSE = 1024
 """Under ``norm="auto"`` without ``max_dense``: operators with a side this small are always materialized."""
+SMALL_INPUT = 4096
+"""... and operators from the network's input when the input has at most this many dimensions."""
 
 
 def _single_norm(op, in_shape, norm: str, max_dense: int | None, n_iter: int, generator=None) -> NormResult:
@@ -283,7 +285,7 @@ def _single_norm(op, in_shape, norm: str, max_dense: int | None, n_iter: int, ge
 def lipschitz_bound(model: nn.Module, input_shape, *, method: str = "liplt", mode: str = "pairwise",
                     norm: str = "auto", max_dense: int | None = None, n_iter: int = 200,
                     dtype: torch.dtype = torch.float64, device=None, seed: int = 0,
-                    sdp_t: str = "best", budget: float = 20.0, progress: bool | None = None,
+                    sdp_t: str = "best", budget: float = 60.0, progress: bool | None = None,
                     cache: bool | None = None) -> LipschitzBound:
     """Upper bound on the Lipschitz constant of a model's logits (or logit differences).
 
@@ -324,7 +326,7 @@ def lipschitz_bound(model: nn.Module, input_shape, *, method: str = "liplt", mod
 
 def lipschitz_bounds(model: nn.Module, input_shape, *, method: str = "liplt", modes=MODES, norm: str = "auto",
                      max_dense: int | None = None, n_iter: int = 200, dtype: torch.dtype = torch.float64,
-                     device=None, seed: int = 0, sdp_t: str = "best", budget: float = 20.0,
+                     device=None, seed: int = 0, sdp_t: str = "best", budget: float = 60.0,
                      progress: bool | None = None, cache: bool | None = None) -> dict[str, LipschitzBound]:
     """:func:`lipschitz_bound` for several modes at once, sharing the inner operator norms."""
     _check_choice("method", method, METHODS)
@@ -408,6 +410,7 @@ def _lipschitz_bounds(model, input_shape, *, method, modes, norm, max_dense, n_i
                     structure, inner_keys, objective=lambda inner: liplt_recursion(structure, inner, final_global)[0],
                     # an explicit max_dense is a hard cap on materialization: no refinement beyond it
                     small=SMALL_DENSE if max_dense is None else max_dense,
+                    small_input=SMALL_INPUT if max_dense is None else max_dense,
                     budget=budget if max_dense is None else 0.0, seed=seed,
                     progress=progress, device=_reference_tensor(structure).device)
                 inner = {k: torch.tensor(p.value, dtype=torch.float64) for k, p in proved.items()}
