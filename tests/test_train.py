@@ -351,6 +351,21 @@ def test_missing_data_names_path_and_env_var(recipe_file, tmp_path, monkeypatch,
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
+def test_data_that_does_not_fit_a_hand_made_config_is_refused(recipe_file, tmp_path):
+    config = resolve_config(str(recipe_file))  # 10 classes, 1x8x8; the data below was not resolved with it
+    g = np.random.default_rng(0)
+    opts = trainer_mod.TrainOptions(out_dir=str(tmp_path / "run"), device="cpu", progress=False)
+    for name, x, y, match in (("labels.npz", g.integers(0, 256, (8, 8, 8), dtype=np.uint8), np.arange(8) + 4,
+                               r"'.*labels.npz' has label 11, the config 10 classes"),
+                              ("shape.npz", g.integers(0, 256, (8, 6, 6), dtype=np.uint8), np.arange(8),
+                               r"are \[1, 6, 6\], the config's input_shape is \[1, 8, 8\]")):
+        np.savez(tmp_path / name, x_train=x, y_train=y)
+        opts.data = str(tmp_path / name)
+        with pytest.raises(ValueError, match=match):
+            trainer_mod.train(config, opts)
+    assert not (tmp_path / "run").exists()
+
+
 # -- optimizer and schedule -----------------------------------------------------------------------
 def test_optimizer_follows_the_recipe():
     params = [torch.nn.Parameter(torch.zeros(2))]

@@ -153,7 +153,22 @@ def _loaders(config: dict, opts: TrainOptions, device: torch.device, rank: int, 
     loaders = make_device_loaders(train_set, int(recipe["batch_size"]), device=device,
                                   validation_split=float(recipe.get("validation_split", 0)),
                                   augmentation=recipe.get("augmentation") or [], seed=opts.seed, rank=rank, world=world)
+    _check_fits(config, opts.data or config["dataset"], [loaders["train"], loaders.get("val")])
     return loaders["train"], loaders.get("val")
+
+
+def _check_fits(config: dict, data: str, loaders: list) -> None:
+    """The data must fit the config (``resolve_config(..., data=...)`` makes it so; a hand-made config may not)."""
+    want, classes = tuple(config["input_shape"]), int(config["num_classes"])
+    for loader in (part for part in loaders if part is not None):
+        shape = tuple(loader.images.shape[1:])
+        if shape != want:
+            raise ValueError(f"The images of {data!r} are {list(shape)}, the config's input_shape is {list(want)}; "
+                             "resolve the config with the data (lipzoo train --data, resolve_config(..., data=...)).")
+        high, low = int(loader.labels.max()), int(loader.labels.min())
+        if low < 0 or high >= classes:
+            raise ValueError(f"{data!r} has label {low if low < 0 else high}, the config {classes} classes; resolve "
+                             "the config with the data (lipzoo train --data, resolve_config(..., data=...)).")
 
 
 def fit_recipe(recipe: dict, epochs: int) -> dict:
