@@ -293,6 +293,8 @@ def test_normalization_choices(subset):
     told = resolve_metadata(ENTRY, ["normalization.mean=[0.5, 0.5, 0.5]"], data=str(subset), init=ENTRY)
     assert told.arch.normalization.mean == (0.5, 0.5, 0.5)
     assert told.arch.normalization.std == parent.arch.normalization.std
+    same = resolve_metadata(ENTRY, init=ENTRY)  # --init alone: the recipe's dataset, the parent recorded
+    assert (same.num_classes, same.dataset, same.parent.name, same.name) == (10, "cifar10", ENTRY, None)
     with pytest.raises(ValueError, match="normalization must be one of"):
         resolve_metadata(ENTRY, data=str(subset), normalization="mean")
 
