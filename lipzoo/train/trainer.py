@@ -7,8 +7,8 @@ unpickles code), ``config.yaml`` (the resolved recipe) and, at the end, ``final/
 checkpoint). Re-running the same command with ``resume=True`` continues bit-for-bit where it stopped.
 
 Fine-tuning: ``TrainOptions.init`` names pretrained weights (a checkpoint folder, zoo entry, ``arch.tag``
-or ``hf-hub:owner/name``) that a *fresh* run starts from: every weight but a classifier whose class
-count differs and but the ``Normalize`` statistics, which are the config's (see
+or ``hf-hub:owner/name``) that a *fresh* run starts from: every weight except a classifier whose
+class count differs and the ``Normalize`` statistics, which come from the config (see
 :func:`lipzoo.train.config.resolve_metadata`). A resumed run never reads them: its checkpoint holds
 the weights. ``TrainOptions.data`` trains on the user's own data (``.npz`` or image folder) instead
 of the config's dataset; the config must already describe it (``resolve_config(..., data=...)``).
