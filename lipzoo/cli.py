@@ -243,8 +243,16 @@ def _version() -> str:
     return __version__
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in every help line, once: a help that states its default itself is left as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        return text if "default:" in text else super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _HelpFormatter
     common = argparse.ArgumentParser(add_help=False)  # -v works before and after the subcommand
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log at INFO level")
     p = argparse.ArgumentParser(prog="lipzoo", description="Certifiably robust networks: train, certify, bound, push.",

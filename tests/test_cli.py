@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -347,8 +348,10 @@ def test_every_option_shows_its_default_in_help():
         for action in sub._actions:
             if action.option_strings and action.dest not in ("help",):
                 assert action.help, f"lipzoo {name} {action.option_strings[0]} has no help"
-        text = sub.format_help()
+        text = " ".join(sub.format_help().split())
         assert "(default:" in text, name
+        # a help that states its default is not followed by argparse's "(default: None)"
+        assert re.search(r"default:[^()]*\) \(default:", text) is None, name
 
 
 def test_help_is_fast_and_imports_no_torch():
