@@ -336,6 +336,13 @@ def _check_labels(labels: Tensor, split: str, where: str, num_classes: int | Non
     return high + 1
 
 
+def _has_test_split(path: Path) -> bool:
+    if path.is_dir():
+        return (path / "test").is_dir() or (path / "val").is_dir()
+    with np.load(path, allow_pickle=False) as archive:  # readable: the training split was just read from it
+        return "x_test" in archive.files or "y_test" in archive.files
+
+
 def data_facts(name_or_path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None) -> DatasetFacts:
     """The :class:`lipzoo.meta.DatasetFacts` of a known dataset, or of the user's own data, checked.
 
@@ -360,14 +367,10 @@ def data_facts(name_or_path: str | os.PathLike[str], root: str | os.PathLike[str
         raise ValueError(f"The training split of {label} has no image of class(es) {empty[:10]} although its labels "
                          f"go up to {num_classes - 1}: relabel the classes to 0..K-1 (scripts/make_subset.py does).")
     shape = tuple(int(s) for s in train.images.shape[1:])
-    test = None
-    try:
-        test = load_dataset(name, split="test", root=root)
-    except (ValueError, FileNotFoundError) as err:
-        if "missing" not in str(err) and "has no" not in str(err):
-            raise
-        logger.warning("%s has no test split (%s): lipzoo certify will need other data.", label, err)
-    if test is not None:
+    test = load_dataset(name, split="test", root=root) if _has_test_split(Path(name).expanduser()) else None
+    if test is None:
+        logger.warning("%s has no test split (x_test / y_test, or test/): lipzoo certify will need other data.", label)
+    else:
         _check_labels(test.labels, "test", label, num_classes)
         if tuple(test.images.shape[1:]) != shape:
             raise ValueError(f"The test images of {label} are {tuple(test.images.shape[1:])}, the training images "
