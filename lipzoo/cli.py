@@ -163,6 +163,7 @@ def _cmd_certify(args) -> int:
     report = certify(model, dataset, eps_list, input_shape=config["input_shape"], out_dir=out, name=name,
                      limit=args.limit, batch_size=args.batch_size, attack=attack, norm=args.norm,
                      max_dense=args.max_dense, compare=compare, device=device, progress=not args.no_progress,
+                     budget=args.bound_budget,
                      allow_estimate=args.norm == "power")  # --norm power asks for an estimate explicitly
     if config.get("sha256"):  # which weights these numbers belong to (checked by attach_results)
         report["sha256"] = config["sha256"]
@@ -189,7 +190,7 @@ def _cmd_bounds(args) -> int:
 
     model, config = _load_model(args.model, _device(args.device))  # the bound runs where the model is
     shape = args.input_shape or config["input_shape"]
-    table = bounds_table(model, shape, norm=args.norm, max_dense=args.max_dense)
+    table = bounds_table(model, shape, norm=args.norm, max_dense=args.max_dense, budget=args.bound_budget)
     if args.json:
         print(json.dumps(table, indent=2))
         return 0
@@ -311,6 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-dense", type=_positive_int, default=None,
                    help="under --norm auto: materialize operators up to this side only (default: adaptive, "
                         "small ones always, larger ones where they tighten the bound most within a time budget)")
+    c.add_argument("--bound-budget", type=float, default=None, metavar="SECONDS",
+                   help="seconds the guaranteed bound may spend tightening large operators exactly (default: the "
+                        "library's, 30); every value is proved either way, a larger budget gives a tighter bound, "
+                        "and the result is cached by the weights' sha256")
     c.add_argument("--out", help="output folder (default: certify-<model>, one per model)")
     c.add_argument("--attach", action="store_true",
                    help="write the results into the checkpoint folder's config.json and card (checked by sha256)")
@@ -327,6 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-dense", type=_positive_int, default=None,
                    help="under --norm auto: materialize operators up to this side only (default: adaptive, "
                         "small ones always, larger ones where they tighten the bound most within a time budget)")
+    b.add_argument("--bound-budget", type=float, default=None, metavar="SECONDS",
+                   help="seconds the guaranteed bound may spend tightening large operators exactly (default: the "
+                        "library's, 30); every value is proved either way, a larger budget gives a tighter bound, "
+                        "and the result is cached by the weights' sha256")
     b.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     b.add_argument("--json", action="store_true", help="print JSON instead of a table")
     b.set_defaults(func=_cmd_bounds)

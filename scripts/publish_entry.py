@@ -34,7 +34,9 @@ PAPER = {
 
 def _replace_top_level(text: str, key: str, value) -> str:
     """Replace a top-level ``key: ...`` block of a YAML file, keeping comments elsewhere."""
-    dumped = yaml.safe_dump({key: value}, default_flow_style=None, sort_keys=False, width=1000).strip()
+    # a bare null would be dumped in flow style as "{metrics: null}", which is not a top-level key
+    dumped = (f"{key}: null" if value is None else
+              yaml.safe_dump({key: value}, default_flow_style=None, sort_keys=False, width=1000).strip())
     pattern = re.compile(rf"^{key}:.*?(?=^\S|\Z)", re.S | re.M)
     if not pattern.search(text):
         raise ValueError(f"no top-level {key!r} in the YAML")
@@ -51,8 +53,14 @@ def ship(name: str, checkpoint: str, dtype: str) -> None:
     out = PKG / "weights" / name
     model = load(checkpoint)
     card = {"target": name, "paper_metrics": PAPER.get(name)}
-    config = model.lipzoo_config
-    save_pretrained(model, out, config=config, card=card, storage_dtype=dtype)
+    config = dict(model.lipzoo_config)
+    training = config.get("training") or {}
+    # The stored copy is the run's model in another dtype, not other work: its training record and
+    # recipe stay. A run trained from scratch with this entry's recipe has no parent (it is not
+    # derived from the weights it replaces); a fine-tuned one keeps the parent it recorded.
+    parent = config.get("parent") if training.get("init") else None
+    base = {**config, "sha256": None, "name": None, "weights": None, "metrics": None, "parent": parent}
+    save_pretrained(model, out, config=base, card=card, storage_dtype=dtype)
     sha = read_config(out)["sha256"]
     weights = {"repo_id": f"lipzoo/{name}", "revision": None, "sha256": sha, "filename": "model.safetensors",
                "local": f"weights/{name}", "storage_dtype": dtype}
@@ -60,7 +68,7 @@ def ship(name: str, checkpoint: str, dtype: str) -> None:
     entry_path.write_text(_replace_top_level(text, "metrics", None))  # old numbers belonged to old weights
     _clear_zoo_cache()
     # saved again now that the entry pins these bytes (same tensors, same sha256): the name is its own
-    save_pretrained(model, out, config={**config, "name": name}, card=card, storage_dtype=dtype)
+    save_pretrained(model, out, config={**base, "name": name}, card=card, storage_dtype=dtype)
     print(f"shipped {name}: {out} sha256={sha}; now run `lipzoo certify {name}` and --report")
 
 
