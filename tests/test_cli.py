@@ -263,7 +263,11 @@ def test_data_shape_channels_and_nan_are_refused_before_the_bound(checkpoint, tm
     np.savez(nan, x_test=pixels, y_test=np.zeros(4, np.int64))
     code = main(["certify", str(checkpoint.dir), "--data", str(nan), "--eps", "0.5", "--no-progress"])
     err = capsys.readouterr().err
-    assert code == 2 and ("NaN/inf pixel values (first image 2)" in err or "must be uint8 or float in [0, 1]" in err)
+    assert code == 2 and "NaN/inf pixel values (first image 2)" in err
+    labels = tmp_path / "ten.npz"  # a 4-class model on data with more classes
+    np.savez(labels, x_test=g.integers(0, 256, (4, 8, 8), dtype=np.uint8), y_test=np.array([0, 1, 5, 2]))
+    assert main(["certify", str(checkpoint.dir), "--data", str(labels), "--eps", "0.5", "--no-progress"]) == 2
+    assert "The data has label 5, but the model has 4 classes (0..3)" in capsys.readouterr().err
 
 
 # -- provenance through the command line ------------------------------------------------------------------
