@@ -441,17 +441,15 @@ def test_refused_constructions_name_module_and_reason(name):
     assert err.match(reason), str(err.value)
 
 
-# lipschitz_bound deep-copies the model first: train-mode refusals need liplt not to call eval() on the copy
-# (see the xfail below), and torch cannot deep-copy an old-style weight_norm module at all.
-@pytest.mark.parametrize("name", [n for n in REFUSED if "training mode" not in n and "weight_norm" not in n])
+# lipschitz_bound deep-copies the model first (keeping its train/eval mode); torch cannot deep-copy an
+# old-style weight_norm module at all.
+@pytest.mark.parametrize("name", [n for n in REFUSED if "weight_norm" not in n])
 def test_lipschitz_bound_refuses_too(name):
     make, shape, reason = REFUSED[name]
     with pytest.raises(TypeError, match=reason):
         lipschitz_bound(make(), shape, mode="global")
 
 
-@pytest.mark.xfail(strict=False, reason="lipschitz_bound (lipzoo/bounds/liplt.py) calls net.eval() on its copy "
-                                        "before building the structure, so train-mode refusals never fire there")
 def test_lipschitz_bound_refuses_train_mode_batch_norm():
     with pytest.raises(TypeError, match="call model.eval"):
         lipschitz_bound(_bn_train(), (3,), mode="global")
