@@ -83,7 +83,8 @@ def certify(model: nn.Module, dataset: Dataset, eps_list: Sequence[str], *, inpu
     report = {"model": name, "num_samples": summary.pop("num_samples"), "metrics": summary, "kind": kind,
               "bound": {**bound.to_dict(),
                         "pairwise_mean": float(off.mean()), "pairwise_max": float(off.max()),
-                        "seconds": round(bound_seconds, 2)},
+                        "seconds": round(bound_seconds, 2),
+                        **({"budget": budget} if budget is not None else {})},
               "attack": attack, "eps": [str(e) for e in eps_list],
               "mean_radius": float(result["radii"].mean())}
     if out_dir is not None:

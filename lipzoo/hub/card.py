@@ -43,6 +43,9 @@ def certify_command(config: Mapping[str, Any], target: str) -> str:
     attack = attack if attack is not None else config.get("certify_attack")
     if isinstance(attack, Mapping):
         parts += ["--attack-steps", str(attack.get("steps", 50)), "--restarts", str(attack.get("restarts", 1))]
+    bound = metrics.get("bound") if isinstance(metrics, Mapping) else None
+    if isinstance(bound, Mapping) and bound.get("budget") is not None:  # the bound's tightening time
+        parts += ["--bound-budget", f"{float(bound['budget']):g}"]
     return shlex.join(parts)
 
 

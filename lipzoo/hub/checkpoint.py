@@ -16,6 +16,8 @@ Provenance rules (enforced here, so callers need no special care):
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import json
 import logging
@@ -212,7 +214,11 @@ def attach_results(directory: str | os.PathLike, report: Mapping[str, Any]) -> M
     if named is not None and named != sha:
         raise ValueError(f"attach_results: the report was measured on weights with sha256 {named}, but "
                          f"{directory / WEIGHTS_NAME} has sha256 {sha}; certify this folder and attach that report.")
-    meta = meta.replace(results=Results.from_report(report, sha))
+    results = Results.from_report(report, sha)
+    trained = (meta.training or {}).get("epochs_trained")
+    if results.epochs_trained is None and trained is not None:  # the weights' own training record
+        results = dataclasses.replace(results, epochs_trained=int(trained))
+    meta = meta.replace(results=results)
     _write_config_and_card(directory, meta)
     logger.info("Attached certification results to %s (sha256 %s).", directory, sha)
     return meta
