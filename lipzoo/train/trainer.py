@@ -492,6 +492,11 @@ def _finish(run: _Run, seconds: float) -> None:
                   "hardware": _hardware(run.device), "last_epoch": history[-1] if history else {}}
     if run.opts.init:
         train_info["init"] = run.opts.init
+    else:
+        # Trained from scratch with an entry's recipe: not derived from the entry's weights, so no
+        # parent; the run has no name of its own until it is shipped (scripts/publish_entry.py).
+        train_info["recipe_of"] = config.get("name")
+        config = {**config, "name": None, "weights": None, "metrics": None, "parent": None}
     if run.opts.data:
         train_info["data"] = _data_record(run.opts.data)
     config["training"] = train_info
