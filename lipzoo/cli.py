@@ -46,6 +46,30 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    """argparse type: a finite number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value >= 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def _add_bound_options(p: argparse.ArgumentParser, power_note: str) -> None:
+    """The options of the guaranteed bound, shared by ``certify`` and ``bounds``."""
+    p.add_argument("--norm", default="auto", choices=["auto", "exact", "power"],
+                   help=f"operator norms: auto/exact are guaranteed, {power_note}")
+    p.add_argument("--max-dense", type=_positive_int, default=None,
+                   help="under --norm auto: materialize operators up to this side only (default: adaptive, "
+                        "small ones always, larger ones where they tighten the bound most within a time budget)")
+    p.add_argument("--bound-budget", type=_seconds, default=None, metavar="SECONDS",
+                   help="seconds the guaranteed bound may spend tightening large operators exactly (default: the "
+                        "library's, 30); every value is proved either way, a larger budget gives a tighter bound, "
+                        "and the result is cached by the weights' sha256")
+
+
 def _eps(text: str) -> str:
     """argparse type: an exact radius such as 36/255 or 1.58 (checked here, kept as written)."""
     from lipzoo.meta import parse_eps
@@ -307,15 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--restarts", type=_positive_int, default=1, help="PGD random restarts")
     c.add_argument("--no-attack", action="store_true", help="certified and clean accuracy only (no PGD)")
     c.add_argument("--compare", help="a second model drawn in the radius plot (e.g. a cross-entropy baseline)")
-    c.add_argument("--norm", default="auto", choices=["auto", "exact", "power"],
-                   help="operator norms: auto/exact are guaranteed, power is an estimate (reported as 'estimated')")
-    c.add_argument("--max-dense", type=_positive_int, default=None,
-                   help="under --norm auto: materialize operators up to this side only (default: adaptive, "
-                        "small ones always, larger ones where they tighten the bound most within a time budget)")
-    c.add_argument("--bound-budget", type=float, default=None, metavar="SECONDS",
-                   help="seconds the guaranteed bound may spend tightening large operators exactly (default: the "
-                        "library's, 30); every value is proved either way, a larger budget gives a tighter bound, "
-                        "and the result is cached by the weights' sha256")
+    _add_bound_options(c, "power is an estimate (reported as 'estimated')")
     c.add_argument("--out", help="output folder (default: certify-<model>, one per model)")
     c.add_argument("--attach", action="store_true",
                    help="write the results into the checkpoint folder's config.json and card (checked by sha256)")
@@ -327,15 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
                        parents=[common], formatter_class=fmt)
     b.add_argument("model", help="zoo entry, checkpoint folder or Hub repo id")
     b.add_argument("--input-shape", type=_positive_int, nargs="+", help="C H W (default: the model's)")
-    b.add_argument("--norm", default="auto", choices=["auto", "exact", "power"],
-                   help="operator norms: auto/exact are guaranteed, power is an estimate")
-    b.add_argument("--max-dense", type=_positive_int, default=None,
-                   help="under --norm auto: materialize operators up to this side only (default: adaptive, "
-                        "small ones always, larger ones where they tighten the bound most within a time budget)")
-    b.add_argument("--bound-budget", type=float, default=None, metavar="SECONDS",
-                   help="seconds the guaranteed bound may spend tightening large operators exactly (default: the "
-                        "library's, 30); every value is proved either way, a larger budget gives a tighter bound, "
-                        "and the result is cached by the weights' sha256")
+    _add_bound_options(b, "power is an estimate")
     b.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     b.add_argument("--json", action="store_true", help="print JSON instead of a table")
     b.set_defaults(func=_cmd_bounds)

@@ -6,6 +6,8 @@ module; add new ones here with a comment saying what they cover.
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -116,3 +118,28 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def interrupted_in_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int = 2, at_call: int = 2):
+    """Run the body with the trainer stopping by ``KeyboardInterrupt`` at the ``at_call``-th step of
+    ``epoch`` (0-based): after an optimizer step changed the weights, the estimator vectors and the
+    RNG, as a real interrupt would. The body must raise it; the trainer is restored afterwards."""
+    from lipzoo.train import trainer
+
+    original = trainer._Run.loss
+    seen = [0]
+
+    def loss(self, x, y, regularize):
+        if self.epoch == epoch:
+            seen[0] += 1
+            if seen[0] == at_call:
+                raise KeyboardInterrupt
+        return original(self, x, y, regularize)
+
+    monkeypatch.setattr(trainer._Run, "loss", loss)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        monkeypatch.setattr(trainer._Run, "loss", original)

@@ -22,7 +22,7 @@ import yaml
 from safetensors.torch import load_file
 
 import lipzoo
-from conftest import register_tiny, tiny_builder
+from conftest import interrupted_in_epoch, register_tiny, tiny_builder
 from lipzoo.cli import main
 from lipzoo.models import build_model, zoo
 from lipzoo.train import resolve_config
@@ -221,20 +221,8 @@ def test_resume_of_a_finetune_is_exact_and_never_reads_the_init_weights(tiny, tm
     run_a, run_b = tmp_path / "a", tmp_path / "b"
     assert _tiny_run(tiny, run_a) == 0 and calls == [str(tiny[1])]
 
-    original_loss = trainer_mod._Run.loss
-    seen = {"epoch3": 0}
-
-    def interrupted(self, x, y, regularize):  # stop in the middle of epoch 3
-        if self.epoch == 2:
-            seen["epoch3"] += 1
-            if seen["epoch3"] == 2:
-                raise KeyboardInterrupt
-        return original_loss(self, x, y, regularize)
-
-    monkeypatch.setattr(trainer_mod._Run, "loss", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_in_epoch(monkeypatch):  # stop in the middle of epoch 3
         _tiny_run(tiny, run_b)
-    monkeypatch.setattr(trainer_mod._Run, "loss", original_loss)
     calls.clear()
     assert _tiny_run(tiny, run_b, "--resume") == 0
     assert calls == []  # the checkpoint holds the weights: the init is not loaded again

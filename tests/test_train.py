@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 
 import lipzoo
 from lipzoo.cli import main
-from conftest import register_tiny, tiny_builder
+from conftest import interrupted_in_epoch, register_tiny, tiny_builder
 from lipzoo.train import apply_overrides, exponential_decay, resolve_config
 from lipzoo.train import trainer as trainer_mod
 
@@ -174,20 +174,8 @@ def test_resume_is_bit_for_bit(recipe_file, data_root, tmp_path, monkeypatch):
 
     # Run B: interrupted in the middle of epoch 3 (after one optimizer step changed the weights,
     # the estimator vectors and the RNG), then resumed from the epoch-2 checkpoint.
-    original_loss = trainer_mod._Run.loss
-    calls = {"epoch3": 0}
-
-    def interrupted_loss(self, x, y, regularize):
-        if self.epoch == 2:
-            calls["epoch3"] += 1
-            if calls["epoch3"] == 2:
-                raise KeyboardInterrupt
-        return original_loss(self, x, y, regularize)
-
-    monkeypatch.setattr(trainer_mod._Run, "loss", interrupted_loss)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_in_epoch(monkeypatch):
         _train(recipe_file, run_b, data_root)
-    monkeypatch.setattr(trainer_mod._Run, "loss", original_loss)
     assert _ckpt(run_b)["epoch"] == 2 and len(_rows(run_b)) == 2
     assert not (run_b / "final").exists()
     shutil.copytree(run_b, run_c)
