@@ -143,3 +143,11 @@ def interrupted_in_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int = 2, at_cal
             yield
     finally:
         monkeypatch.setattr(trainer._Run, "loss", original)
+
+
+@pytest.fixture(autouse=True)
+def _no_shared_bound_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads or writes the user's bound cache, and none sees another test's bounds: the
+    ``lipzoo`` command line would otherwise turn on ``~/.cache/lipzoo/bounds`` for the whole test
+    process. Tests of the cache set ``LIPZOO_CACHE`` themselves."""
+    monkeypatch.setenv("LIPZOO_CACHE", "off")

@@ -230,3 +230,13 @@ def test_fast_adjoint_equals_operator_adjoint(torch_gen):
         op = Conv2dOp(torch.randn(3, 2, 3, 3, generator=torch_gen, dtype=torch.float64), stride=3, padding=1)
         y = torch.randn(2, *op.out_shape((2, n, n + 1)), generator=torch_gen, dtype=torch.float64)
         assert torch.allclose(adjoint(op, y, (2, n, n + 1)), op.adjoint(y, (2, n, n + 1)), rtol=1e-12, atol=1e-12)
+
+
+def test_a_cached_bound_keeps_the_requested_dtype(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIPZOO_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 4))
+    first = lipschitz_bound(net, (6,), dtype=torch.float32)
+    again = lipschitz_bound(net, (6,), dtype=torch.float32)  # served from the cache
+    assert any(tmp_path.iterdir())
+    assert first.value.dtype == again.value.dtype == torch.float32 and torch.equal(first.value, again.value)

@@ -356,7 +356,7 @@ def lipschitz_bounds(model: nn.Module, input_shape, *, method: str = "liplt", mo
         hit = _cache.load_bounds(key)
         if hit is not None and all(m in hit for m in modes):
             try:
-                return {m: _bound_from_record(hit[m]) for m in modes}
+                return {m: _bound_from_record(hit[m], dtype) for m in modes}
             except (KeyError, TypeError, ValueError) as err:
                 logger.warning("Ignoring a malformed Lipschitz-bound cache entry (%s); recomputing.", err)
     out = _lipschitz_bounds(model, input_shape, method=method, modes=modes, norm=norm, max_dense=max_dense,
@@ -374,8 +374,10 @@ def _model_device(model: nn.Module) -> str:
     return t.device.type if t is not None else "cpu"
 
 
-def _bound_from_record(record) -> LipschitzBound:
-    return LipschitzBound(value=torch.tensor(record["value"], dtype=torch.float64), guaranteed=record["guaranteed"],
+def _bound_from_record(record, dtype: torch.dtype = torch.float64) -> LipschitzBound:
+    """A cached bound, its value in the requested ``dtype``: the record holds the values that were
+    returned in that dtype (the key includes it), so the conversion is exact."""
+    return LipschitzBound(value=torch.tensor(record["value"], dtype=dtype), guaranteed=record["guaranteed"],
                           guarantee=record["guarantee"], method=record["method"], mode=record["mode"],
                           norm=record["norm"], layer_bounds=record["layer_bounds"], details=record["details"])
 
