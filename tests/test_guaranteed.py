@@ -240,3 +240,26 @@ def test_a_cached_bound_keeps_the_requested_dtype(tmp_path, monkeypatch):
     again = lipschitz_bound(net, (6,), dtype=torch.float32)  # served from the cache
     assert any(tmp_path.iterdir())
     assert first.value.dtype == again.value.dtype == torch.float32 and torch.equal(first.value, again.value)
+
+
+def test_a_bound_with_more_tightening_time_serves_smaller_budgets(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIPZOO_CACHE", str(tmp_path))
+    net, shape = _plain(2)
+    import lipzoo.bounds.liplt as liplt
+
+    real = liplt._lipschitz_bounds
+    calls = []
+
+    def counting(*a, **k):
+        calls.append(k["budget"])
+        return real(*a, **k)
+
+    monkeypatch.setattr(liplt, "_lipschitz_bounds", counting)
+    long = lipschitz_bound(net, shape, budget=20.0)
+    short = lipschitz_bound(net, shape, budget=1.0)  # `certify` after `bounds --bound-budget 20`: a hit
+    assert calls == [20.0] and torch.equal(short.value, long.value)
+    again = lipschitz_bound(net, shape, budget=40.0)  # more time asked than was spent: recomputed
+    assert calls == [20.0, 40.0]
+    assert float(again.value.mean()) <= float(long.value.mean())  # the tighter of the two is kept
+    (path,) = tmp_path.glob("*.json")
+    assert json.loads(path.read_text())["bounds"]["pairwise"]["budget"] == 40.0
