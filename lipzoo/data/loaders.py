@@ -120,21 +120,12 @@ def make_loaders(
         ValueError: on invalid sizes, an empty part, an invalid augmentation or ``distributed=True``
             without an initialized process group.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}.")
-    if not isinstance(validation_split, (int, float)) or not 0.0 <= validation_split < 1.0:
-        raise ValueError(f"validation_split must be a fraction in [0, 1); got {validation_split!r}.")
     if distributed and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         raise ValueError("distributed=True needs an initialized process group; call "
                          "torch.distributed.init_process_group(...) first (e.g. launch with torchrun).")
-    n = len(train_dataset)
-    n_val = int(round(n * validation_split))
-    if n - n_val < 1 or (validation_split > 0 and n_val < 1):
-        raise ValueError(f"validation_split={validation_split} of {n} samples leaves an empty part "
-                         f"({n - n_val} train, {n_val} validation); change validation_split.")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    train_idx, val_idx = _split(len(train_dataset), batch_size, validation_split, seed)
     image_size = tuple(train_dataset[0][0].shape[-2:]) if len(augmentation) else None
-    train_part = _Part(train_dataset, order[n_val:], build_augmentation(augmentation, image_size))
+    train_part = _Part(train_dataset, train_idx, build_augmentation(augmentation, image_size))
     common: dict[str, Any] = dict(batch_size=batch_size, num_workers=num_workers,
                                   persistent_workers=False, pin_memory=torch.cuda.is_available())
     if distributed:
@@ -142,8 +133,22 @@ def make_loaders(
         train = DataLoader(train_part, sampler=sampler, **common)
     else:
         train = DataLoader(train_part, shuffle=True, generator=torch.Generator().manual_seed(seed), **common)
-    val = DataLoader(_Part(train_dataset, order[:n_val]), shuffle=False, **common) if n_val else None
+    val = DataLoader(_Part(train_dataset, val_idx), shuffle=False, **common) if len(val_idx) else None
     return {"train": train, "val": val}
+
+
+def _split(n: int, batch_size: int, validation_split: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Checked arguments and the seeded ``(train, validation)`` indices of ``n`` samples (both loader paths)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}.")
+    if not isinstance(validation_split, (int, float)) or not 0.0 <= validation_split < 1.0:
+        raise ValueError(f"validation_split must be a fraction in [0, 1); got {validation_split!r}.")
+    n_val = int(round(n * validation_split))
+    if n - n_val < 1 or (validation_split > 0 and n_val < 1):
+        raise ValueError(f"validation_split={validation_split} of {n} samples leaves an empty part "
+                         f"({n - n_val} train, {n_val} validation); change validation_split.")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[n_val:], order[:n_val]
 
 
 # -- the device-resident path ---------------------------------------------------------------------
@@ -329,21 +334,11 @@ def make_device_loaders(train_dataset: Dataset, batch_size: int, *, device, vali
                         augmentation: Sequence[str | dict[str, Any]] = (), seed: int = 0, rank: int = 0,
                         world: int = 1) -> dict[str, DeviceLoader | None]:
     """:func:`make_loaders`' split (same seed, same indices) as :class:`DeviceLoader` s on ``device``."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}.")
-    if not isinstance(validation_split, (int, float)) or not 0.0 <= validation_split < 1.0:
-        raise ValueError(f"validation_split must be a fraction in [0, 1); got {validation_split!r}.")
+    train_idx, val_idx = _split(len(train_dataset), batch_size, validation_split, seed)  # checked before stacking
     images, labels = _stack_images(train_dataset)
-    n = labels.shape[0]
-    n_val = int(round(n * validation_split))
-    if n - n_val < 1 or (validation_split > 0 and n_val < 1):
-        raise ValueError(f"validation_split={validation_split} of {n} samples leaves an empty part "
-                         f"({n - n_val} train, {n_val} validation); change validation_split.")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     augment = DeviceAugment(augmentation, tuple(images.shape[-2:]))
-    train_idx, val_idx = order[n_val:], order[:n_val]
     train = DeviceLoader(images[train_idx], labels[train_idx], batch_size, device=device, augment=augment or None,
                          seed=seed, rank=rank, world=world)
     val = (DeviceLoader(images[val_idx], labels[val_idx], batch_size, device=device, shuffle=False)
-           if n_val else None)
+           if len(val_idx) else None)
     return {"train": train, "val": val}

@@ -264,15 +264,14 @@ class _Run:
         return CRMLoss(t=float(crm.get("t", 5.0)), lam=float(crm.get("lam", 15.0)), r0=crm.get("r0"),
                        g=crm.get("g", "linear"), warmup_epochs=int(crm.get("warmup_epochs", 0)))
 
-    def fit_budget(self, epoch_seconds: float, elapsed: float) -> None:
-        """Shrink the recipe to the epochs that fit ``opts.time_budget`` (``elapsed`` seconds are spent)."""
+    def fit_budget(self, epoch_seconds: float, elapsed: float) -> bool:
+        """Shrink the recipe to the epochs that fit ``opts.time_budget`` (``elapsed`` seconds are spent).
+
+        Returns whether the recipe changed."""
         budget, epochs = self.opts.time_budget, int(self.recipe["epochs"])
-        fit = self.epoch + int(max(0.0, budget - elapsed) // max(epoch_seconds, 1e-9))
+        fit = max(self.epoch + int(max(0.0, budget - elapsed) // max(epoch_seconds, 1e-9)), self.epoch, 1)
         if fit >= epochs:
-            return
-        fit = max(fit, self.epoch, 1)
-        if fit == epochs:
-            return
+            return False
         logger.warning("time budget %.0f s: %d of %d epochs fit (%.1f s each); the schedule is scaled to %d epochs.",
                        budget, fit, epochs, epoch_seconds, fit)
         original = self.config.get("time_budget", {}).get("recipe_epochs", epochs)
@@ -280,6 +279,7 @@ class _Run:
                            time_budget={"seconds": budget, "recipe_epochs": original})
         self.recipe = self.config["recipe"]
         self._rebuild_schedule()
+        return True
 
     def _rebuild_schedule(self) -> None:
         """A scheduler and criterion for ``self.recipe``, positioned at ``self.epoch``."""
@@ -341,12 +341,13 @@ class _Run:
         if self.recipe.get("loss", "crm") == "crm":
             pairwise = self.estimator()  # the bound stays in float32, outside autocast
             loss, parts = self.criterion(logits, y, pairwise, regularize=regularize, return_parts=True,
-                                          validate=False)
+                                          validate=False)  # parts["mean_radius"]: the radii it already formed
         else:
             with torch.no_grad():
                 pairwise = self.estimator()
+                radius = certified_radius(logits, y, pairwise, validate=False).mean()
             loss = F.cross_entropy(logits, y)
-            parts = {"ce": loss.detach()}
+            parts = {"ce": loss.detach(), "mean_radius": radius}
         return logits, pairwise.detach(), loss, parts
 
     def train_epoch(self) -> dict[str, float]:
@@ -366,18 +367,18 @@ class _Run:
         for step, (x, y) in enumerate(self.train_loader):
             if step >= steps:
                 break
-            logits, pairwise, loss, _ = self.loss(x, y, regularize)
-            bad = ~torch.isfinite(logits).all() | ~torch.isfinite(loss)
-            fresh = bad & (first_bad[0] < 0)
+            logits, _, loss, parts = self.loss(x, y, regularize)
+            logits_inf = ~torch.isfinite(logits).all()
+            fresh = (logits_inf | ~torch.isfinite(loss)) & (first_bad[0] < 0)
             first_bad = torch.where(fresh, torch.stack([first_bad.new_tensor(step), loss.detach().double()]), first_bad)
-            logits_bad = torch.where(fresh, ~torch.isfinite(logits).all(), logits_bad)
+            logits_bad = torch.where(fresh, logits_inf, logits_bad)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             with torch.no_grad():
-                radius = certified_radius(logits.detach(), y, pairwise, validate=False)
-                totals += torch.stack([loss.detach().double() * y.shape[0], (logits.argmax(1) == y).sum().double(),
-                                       radius.double().sum(), totals.new_tensor(y.shape[0])])
+                n = y.shape[0]
+                totals += torch.stack([loss.detach().double() * n, (logits.argmax(1) == y).sum().double(),
+                                       parts["mean_radius"].double() * n, totals.new_tensor(n)])
             bar.update()
             if (step + 1) % self.opts.sync_every == 0 or step + 1 == steps:
                 t = totals.tolist()  # the one host synchronization every sync_every steps
@@ -464,8 +465,7 @@ def train(config: dict, opts: TrainOptions) -> Path:
         seconds.append(row["epoch_seconds"])
         if opts.time_budget and run.epoch >= first_epoch + 2:
             recent = seconds[1:][-3:]
-            run.fit_budget(sum(recent) / len(recent), time.time() - start)
-            if run.rank == 0:
+            if run.fit_budget(sum(recent) / len(recent), time.time() - start) and run.rank == 0:
                 (out / "config.yaml").write_text(yaml.safe_dump(run.config, sort_keys=False))
         if not all(math.isfinite(v) for v in row.values() if isinstance(v, float)):
             raise FloatingPointError(f"Non-finite metrics at epoch {run.epoch}: {row}; last good checkpoint kept.")
