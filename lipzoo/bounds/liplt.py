@@ -151,6 +151,10 @@ class LipschitzBound:
                    layer_bounds=record.get("layer_bounds", ()))
 
 
+DIRECT_PAIRS_MAX_CLASSES = 64
+"""Up to this many classes the pairwise output norms are all computed from row differences."""
+
+
 def _unit_roundoff(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).eps / 2
 
@@ -166,12 +170,13 @@ def output_norms(rows: torch.Tensor, mode: str, margin: float = 0.0, *, rho: flo
     the result is never below the exact norm of the given rows:
 
     * ``per_class``: ``sqrt(fl(sum r^2))`` times ``1 + 2 (n + 4) u``.
-    * ``pairwise``: the Gram form ``g_ii + g_jj - 2 g_ij`` cancels catastrophically when two rows
-      nearly coincide (rows 1e-5 apart at scale 1e3 gave ``L_01 = 1.5e-154``). It is used only where
-      its proved absolute error ``E_ij = 2 (n + 8) u (sqrt(g_ii) + sqrt(g_jj))^2`` is at most
-      ``rho`` times the computed square, and then ``E_ij`` is added; every other pair is computed
-      from the difference ``r_i - r_j`` itself (``torch.cdist`` without the matrix-multiplication
-      form; relative error ``<= 2 (n + 4) u``).
+    * ``pairwise``: up to :data:`DIRECT_PAIRS_MAX_CLASSES` classes, every ``||r_i - r_j||`` from the
+      difference itself (``torch.cdist`` without the matrix-multiplication form; relative error
+      ``<= 2 (n + 4) u``). With more classes, the Gram form ``g_ii + g_jj - 2 g_ij``, which cancels
+      catastrophically when two rows nearly coincide (rows 1e-5 apart at scale 1e3 gave
+      ``L_01 = 1.5e-154``): it is used only where its proved absolute error
+      ``E_ij = 2 (n + 8) u (sqrt(g_ii) + sqrt(g_jj))^2`` is at most ``rho`` times the computed square,
+      and then ``E_ij`` is added; every other pair is computed from its difference as above.
     * ``global``: ``sqrt(eigvalsh(G) + E)`` with ``E`` covering the Gram rounding
       (``2 (n + 8) u (sum_i ||r_i||)^2``) and the backward error of ``eigvalsh``
       (``8 K u ||G||_F``).
@@ -191,6 +196,12 @@ def output_norms(rows: torch.Tensor, mode: str, margin: float = 0.0, *, rho: flo
         diag_norms = gram.diagonal().clamp_min(0).sqrt()
         err = gamma * diag_norms.sum().square() + 8 * k * u * gram.norm()
         val = (torch.linalg.eigvalsh(gram)[-1].clamp_min(0) + err).sqrt() * (1 + 4 * u)
+    elif k <= DIRECT_PAIRS_MAX_CLASSES:
+        # few classes: every pair from its difference (cdist's direct mode, no Gram), K^2 n flops, and
+        # no data-dependent branch, so the training estimator never waits for the device here
+        eye = torch.eye(k, dtype=torch.bool, device=r.device)
+        direct = torch.cdist(r, r, compute_mode="donot_use_mm_for_euclid_dist") * (1 + 2 * (n + 4) * u)
+        val = torch.where(eye, torch.zeros_like(direct), direct.clamp_min(torch.finfo(torch.float64).tiny))
     else:
         gram = r @ r.T
         diag = gram.diagonal().clamp_min(0)
