@@ -25,7 +25,7 @@ from types import MappingProxyType
 import torch
 from torch import nn
 
-from lipzoo.bounds.norms import (EXACT_MARGIN, GUARANTEE_ORDER, NormResult, _tensor_of, chain_norm,
+from lipzoo.bounds.norms import (EXACT_MARGIN, GUARANTEE_ORDER, NormResult, _tensor_of, chain_norm, round_cast,
                                  weakest_guarantee)
 from lipzoo.bounds.proved import proved_inner_norms
 from lipzoo.bounds.structure import Structure, build_structure, numel
@@ -219,14 +219,7 @@ def output_norms(rows: torch.Tensor, mode: str, margin: float = 0.0, *, rho: flo
             fix = torch.zeros_like(val).index_put((idx[:, None], idx[None, :]), direct)
             val = torch.where(cancel, fix, val)
         val = torch.where(eye, torch.zeros_like(val), val)
-    return _round_up(val * (1 + margin), out_dtype) if margin else val.to(out_dtype)
-
-
-def _round_up(value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``value`` cast to ``dtype`` rounding toward ``+inf`` (never below ``value``)."""
-    out = value.to(dtype)
-    up = torch.nextafter(out.detach(), torch.full_like(out.detach(), float("inf")))
-    return torch.where(out.detach().to(value.dtype) < value.detach(), out + (up - out.detach()), out)
+    return round_cast(val * (1 + margin), out_dtype, float("inf")) if margin else val.to(out_dtype)
 
 
 def output_rows(structure: Structure, sources) -> dict:
@@ -476,10 +469,10 @@ def _lipschitz_bounds(model, input_shape, *, method, modes, norm, max_dense, n_i
             for mode in modes:
                 values[mode] = output_norms(r, mode, margin) * total
     guarantee = weakest_guarantee(kinds + ["exact"])
-    values = {mode: _round_up(v.detach(), dtype).cpu() for mode, v in values.items()}
+    values = {mode: round_cast(v.detach(), dtype, float("inf")).cpu() for mode, v in values.items()}
     return {mode: LipschitzBound(value=values[mode], guaranteed=guarantee != "estimate",
                                  guarantee=guarantee, method=method, mode=mode, norm=norm,
-                                 layer_bounds=[_round_up(torch.as_tensor(x).detach(), torch.float64).item()
+                                 layer_bounds=[round_cast(torch.as_tensor(x).detach(), torch.float64, float("inf")).item()
                                                for x in m], details=details) for mode in modes}
 
 

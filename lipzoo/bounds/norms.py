@@ -104,3 +104,22 @@ def chain_norm(factors: list[LinearOperator], in_shape: Shape, *, max_dense: int
     left = chain_norm(factors[:cut], shapes[cut], max_dense=max_dense, chunk=chunk)
     right = chain_norm(factors[cut:], in_shape, max_dense=max_dense, chunk=chunk)
     return NormResult(left.value * right.value, weakest_guarantee([left.guarantee, right.guarantee, "proved"]))
+
+
+def round_cast(value: torch.Tensor, dtype: torch.dtype, toward: float) -> torch.Tensor:
+    """``value`` cast to ``dtype``, rounded toward ``toward`` (``float("inf")``: never below ``value``;
+    ``-inf``: never above it). A cast that overflows lands on the largest finite value on the safe side.
+
+    Differentiable: the one-ulp correction is a constant for autograd.
+    """
+    out = value.to(dtype)
+    if dtype == value.dtype:
+        return out
+    d = out.detach()
+    step = torch.nextafter(d, torch.full_like(d, toward))
+    back = d.to(value.dtype)
+    wrong = back < value.detach() if toward > 0 else back > value.detach()
+    finite = torch.isfinite(d)
+    out = out + torch.where(wrong & finite, step - d, torch.zeros_like(d))
+    return torch.where(wrong & ~finite, step, out)
+

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lipzoo.bounds.norms import round_cast
+
 __all__ = ["pairwise_radii", "certified_radius"]
 
 
@@ -51,21 +53,6 @@ def _check_inputs(logits: Tensor, labels: Tensor, pairwise_L: Tensor) -> None:
         )
 
 
-def _round_down(value: Tensor, dtype: torch.dtype) -> Tensor:
-    """Cast float64 ``value`` to ``dtype`` rounding toward ``-inf`` (never above ``value``).
-
-    Differentiable: the one-ulp correction is a constant for autograd.
-    """
-    out = value.to(dtype)
-    if dtype == value.dtype:
-        return out
-    down = torch.nextafter(out.detach(), torch.full_like(out.detach(), float("-inf")))
-    too_big = out.detach().to(value.dtype) > value.detach()
-    finite = torch.isfinite(out.detach())
-    out = out + torch.where(too_big & finite, down - out.detach(), torch.zeros_like(down))
-    return torch.where(too_big & ~finite, down, out)  # overflow to +inf becomes the largest finite value
-
-
 def pairwise_radii(logits: Tensor, labels: Tensor, pairwise_L: Tensor, *, validate: bool = True) -> Tensor:
     """Per-class radii ``(z_y - z_i) / L_yi`` (the terms of eq. 4), rounded down.
 
@@ -102,7 +89,7 @@ def pairwise_radii(logits: Tensor, labels: Tensor, pairwise_L: Tensor, *, valida
     safe_L = torch.where(is_y, torch.ones_like(L_y), L_y)
     radii = (z_y - z) / safe_L
     radii = radii - radii.detach().abs() * (4 * torch.finfo(torch.float64).eps)
-    return _round_down(radii, logits.dtype).masked_fill(is_y, float("inf"))
+    return round_cast(radii, logits.dtype, float("-inf")).masked_fill(is_y, float("inf"))
 
 
 def certified_radius(logits: Tensor, labels: Tensor, pairwise_L: Tensor, *, validate: bool = True) -> Tensor:
