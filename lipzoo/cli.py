@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -44,6 +43,11 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
+
+
+# The command line keeps guaranteed bounds on disk (keyed by the weights' sha256), so certify after
+# bounds is instant: ``$LIPZOO_CACHE`` or ``~/.cache/lipzoo/bounds``; ``LIPZOO_CACHE=off`` disables.
+_CACHE = True
 
 
 def _seconds(text: str) -> float:
@@ -187,7 +191,7 @@ def _cmd_certify(args) -> int:
     report = certify(model, dataset, eps_list, input_shape=config["input_shape"], out_dir=out, name=name,
                      limit=args.limit, batch_size=args.batch_size, attack=attack, norm=args.norm,
                      max_dense=args.max_dense, compare=compare, device=device, progress=not args.no_progress,
-                     budget=args.bound_budget,
+                     budget=args.bound_budget, cache=_CACHE,
                      allow_estimate=args.norm == "power")  # --norm power asks for an estimate explicitly
     if config.get("sha256"):  # which weights these numbers belong to (checked by attach_results)
         report["sha256"] = config["sha256"]
@@ -214,7 +218,8 @@ def _cmd_bounds(args) -> int:
 
     model, config = _load_model(args.model, _device(args.device))  # the bound runs where the model is
     shape = args.input_shape or config["input_shape"]
-    table = bounds_table(model, shape, norm=args.norm, max_dense=args.max_dense, budget=args.bound_budget)
+    table = bounds_table(model, shape, norm=args.norm, max_dense=args.max_dense, budget=args.bound_budget,
+                         cache=_CACHE)
     if args.json:
         print(json.dumps(table, indent=2))
         return 0
@@ -366,8 +371,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # guaranteed bounds are cached on disk (keyed by the weights' sha256), so certify after bounds is instant
-    os.environ.setdefault("LIPZOO_CACHE", str(Path.home() / ".cache" / "lipzoo" / "bounds"))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -143,6 +143,19 @@ def test_certify_exit_code_3_on_consistency_violations(checkpoint, tmp_path, mon
     assert "0.5 |" in capsys.readouterr().out
 
 
+def test_the_command_line_caches_bounds_without_touching_the_environment(checkpoint, tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setenv("LIPZOO_CACHE", str(tmp_path / "cache"))
+    assert main(["bounds", str(checkpoint.dir), "--json"]) == 0
+    assert list((tmp_path / "cache").glob("*.json"))  # `certify` after `bounds` reads these
+    monkeypatch.delenv("LIPZOO_CACHE")
+    monkeypatch.setattr("lipzoo.bounds.cache.cache_dir", lambda: tmp_path / "default")
+    assert main(["bounds", str(checkpoint.dir), "--json"]) == 0
+    assert list((tmp_path / "default").glob("*.json"))  # on by default for the command line ...
+    assert "LIPZOO_CACHE" not in os.environ  # ... without turning it on for library calls in the process
+
+
 def test_bounds_json_naive_is_never_tighter(checkpoint, capsys):
     assert main(["bounds", str(checkpoint.dir), "--json"]) == 0
     table = json.loads(capsys.readouterr().out)

@@ -31,7 +31,8 @@ def certify(model: nn.Module, dataset: Dataset, eps_list: Sequence[str], *, inpu
             name: str = "model", limit: int | None = None, batch_size: int = 500, attack: dict | None = None,
             norm: str = "auto", max_dense: int | None = 4096, bound: LipschitzBound | None = None,
             compare: dict[str, torch.Tensor] | None = None, device=None, progress: bool = True,
-            allow_estimate: bool = False, budget: float | None = None) -> dict[str, Any]:
+            allow_estimate: bool = False, budget: float | None = None,
+            cache: bool | None = None) -> dict[str, Any]:
     """Certify ``model`` on ``dataset`` at each eps (pixel units) and write the report files.
 
     Args:
@@ -47,6 +48,7 @@ def certify(model: nn.Module, dataset: Dataset, eps_list: Sequence[str], *, inpu
         bound: a precomputed :class:`~lipzoo.LipschitzBound` (skips the computation).
         budget: seconds the guaranteed bound may spend tightening large operators (None: the
             default of :func:`lipzoo.lipschitz_bound`); every value is proved, a larger budget is tighter.
+        cache: use the on-disk bound cache (see :func:`lipzoo.lipschitz_bound`; None: as ``$LIPZOO_CACHE`` says).
         compare: extra radii curves for the plot, ``{label: radii}``.
         allow_estimate: accept an estimate (``norm="power"``); everything is then labelled
             ``estimated``, never ``certified``.
@@ -66,9 +68,8 @@ def certify(model: nn.Module, dataset: Dataset, eps_list: Sequence[str], *, inpu
         dataset = Subset(dataset, range(min(limit, len(dataset))))
     t0 = time.time()
     if bound is None:
-        extra = {} if budget is None else {"budget": budget}
         bound = lipschitz_bound(model, input_shape, method="liplt", mode="pairwise", norm=norm, max_dense=max_dense,
-                                **extra)
+                                **_bound_options(budget, cache))
     bound_seconds = time.time() - t0
     kind = radius_kind(bound)
     if not bound.guaranteed:
@@ -129,12 +130,12 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def bounds_table(model: nn.Module, input_shape, *, norm: str = "auto", max_dense: int | None = 4096,
-                 budget: float | None = None) -> dict[str, Any]:
+                 budget: float | None = None, cache: bool | None = None) -> dict[str, Any]:
     """The paper's Table 2 for ``model``: mean ``L_ij``, ``L_i + L_j`` and ``sqrt(2) L``, naive and LipLT."""
     rows = {}
     for method in ("naive", "liplt"):
         b = lipschitz_bounds(model, input_shape, method=method, norm=norm, max_dense=max_dense,
-                             **({} if budget is None else {"budget": budget}))
+                             **_bound_options(budget, cache))
         k = b["pairwise"].value.shape[0]
         off = ~torch.eye(k, dtype=torch.bool)
         pc = b["per_class"].value
@@ -143,3 +144,9 @@ def bounds_table(model: nn.Module, input_shape, *, norm: str = "auto", max_dense
                         "sqrt2_L": float(2 ** 0.5 * b["global"].value),
                         "guarantee": b["pairwise"].guarantee}
     return rows
+
+
+def _bound_options(budget: float | None, cache: bool | None) -> dict[str, Any]:
+    """The keyword arguments of the bound computation; ``budget=None`` keeps the library's default."""
+    return {"cache": cache, **({} if budget is None else {"budget": budget})}
+
