@@ -18,6 +18,7 @@ weights becomes the ``parent``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -30,9 +31,19 @@ __all__ = [
     "Eps", "parse_eps", "DatasetFacts", "DATASETS", "dataset_facts", "LOSSES", "OPTIMIZERS", "SCHEDULERS",
     "G_FUNCTIONS", "AUGMENTATIONS", "STORAGE_DTYPES", "Optimizer", "Scheduler", "CRMSettings", "Augmentation",
     "Recipe", "Normalization", "ArchitectureConfig", "WeightsRef", "Measured", "Results", "Parent", "Metadata",
+    "file_sha256",
 ]
 
 logger = logging.getLogger(__name__)
+
+
+def file_sha256(path) -> str:
+    """The sha256 of a file, read in 1 MiB blocks: the identity that weights, data and results share."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 LOSSES = ("crm", "ce")
 OPTIMIZERS = ("adam", "adamw", "sgd")

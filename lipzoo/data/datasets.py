@@ -6,7 +6,6 @@ that eps is measured in pixel units.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import zipfile
@@ -20,7 +19,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from lipzoo.meta import DATASETS as _FACTS
-from lipzoo.meta import DatasetFacts, dataset_facts
+from lipzoo.meta import DatasetFacts, dataset_facts, file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +61,6 @@ class ImageTensorDataset(Dataset):
         x = self.images[index]
         x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
         return x, self.labels[index]
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _to_chw(x: np.ndarray, key: str, path: Path) -> Tensor:
@@ -241,7 +236,7 @@ def load_dataset(name_or_path: str | os.PathLike[str], split: str = "train", roo
                                     "and use download=True.")
         return _load_npz(path, split)
     if name == "mnist" and split == "test":
-        digest = _sha256(BUNDLED_MNIST_TEST)
+        digest = file_sha256(BUNDLED_MNIST_TEST)
         if digest != BUNDLED_MNIST_TEST_SHA256:
             raise ValueError(f"Bundled {BUNDLED_MNIST_TEST} has sha256 {digest}, expected "
                              f"{BUNDLED_MNIST_TEST_SHA256}: corrupted install; reinstall lipzoo.")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import hashlib
 import json
 import logging
 import os
@@ -32,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lipzoo.hub.card import render_card
-from lipzoo.meta import Metadata, Results
+from lipzoo.meta import Metadata, Results, file_sha256
 from lipzoo.models import zoo
 from lipzoo.models.factory import HUB_PREFIX, build_model
 
@@ -63,14 +62,6 @@ def _lipzoo_version() -> str:
         return dist_version("lipzoo")
     except PackageNotFoundError:
         return "unknown"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _metadata(config: Any, model: nn.Module) -> Metadata:
@@ -179,7 +170,7 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, config: A
     # dtype live in config.json.
     weights = directory / WEIGHTS_NAME
     _replace_write(weights, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
-    meta = meta.for_weights(_sha256(weights), zoo_weights=zoo.published_sha256())
+    meta = meta.for_weights(file_sha256(weights), zoo_weights=zoo.published_sha256())
     meta = meta.replace(storage_dtype=storage_dtype, lipzoo_version=_lipzoo_version())
     _write_config_and_card(directory, meta)
     logger.info("Saved %s checkpoint to %s (sha256 %s)", meta.architecture, directory, meta.sha256)
@@ -209,7 +200,7 @@ def attach_results(directory: str | os.PathLike, report: Mapping[str, Any]) -> M
     """
     directory = Path(directory)
     meta = read_metadata(directory)
-    sha = _sha256(_verified_weights(directory, meta, None))
+    _, sha = _verified_weights(directory, meta, None)
     named = report.get("sha256")
     if named is not None and named != sha:
         raise ValueError(f"attach_results: the report was measured on weights with sha256 {named}, but "
@@ -254,17 +245,18 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     return read_metadata(directory).to_dict()
 
 
-def _verified_weights(directory: Path, meta: Metadata, expected_sha256: str | None) -> Path:
+def _verified_weights(directory: Path, meta: Metadata, expected_sha256: str | None) -> tuple[Path, str]:
+    """The weights file of ``directory`` and its sha256, checked against the entry and ``config.json``."""
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise ValueError(f"No {WEIGHTS_NAME} in {str(directory)!r}: expected a folder written by "
                          "lipzoo.hub.save_pretrained.")
-    actual = _sha256(weights)
+    actual = file_sha256(weights)
     for source, expected in (("the zoo entry", expected_sha256), (str(directory / CONFIG_NAME), meta.sha256)):
         if expected is not None and expected != actual:
             raise ValueError(f"Checksum mismatch for {weights}: sha256 is {actual}, but {source} expects "
                              f"{expected}. The file is corrupt or was changed; download it again or re-save it.")
-    return weights
+    return weights, actual
 
 
 def _strict_state(model: nn.Module, tensors: dict[str, torch.Tensor], weights: Path) -> dict[str, torch.Tensor]:
@@ -288,7 +280,7 @@ def _strict_state(model: nn.Module, tensors: dict[str, torch.Tensor], weights: P
 def _load_directory(directory: Path, *, expected_sha256: str | None = None,
                     map_location: str | torch.device = "cpu") -> nn.Module:
     meta = read_metadata(directory)
-    weights = _verified_weights(directory, meta, expected_sha256)
+    weights, _ = _verified_weights(directory, meta, expected_sha256)
     try:
         tensors = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:

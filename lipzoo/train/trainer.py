@@ -21,7 +21,6 @@ read every ``sync_every`` steps and at the end of the epoch.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -518,11 +517,9 @@ def _data_record(data: str) -> dict[str, str]:
     record = {"name": data_label(data)}
     path = Path(data).expanduser()
     if path.is_file():
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        record["sha256"] = digest.hexdigest()
+        from lipzoo.meta import file_sha256
+
+        record["sha256"] = file_sha256(path)
     return record
 
 
