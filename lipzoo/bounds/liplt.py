@@ -361,15 +361,15 @@ def lipschitz_bounds(model: nn.Module, input_shape, *, method: str = "liplt", mo
         key = _cache.bound_key(model, request)
         hit = _cache.load_bounds(key)
         wanted = budget if norm == "auto" else 0.0
+        parsed = {}
         for m, record in list((hit or {}).items()):
             try:
-                _bound_from_record(record, dtype)
-                float(record.get("budget", 0.0))
+                parsed[m] = (_bound_from_record(record, dtype), float(record.get("budget", 0.0)))
             except (AttributeError, KeyError, TypeError, ValueError) as err:
                 logger.warning("Ignoring a malformed Lipschitz-bound cache entry (%s); recomputing.", err)
                 del hit[m]
-        if hit is not None and all(m in hit and float(hit[m].get("budget", 0.0)) >= wanted for m in modes):
-            return {m: _bound_from_record(hit[m], dtype) for m in modes}
+        if all(m in parsed and parsed[m][1] >= wanted for m in modes):
+            return {m: parsed[m][0] for m in modes}
     out = _lipschitz_bounds(model, input_shape, method=method, modes=modes, norm=norm, max_dense=max_dense,
                             n_iter=n_iter, dtype=dtype, device=device, seed=seed, sdp_t=sdp_t, budget=budget,
                             progress=progress)
