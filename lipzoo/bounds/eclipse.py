@@ -224,7 +224,7 @@ def _certify_psd(b_hat: torch.Tensor, err_scaled_fn) -> bool:
     """
     n = b_hat.shape[0]
     diag = b_hat.diagonal()
-    if not bool(torch.isfinite(b_hat).all()) or bool((diag <= 0).any()):
+    if not bool(torch.isfinite(b_hat).all()) or bool((diag <= 0).any()) or not torch.equal(b_hat, b_hat.T):
         return False
     # D_ii = 2^-round(log2(sqrt(B_ii))): exact scaling, diagonal of S in [0.25, 4) roughly
     _, ex = torch.frexp(diag)
@@ -257,16 +257,16 @@ def _stage_block(x_k, w, lam, alpha, beta, x_next):
     m = (alpha + beta) / 2
     n_in = x_k.shape[0]
     n_out = w.shape[0]
-    gram = _sym(w.T @ w)
-    tl = x_k + (p * lam) * gram
+    # exactly symmetric: x_k is, the Gram is mirrored; with p = 0 (ReLU) the Gram is not needed
+    tl = x_k + (p * lam) * _sym(w.T @ w) if p != 0 else x_k.clone()
     off = (m * lam) * w  # (n_out, n_in)
     br = lam * torch.eye(n_out, dtype=torch.float64) - x_next
     b = torch.zeros(n_in + n_out, n_in + n_out, dtype=torch.float64)
     b[:n_in, :n_in] = tl
     b[n_in:, :n_in] = -off
     b[:n_in, n_in:] = -off.T
-    b[n_in:, n_in:] = br
-    return _sym(b)
+    b[n_in:, n_in:] = br  # br is symmetric (x_next is), the off-diagonal blocks are transposes
+    return b
 
 
 def _stage_error_fn(b_hat, w, w_err, lam, alpha, beta):
