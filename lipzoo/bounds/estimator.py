@@ -17,7 +17,7 @@ from torch import nn
 
 from lipzoo.bounds.liplt import MODES, _check_choice, liplt_recursion, output_norms, output_rows
 from lipzoo.bounds.structure import build_structure
-from lipzoo.bounds.sweep import forward_sweep, power_iteration
+from lipzoo.bounds.sweep import forward_sweep, power_iteration, row_norms
 
 __all__ = ["LipLTEstimator"]
 
@@ -73,8 +73,8 @@ class LipLTEstimator(nn.Module):
                 v = power_iteration(structure, v, n)
                 for k, x in v.items():
                     getattr(self, self._name(*k)).copy_(x)
-        out = forward_sweep(structure, v)
-        inner = {k: out[k].norm() for k in self.keys}
+        out = forward_sweep(structure, v, finish=row_norms)  # ||S_k v_k||, one norm per block of keys
+        inner = {k: out[k][0] for k in self.keys}
         rows = output_rows(structure, range(-1, structure.depth))
         final = {j: output_norms(r, self.mode) for j, r in rows.items()}
         value, _ = liplt_recursion(structure, inner, final)

@@ -30,7 +30,7 @@ from lipzoo.bounds.norms import (EXACT_MARGIN, GUARANTEE_ORDER, NormResult, _ten
 from lipzoo.bounds.proved import proved_inner_norms
 from lipzoo.bounds.structure import Structure, build_structure, numel
 from lipzoo.layers.operators import DiagonalOp, compose
-from lipzoo.bounds.sweep import adjoint_sweep, forward_sweep, power_iteration
+from lipzoo.bounds.sweep import adjoint_sweep, forward_sweep, power_iteration, row_norms
 
 logger = logging.getLogger(__name__)
 
@@ -263,8 +263,8 @@ def _power_norms(structure: Structure, keys, n_iter: int, generator=None) -> dic
         x = torch.randn(1, *src, generator=generator, dtype=ref.dtype).to(ref.device)
         v[(t, j)] = x / x.norm()
     v = power_iteration(structure, v, n_iter)
-    out = forward_sweep(structure, v)
-    return {k: out[k].norm() for k in keys}
+    out = forward_sweep(structure, v, finish=row_norms)
+    return {k: out[k][0] for k in keys}
 
 
 SMALL_DENSE = 4096

@@ -21,7 +21,7 @@ from lipzoo.layers.operators import ComposeOp, Conv2dOp, LinearOperator, ScaleOp
 
 Key = tuple[int, int]
 
-__all__ = ["forward_sweep", "adjoint_sweep", "power_iteration", "operator_keys", "adjoint"]
+__all__ = ["forward_sweep", "adjoint_sweep", "power_iteration", "row_norms", "operator_keys", "adjoint"]
 
 
 def adjoint(op: LinearOperator, y: torch.Tensor, in_shape) -> torch.Tensor:
@@ -61,83 +61,170 @@ def operator_keys(structure: Structure, targets) -> list[Key]:
     return [(t, j) for t in targets for j in range(-1, t)]
 
 
-def _cat(parts: list[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
-    return torch.cat(parts, 0), [p.shape[0] for p in parts]
+class _Rows:
+    """Vectors of several keys as one tensor, in a fixed key order (each key a block of rows).
+
+    ``scale`` holds, per key, a scalar not yet multiplied into its rows: the ``(alpha + beta) / 2``
+    factors of blocks without a skip branch, applied once where a vector leaves the sweep instead
+    of at every block (one multiplication of the whole batch per block saved)."""
+
+    __slots__ = ("x", "keys", "sizes", "scale")
+
+    def __init__(self, x, keys, sizes, scale):
+        self.x, self.keys, self.sizes, self.scale = x, keys, sizes, scale
+
+    @classmethod
+    def of(cls, parts: dict, keys: list) -> "_Rows":
+        return cls(_join([parts[k] for k in keys]) if keys else None, keys, [parts[k].shape[0] for k in keys],
+                   [1.0] * len(keys))
+
+    def split_prefix(self, n_keys: int, finish=None, scaled: bool = True) -> tuple[dict, "_Rows"]:
+        """The first ``n_keys`` keys as ``{key: finish(rows)}`` (their scales applied), and the rest.
+
+        ``finish`` maps the block of those rows to a tensor with one entry (or row) per row, in one
+        call for all the keys (e.g. row norms, normalized rows)."""
+        if not n_keys:
+            return {}, self
+        r = sum(self.sizes[:n_keys])
+        block = self.x[:r]
+        if scaled or any(c <= 0 for c in self.scale[:n_keys]):
+            block = _scaled(block, self.scale[:n_keys], self.sizes[:n_keys])
+        head = (block if finish is None else finish(block)).split(self.sizes[:n_keys])
+        return (dict(zip(self.keys[:n_keys], head)),
+                _Rows(self.x[r:], self.keys[n_keys:], self.sizes[n_keys:], self.scale[n_keys:]))
+
+    def with_x(self, x, factor: float = 1.0) -> "_Rows":
+        scale = self.scale if factor == 1.0 else [c * factor for c in self.scale]
+        return _Rows(x, self.keys, self.sizes, scale)
 
 
-def forward_sweep(structure: Structure, v: dict[Key, torch.Tensor]) -> dict[Key, torch.Tensor]:
-    """``{k: S_k v_k}`` for all keys in ``v`` with one call per layer operator."""
+def _join(pieces: list[torch.Tensor]) -> torch.Tensor:
+    """One tensor from row blocks: the block itself when there is one, one copy otherwise."""
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, 0)
+
+
+def _scaled(x: torch.Tensor, scales: list[float], sizes: list[int]) -> torch.Tensor:
+    """Rows of ``x`` (blocks of ``sizes``) times their deferred scalars (at most one multiplication)."""
+    if all(c == 1.0 for c in scales):
+        return x
+    if len(set(scales)) == 1:
+        return x * scales[0]
+    col = torch.tensor([c for c, n in zip(scales, sizes) for _ in range(n)], dtype=x.dtype, device=x.device)
+    return x * col.reshape(-1, *([1] * (x.dim() - 1)))
+
+
+def _merge(a: _Rows, b: _Rows, order) -> _Rows:
+    """The keys of ``a`` and ``b`` (each sorted by ``order``, no key in both) in one ``order``-sorted
+    batch: runs of consecutive rows are taken as views and joined with one copy."""
+    if not b.keys:
+        return a
+    if not a.keys:
+        return b
+    merged = sorted([(order(k), 0, i) for i, k in enumerate(a.keys)] + [(order(k), 1, i) for i, k in enumerate(b.keys)])
+    srcs, offsets = (a, b), ([0], [0])
+    for n in a.sizes:
+        offsets[0].append(offsets[0][-1] + n)
+    for n in b.sizes:
+        offsets[1].append(offsets[1][-1] + n)
+    pieces, keys, sizes, scale = [], [], [], []
+    run = None  # (source, first index, last index + 1)
+    for _, which, i in merged + [(None, -1, -1)]:
+        if run is not None and (which != run[0] or i != run[2]):
+            src, lo, hi = srcs[run[0]], run[1], run[2]
+            pieces.append(src.x[offsets[run[0]][lo]:offsets[run[0]][hi]])
+            keys += src.keys[lo:hi]
+            sizes += src.sizes[lo:hi]
+            scale += src.scale[lo:hi]
+            run = None
+        if which >= 0:
+            run = (which, i, i + 1) if run is None else (which, run[1], i + 1)
+    return _Rows(torch.cat(pieces, 0), keys, sizes, scale)
+
+
+def _by_target(k: Key):
+    return k  # (t, j)
+
+
+def _by_source(k: Key):
+    return (-k[1], k[0])
+
+
+def forward_sweep(structure: Structure, v: dict[Key, torch.Tensor], *, finish=None,
+                  scaled: bool = True) -> dict[Key, torch.Tensor]:
+    """``{k: S_k v_k}`` for all keys in ``v`` with one call per layer operator.
+
+    ``finish`` (optional) is applied to each block of finished rows before they are split by key,
+    e.g. :func:`row_norms` to get ``{k: ||S_k v_k||}`` (one entry per vector) in O(L) operations.
+    ``scaled=False`` leaves out positive scalar factors (each key's result is then ``S_k v_k`` times a
+    positive number), for uses that do not depend on them, such as power iteration.
+
+    The vectors in flight at ``x_s`` are one tensor ordered by ``(t, j)``, so those whose target is
+    block ``s`` are a prefix (a view, no copy) and the others continue as one view; the vectors
+    starting at block ``s`` are merged in with one copy per block."""
     blocks, L = structure.blocks, structure.depth
     out: dict[Key, torch.Tensor] = {}
-    flight = {k: x for k, x in v.items() if k[1] < 0}  # items in x_s, s = 0
-    for s in range(L + 1):
-        if s == L:
-            for k, x in flight.items():
-                out[k] = x if structure.output is None else structure.output.forward(x)
-            break
+    flight = _Rows.of(v, sorted(k for k in v if k[1] < 0))
+    for s in range(L):
         blk = blocks[s]
-        starters = {k: x for k, x in v.items() if k[1] == s}
-        keys = list(flight)
-        nxt: dict[Key, torch.Tensor] = {}
-        cont_keys = [k for k in keys if k[0] > s]
-        if keys:
-            xs, sizes = _cat([flight[k] for k in keys])
-            wx = dict(zip(keys, blk.W.forward(xs).split(sizes)))
-            for k in keys:
-                if k[0] == s:
-                    out[k] = wx[k]
-            if cont_keys and blk.H is not None:
-                hx, hs = _cat([flight[k] for k in cont_keys])
-                nxt.update(zip(cont_keys, blk.H.forward(hx).split(hs)))
-        g_keys = cont_keys + list(starters)
-        if g_keys:
-            g_in, gs = _cat([blk.c * wx[k] for k in cont_keys] + [starters[k] for k in starters])
+        starters = _Rows.of(v, sorted(k for k in v if k[1] == s))
+        cont = flight
+        if flight.keys:
+            wx = blk.W.forward(flight.x)
+            ended, cont = flight.with_x(wx).split_prefix(sum(1 for k in flight.keys if k[0] == s), finish, scaled)
+            out.update(ended)
+            x_cont = flight.x[flight.x.shape[0] - cont.x.shape[0]:]
+        if cont.keys and blk.H is not None:
+            # x_{s+1} = H x + c G W x: the skip branch keeps the scales, the sum is one fused add
+            g_in = _join([cont.x] + ([starters.x] if starters.keys else []))
             g_out = g_in if blk.G is None else blk.G.forward(g_in)
-            for k, y in zip(g_keys, g_out.split(gs)):
-                nxt[k] = nxt[k] + y if k in nxt else y
-        flight = nxt
+            nc = cont.x.shape[0]
+            cont = cont.with_x(torch.add(blk.H.forward(x_cont), g_out[:nc], alpha=blk.c))
+            starters = starters.with_x(g_out[nc:])
+            flight = _merge(cont, starters, _by_target)
+        else:
+            flight = _merge(cont.with_x(cont.x, blk.c) if cont.keys else cont, starters, _by_target)
+            if blk.G is not None and flight.keys:
+                flight = flight.with_x(blk.G.forward(flight.x))
+    if flight.keys:
+        z = flight.x if structure.output is None else structure.output.forward(flight.x)
+        out.update(flight.with_x(z).split_prefix(len(flight.keys), finish, scaled)[0])
     return out
 
 
-def adjoint_sweep(structure: Structure, u: dict[Key, torch.Tensor]) -> dict[Key, torch.Tensor]:
-    """``{k: S_k^T u_k}``: the exact adjoint of :func:`forward_sweep`, again one call per operator."""
+def adjoint_sweep(structure: Structure, u: dict[Key, torch.Tensor], *, finish=None,
+                  scaled: bool = True) -> dict[Key, torch.Tensor]:
+    """``{k: S_k^T u_k}``: the exact adjoint of :func:`forward_sweep`, again one call per operator
+    (``finish`` and ``scaled`` as there).
+
+    The vectors in flight at ``x_{s+1}`` are ordered by ``(-j, t)``, so those whose source is block
+    ``s`` are a prefix; the ones arriving at block ``s`` (target ``t = s``) are merged in."""
     blocks, L = structure.blocks, structure.depth
     grads: dict[Key, torch.Tensor] = {}
-    last = [k for k in u if k[0] == L]
-    carry: dict[Key, torch.Tensor] = {}
-    if last:
-        ys, sizes = _cat([u[k] for k in last])
+    carry = _Rows.of(u, sorted((k for k in u if k[0] == L), key=_by_source))
+    if carry.keys and structure.output is not None:
         shape = blocks[-1].next_shape if L else structure.input_shape
-        xs = ys if structure.output is None else adjoint(structure.output, ys, shape)
-        carry = dict(zip(last, xs.split(sizes)))
+        carry = carry.with_x(adjoint(structure.output, carry.x, shape))
     for s in range(L - 1, -1, -1):
         blk = blocks[s]
-        keys = list(carry)  # j <= s < t, all in x_{s+1}
-        new_carry: dict[Key, torch.Tensor] = {}
-        wgrad: dict[Key, torch.Tensor] = {}
-        if keys:
-            cs, sizes = _cat([carry[k] for k in keys])
-            gt = cs if blk.G is None else adjoint(blk.G, cs, blk.y_shape)
-            for k, g in zip(keys, gt.split(sizes)):
-                if k[1] == s:
-                    grads[k] = g
-                else:
-                    wgrad[k] = blk.c * g
-            cont = [k for k in keys if k[1] < s]
-            if cont and blk.H is not None:
-                hs, hsz = _cat([carry[k] for k in cont])
-                new_carry.update(zip(cont, adjoint(blk.H, hs, blk.x_shape).split(hsz)))
-        for k in u:
-            if k[0] == s:
-                wgrad[k] = u[k]
-        if wgrad:
-            wkeys = list(wgrad)
-            ws, wsz = _cat([wgrad[k] for k in wkeys])
-            for k, x in zip(wkeys, adjoint(blk.W, ws, blk.x_shape).split(wsz)):
-                new_carry[k] = new_carry[k] + x if k in new_carry else x
-        carry = new_carry
-    for k, x in carry.items():  # sources j = -1 arrive back at x_0
-        grads[k] = x
+        arrivals = _Rows.of(u, sorted((k for k in u if k[0] == s), key=_by_source))
+        cont = carry
+        if carry.keys:
+            gt = carry.x if blk.G is None else adjoint(blk.G, carry.x, blk.y_shape)
+            ended, cont = carry.with_x(gt).split_prefix(sum(1 for k in carry.keys if k[1] == s), finish, scaled)
+            grads.update(ended)
+            c_cont = carry.x[carry.x.shape[0] - cont.x.shape[0]:]
+        if cont.keys and blk.H is not None:
+            w_in = _join([cont.x] + ([arrivals.x] if arrivals.keys else []))
+            w_out = adjoint(blk.W, w_in, blk.x_shape)
+            nc = cont.x.shape[0]
+            cont = cont.with_x(torch.add(adjoint(blk.H, c_cont, blk.x_shape), w_out[:nc], alpha=blk.c))
+            carry = _merge(cont, arrivals.with_x(w_out[nc:]), _by_source)
+        else:
+            carry = _merge(cont.with_x(cont.x, blk.c) if cont.keys else cont, arrivals, _by_source)
+            if carry.keys:
+                carry = carry.with_x(adjoint(blk.W, carry.x, blk.x_shape))
+    if carry.keys:  # sources j = -1 arrive back at x_0
+        grads.update(carry.split_prefix(len(carry.keys), finish, scaled)[0])
     return grads
 
 
@@ -148,9 +235,14 @@ def power_iteration(structure: Structure, v: dict[Key, torch.Tensor], n_iter: in
     estimates ``||S||``: an estimate for training, never a certificate on its own.
     """
     for _ in range(n_iter):
-        w = adjoint_sweep(structure, forward_sweep(structure, v))
-        v = {k: _normalize(w[k]) for k in v}
+        # normalised at the end, so positive factors along the way do not matter
+        v = adjoint_sweep(structure, forward_sweep(structure, v, scaled=False), finish=_normalize, scaled=False)
     return v
+
+
+def row_norms(x: torch.Tensor) -> torch.Tensor:
+    """``||x_i||`` for every row ``x_i`` of a batch (a ``finish`` for :func:`forward_sweep`)."""
+    return x.flatten(1).norm(dim=1)
 
 
 def _normalize(x: torch.Tensor) -> torch.Tensor:
