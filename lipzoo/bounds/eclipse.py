@@ -97,7 +97,7 @@ import math
 
 import torch
 
-from lipzoo.bounds.liplt import output_norms
+from lipzoo.bounds.norms import output_norms
 from lipzoo.bounds.proved import rounding_model
 from lipzoo.bounds.structure import Structure, numel
 from lipzoo.layers.operators import ComposeOp, DenseOp, FlattenOp, ScaleOp, compose
