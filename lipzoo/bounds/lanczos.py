@@ -81,6 +81,7 @@ class LanczosNorm:
     failure_probability: float
 
 
+@torch.no_grad()
 def lanczos_inner_norms(structure: Structure, keys, *, steps: int = 256, failure_probability: float = 1e-9,
                         seed: int | None = None, progress: bool | None = None, device=None) -> dict:
     """Probabilistic upper bounds ``{(t, j): LanczosNorm}`` on ``||S_{t,j}||`` for the given keys.
