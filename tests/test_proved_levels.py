@@ -1,0 +1,119 @@
+"""The Gram matrices of the guaranteed path formed at every level of a shared sweep (lipzoo.bounds.proved):
+each certified norm is >= the exact float64 norm and within the certificate tolerance of it, whichever level
+(own rows + GEMM, back to the small side without GEMM, or in between) the planner takes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from lipzoo.bounds import build_structure
+from lipzoo.bounds.proved import (_Planner, _group_gram, _lanczos_estimates, _upper_product, certified_lambda_max,
+                                  proved_inner_norms)
+from lipzoo.bounds.structure import materialize
+from lipzoo.layers import Flatten, LTConv2d, LTLinear, LTResidualConv, Normalize
+from lipzoo.layers.operators import compose
+
+CERT_RTOL = 1e-5
+
+
+def _plain(seed):
+    torch.manual_seed(seed)
+    return nn.Sequential(Normalize([0.4, 0.5], [0.2, 0.3]), LTConv2d(2, 4, 3, 1, 1), LTConv2d(4, 4, 4, 2, 1),
+                         LTConv2d(4, 5, 3, 1, 1), Flatten(), LTLinear(5 * 4 * 4, 12), LTLinear(12, 4, activation=None)
+                         ).double().eval(), (2, 8, 8)
+
+
+def _residual(seed):
+    torch.manual_seed(seed)
+    return nn.Sequential(LTConv2d(1, 3, 3, 1, 1), LTResidualConv(3, 4, 3), LTResidualConv(3, 4, 3), Flatten(),
+                         LTLinear(3 * 6 * 6, 5, activation=None)).double().eval(), (1, 6, 6)
+
+
+def _exact(s, key) -> float:
+    m = materialize(compose(*s.chain(*key)), s.space_shape(*key)[0], dtype=torch.float64)
+    return float(torch.linalg.matrix_norm(m, ord=2))
+
+
+@pytest.mark.parametrize("factory", [_plain, _residual])
+@pytest.mark.parametrize("level", ["own", 0, 1, 2, 3, 5, 100])
+def test_every_level_certifies_every_group(factory, level, torch_gen):
+    net, shape = factory(1)
+    with torch.no_grad():
+        s = build_structure(net, shape)
+        keys = [(t, j) for t in range(s.depth) for j in range(-1, t)]
+        plan = _Planner(s, 16, torch_gen, None)
+        seen = set()
+        for name, ks, steps, n, start in plan.groups(keys, 10**6):
+            got = _group_gram(steps, n, start, chunk=7, device=None, generator=torch_gen, force_level=level)
+            assert set(got) == set(ks)
+            for k, v in got.items():
+                true = _exact(s, k)
+                assert true <= v <= true * (1 + CERT_RTOL), (name, k, level, v / true - 1)
+                seen.add(k)
+        assert seen == set(keys)
+
+
+def test_level_choice_with_little_memory_stays_sound(torch_gen):
+    net, shape = _plain(2)
+    with torch.no_grad():
+        s = build_structure(net, shape)
+        keys = [(t, j) for t in range(s.depth) for j in range(-1, t)]
+        plan = _Planner(s, 16, torch_gen, None)
+        for name, ks, steps, n, start in plan.groups(keys, 10**6):
+            got = _group_gram(steps, n, start, chunk=5, device=None, generator=torch_gen, max_bytes=0)
+            for k, v in got.items():
+                true = _exact(s, k)
+                assert true <= v <= true * (1 + CERT_RTOL)
+
+
+def test_upper_product_mirrors_and_matches(torch_gen):
+    for n in (5, 40, 203):
+        a = torch.randn(n, 30, generator=torch_gen, dtype=torch.float64)
+        x, z = a, a @ (lambda q: q @ q.T)(torch.randn(30, 30, generator=torch_gen, dtype=torch.float64)).T
+        g = _upper_product(x, z)
+        full = x @ z.T
+        assert torch.equal(g, g.T)
+        assert torch.allclose(torch.triu(g), torch.triu(full), rtol=0, atol=1e-10 * float(full.abs().max()))
+
+
+def test_lanczos_estimates_are_below_and_close(torch_gen):
+    for factory in (_plain, _residual):
+        net, shape = factory(0)
+        with torch.no_grad():
+            s = build_structure(net, shape)
+            keys = [(t, j) for t in range(s.depth) for j in range(-1, t)]
+            est = _lanczos_estimates(s, keys, 60, torch_gen, None)
+        for k in keys:
+            true = _exact(s, k)
+            assert est[k] <= true * (1 + 1e-9)
+            assert est[k] >= true * (1 - 1e-3), (k, est[k] / true)
+
+
+def test_certified_lambda_max_large_side_adaptive_shift(torch_gen):
+    n = 1100  # above 1024: the first Cholesky shift follows the Lanczos progress
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=torch_gen, dtype=torch.float64))
+    ev = torch.cat([1 - torch.rand(30, generator=torch_gen, dtype=torch.float64) * 1e-3,
+                    torch.rand(n - 30, generator=torch_gen, dtype=torch.float64) * 0.9])
+    g = (q * ev) @ q.T
+    true = float(torch.linalg.eigvalsh(g)[-1])
+    got = certified_lambda_max(g, generator=torch_gen)
+    assert true <= got <= true * (1 + 1e-2)
+
+
+def test_proved_inner_norms_budgeted_refinement_is_sound():
+    net, shape = _plain(4)
+    with torch.no_grad():
+        s = build_structure(net, shape)
+        keys = [(t, j) for t in range(s.depth) for j in range(-1, t)]
+        got = proved_inner_norms(s, keys, objective=lambda inner: sum(inner.values()), small=0, small_input=0,
+                                 budget=30.0, chunk=8, progress=False, max_side=64)
+        for k in keys:
+            true = _exact(s, k)
+            assert got[k].value >= true
+            assert got[k].estimate <= true * (1 + 1e-9)
+            if got[k].guarantee == "exact":
+                assert got[k].value <= true * (1 + CERT_RTOL)
