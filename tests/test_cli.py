@@ -65,10 +65,9 @@ def test_certify_report_files_and_table(checkpoint, tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     m = report["metrics"]
     assert report["num_samples"] == 16 and report["eps"] == ["1/255", "0.5"]
-    assert set(m) == {"clean"} | {f"{k}@{e}" for k in ("certified", "pgd", "consistency_violations")
-                                  for e in ("1/255", "0.5")}
+    # certified points are not attacked (proved robust), so there are no violations to count
+    assert set(m) == {"clean"} | {f"{k}@{e}" for k in ("certified", "pgd") for e in ("1/255", "0.5")}
     assert m["clean"] == 1.0  # labels are the model's own predictions
-    assert m["consistency_violations@1/255"] == 0 and m["consistency_violations@0.5"] == 0
     assert report["bound"]["guaranteed"] is True and report["bound"]["guarantee"] in ("exact", "proved")
     assert report["bound"]["method"] == "liplt" and report["bound"]["mode"] == "pairwise"
 
@@ -87,6 +86,8 @@ def test_certify_report_files_and_table(checkpoint, tmp_path, capsys):
     for eps, value in (("1/255", 1 / 255), ("0.5", 0.5)):
         assert m[f"certified@{eps}"] == pytest.approx(np.mean([r > value for r in expected]))
         assert m[f"certified@{eps}"] <= m[f"pgd@{eps}"]  # certified points survive the attack
+        # PGD ran on the correctly classified (here: all) points not certified at eps
+        assert report["attack"]["attacked"][eps] == sum(r <= value for r in expected)
     assert m["certified@1/255"] > 0  # the radii are not all zero: the comparison above means something
 
     assert "clean accuracy: 100.00%" in printed and "guarantee=" + report["bound"]["guarantee"] in printed
@@ -141,6 +142,33 @@ def test_certify_exit_code_3_on_consistency_violations(checkpoint, tmp_path, mon
     monkeypatch.setattr(report_mod, "certify", lambda *args, **kwargs: fake)
     assert _certify(checkpoint, tmp_path / "cert") == 3
     assert "0.5 |" in capsys.readouterr().out
+
+
+def test_certify_attack_all_audits_the_certified_points(checkpoint, tmp_path, monkeypatch, capsys):
+    import lipzoo.certify.report as report_mod
+
+    threads = torch.get_num_threads()
+    assert _certify(checkpoint, tmp_path / "audit", "--attack-all", "--threads", "1") == 0
+    assert torch.get_num_threads() == 1
+    torch.set_num_threads(threads)
+    report = json.loads((tmp_path / "audit" / "report.json").read_text())
+    assert report["metrics"]["consistency_violations@0.5"] == 0 == report["metrics"]["consistency_violations@1/255"]
+    assert report["attack"]["attack_all"] is True and report["attack"]["attacked"] == {"1/255": 16, "0.5": 16}
+    capsys.readouterr()
+
+    real = report_mod.lipschitz_bound
+
+    def too_small(*args, **kwargs):  # a "proved" bound 100x too small: certified radii 100x too large
+        import dataclasses
+
+        b = real(*args, **kwargs)
+        return dataclasses.replace(b, value=b.value / 100)
+
+    monkeypatch.setattr(report_mod, "lipschitz_bound", too_small)
+    assert _certify(checkpoint, tmp_path / "quiet") == 0  # the default run trusts the certificate ...
+    capsys.readouterr()
+    assert _certify(checkpoint, tmp_path / "loud", "--attack-all") == 3  # ... the audit catches the lie
+    assert "UNSOUND BOUND" in capsys.readouterr().err
 
 
 def test_the_command_line_caches_bounds_without_touching_the_environment(checkpoint, tmp_path, monkeypatch):

@@ -38,10 +38,15 @@ def _project(x: Tensor, delta: Tensor, radius: float) -> Tensor:
     return torch.clamp(x + delta, 0.0, 1.0)
 
 
+def _ball_norm(x: Tensor, x_adv: Tensor) -> Tensor:
+    """The float64 l2 norm of ``x_adv - x`` per sample: the one test of "inside the ball" (see ``_enforce_ball``)."""
+    return (x_adv - x).flatten(1).double().norm(dim=1)
+
+
 def _enforce_ball(x: Tensor, x_adv: Tensor, eps: float) -> Tensor:
     """Guard against float rounding: shrink the rare perturbation whose computed norm exceeds eps."""
     for attempt in range(21):
-        norm = (x_adv - x).flatten(1).double().norm(dim=1)
+        norm = _ball_norm(x, x_adv)
         over = norm > eps
         if not over.any():
             break
@@ -70,6 +75,7 @@ def pgd_l2(
     restarts: int = 1,
     random_start: bool = True,
     generator: torch.Generator | None = None,
+    stop_when_broken: bool = False,
 ) -> Tensor:
     """L2 PGD maximizing the margin loss ``max_{i != y} z_i - z_y``.
 
@@ -78,6 +84,13 @@ def pgd_l2(
     scored; per sample the highest-margin-loss one across all steps and restarts is returned. The
     model's mode is left unchanged (call ``model.eval()`` first) and its parameter gradients are not
     touched.
+
+    With ``stop_when_broken=True`` a sample leaves the batch at the first iterate (or the clean input)
+    that the model misclassifies and that lies inside the ball (float64 norm ``<= eps``); that iterate
+    is returned for it. The samples of a batch do not interact (an eval-mode model, per-sample
+    losses), so the others follow the same trajectories as without it, and it breaks the points the
+    full run breaks (whose best iterate is misclassified, so some iterate is) at a fraction of the
+    cost: a broken point takes no further steps or restarts.
 
     Args:
         model: maps ``(N, ...)`` pixels in [0, 1] to ``(N, K)`` logits.
@@ -89,6 +102,7 @@ def pgd_l2(
         restarts: number of independent runs (``>= 1``).
         random_start: start each run from a random point of the ball instead of ``x``.
         generator: optional ``torch.Generator`` on ``x``'s device for reproducible random starts.
+        stop_when_broken: drop a sample once an adversarial example inside the ball is found.
 
     Returns:
         Detached adversarial inputs with ``||x_adv - x||_2 <= eps`` and pixels in [0, 1].
@@ -114,24 +128,52 @@ def pgd_l2(
     radius = eps * _SHRINK
     with torch.no_grad():
         best = x.clone()
-        best_loss = margin_loss(model(x), y)
+        logits = model(x)
+        best_loss = margin_loss(logits, y)
     if eps == 0:
         return best
+    # ``active``: indices (into x) of the samples still attacked; without stop_when_broken, all of them.
+    active = torch.arange(x.shape[0], device=x.device)
+    if stop_when_broken:
+        active = active[logits.argmax(dim=1) == y]
 
     for _ in range(restarts):
-        x_adv = _random_start(x, radius, generator) if random_start else x.clone()
+        if active.numel() == 0:
+            break
+        xa, ya = x[active], y[active]
+        # drawn for every sample, so that a sample's start does not depend on which others were dropped
+        x_adv = _random_start(x, radius, generator)[active] if random_start else xa.clone()
         for step in range(steps + 1):
-            with torch.enable_grad():
-                x_adv.requires_grad_(True)
-                loss = margin_loss(model(x_adv), y)
-                grad = torch.autograd.grad(loss.sum(), x_adv)[0] if step < steps else None
+            if step < steps:
+                with torch.enable_grad():
+                    x_adv.requires_grad_(True)
+                    logits = model(x_adv)
+                    loss = margin_loss(logits, ya)
+                    grad = torch.autograd.grad(loss.sum(), x_adv)[0]
+            else:  # the last iterate is scored, not stepped from
+                with torch.no_grad():
+                    logits = model(x_adv)
+                    loss = margin_loss(logits, ya)
+                grad = None
             with torch.no_grad():
-                x_adv, loss = x_adv.detach(), loss.detach()
-                improved = loss > best_loss
-                best_loss = torch.where(improved, loss, best_loss)
-                best[improved] = x_adv[improved]
+                x_adv, loss, logits = x_adv.detach(), loss.detach(), logits.detach()
+                # no host sync here: index_put with the indices of the active samples
+                improved = loss > best_loss[active]
+                best_loss[active] = torch.where(improved, loss, best_loss[active])
+                best[active] = torch.where(improved.view(-1, *([1] * (x.dim() - 1))), x_adv, best[active])
+                if stop_when_broken:
+                    broken = logits.argmax(dim=1) != ya
+                    if broken.any():
+                        broken &= _ball_norm(xa, x_adv) <= eps  # a verified adversarial example
+                        best[active[broken]] = x_adv[broken]
+                        keep = ~broken
+                        active, xa, ya, x_adv = active[keep], xa[keep], ya[keep], x_adv[keep]
+                        if grad is not None:
+                            grad = grad[keep]
+                        if active.numel() == 0:
+                            break
                 if grad is not None:
                     direction = grad / _flat_norm(grad).clamp_min(1e-30)
-                    x_adv = _project(x, x_adv - x + step_size * direction, radius)
+                    x_adv = _project(xa, x_adv - xa + step_size * direction, radius)
     with torch.no_grad():
         return _enforce_ball(x, best, eps)
