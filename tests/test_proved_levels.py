@@ -117,3 +117,13 @@ def test_proved_inner_norms_budgeted_refinement_is_sound():
             assert got[k].estimate <= true * (1 + 1e-9)
             if got[k].guarantee == "exact":
                 assert got[k].value <= true * (1 + CERT_RTOL)
+
+
+def test_dense_norm_bound_by_gram_certificate(torch_gen):
+    from lipzoo.bounds.proved import _dense_norm_bound
+
+    for shape in [(70, 1100), (1100, 70), (3, 5)]:
+        w = torch.randn(*shape, generator=torch_gen, dtype=torch.float64)
+        true = float(torch.linalg.matrix_norm(w, ord=2))
+        got = _dense_norm_bound(w)
+        assert true <= got <= true * (1 + CERT_RTOL)
