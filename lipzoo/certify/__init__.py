@@ -4,14 +4,19 @@ The boundary takes a :class:`lipzoo.LipschitzBound`, never a raw tensor: :func:`
 :func:`certified_radius` and :func:`lipzoo.certify.report.certify` refuse an estimate unless
 ``allow_estimate=True``, and then label everything ``estimated``. :func:`pairwise_radii` is the
 low-level term of eq. (4) on a raw tensor (trusted as given).
+
+PGD (:func:`evaluate` with ``attack``) runs on the correctly classified points that a guaranteed bound
+does not certify at eps; ``attack_all=True`` also attacks the certified ones and raises
+:class:`UnsoundBoundError` if one breaks.
 """
 
 from lipzoo.certify.attacks import margin_loss, pgd_l2
-from lipzoo.certify.metrics import (certified_accuracy, certified_radius, evaluate, pairwise_constants, pairwise_radii,
-                                    parse_eps, radius_kind)
+from lipzoo.certify.metrics import (UnsoundBoundError, certified_accuracy, certified_radius, evaluate,
+                                    pairwise_constants, pairwise_radii, parse_eps, radius_kind)
 from lipzoo.certify.plots import certified_curve, plot_certified_curve
 
 __all__ = [
+    "UnsoundBoundError",
     "certified_accuracy",
     "certified_curve",
     "certified_radius",
