@@ -12,12 +12,24 @@ weights), in one run:
     python bench/guarantee_paths.py                       # every architecture and shipped model
     python bench/guarantee_paths.py --models 4c3f crm-mnist-4c3f --budget 10 30
     python bench/guarantee_paths.py --models 4c3f --max-dense 4096   # the old fixed-size path
+    # side by side with another checkout (e.g. `git worktree add /tmp/old HEAD~3`), alternating per model:
+    python bench/guarantee_paths.py --models crm-mnist-4c3f 4c3f --compare /tmp/old --threads 1
+
+With ``--compare`` every guaranteed bound (this checkout's and the other's) runs in its own subprocess
+(``PYTHONPATH`` set to the checkout), one after the other for each model, so both see the same machine
+load; the *phases* column sums the DEBUG log of ``lipzoo.bounds.proved`` (seconds certifying groups of
+chains, single chains in the refinement, and estimates).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
+import os
+import re
+import subprocess
+import sys
 import time
 
 import torch
@@ -68,6 +80,65 @@ def converged_estimate(model, shape, rtol: float, max_iter: int, seed: int, devi
     return float(value[off].mean()), it
 
 
+_WORKER = r"""
+import json, logging, sys, time, torch
+records = []
+class H(logging.Handler):
+    def emit(self, r):
+        records.append(r.getMessage())
+log = logging.getLogger("lipzoo.bounds.proved"); log.setLevel(logging.DEBUG); log.addHandler(H())
+import lipzoo
+from lipzoo.bounds import lipschitz_bound
+name, seed, budget, threads = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+if threads:
+    torch.set_num_threads(threads)
+torch.manual_seed(seed)
+if name in lipzoo.list_pretrained():
+    model = lipzoo.load(name); shape = tuple(model.lipzoo_config["input_shape"])
+else:
+    model = lipzoo.create_model(name); shape = tuple(model.input_shape)
+t0 = time.perf_counter()
+b = lipschitz_bound(model, shape, norm="auto", cache=False, budget=budget, progress=False)
+dt = time.perf_counter() - t0
+off = ~torch.eye(b.value.shape[0], dtype=torch.bool)
+print(json.dumps({"value": float(b.value[off].mean()), "guarantee": b.guarantee, "seconds": dt, "log": records,
+                  "lipzoo": lipzoo.__file__}))
+"""
+
+
+def _phases(log: list[str]) -> str:
+    """Seconds per phase from the DEBUG log: groups certified on small sides, refinement, estimates."""
+    groups = sum(float(m.group(1)) for s in log for m in [re.search(r"^exact group .*in ([0-9.]+)s", s)] if m)
+    single = sum(float(m.group(1)) for s in log for m in [re.search(r"^exact S.*in ([0-9.]+)s", s)] if m)
+    est = sum(float(m.group(1)) for s in log for m in [re.search(r"(?:estimates|estimates of .*): ([0-9.]+)s$", s)] if m)
+    return f"groups {groups:.0f}, single {single:.0f}, est. {est:.1f}"
+
+
+def _run_worker(checkout: str, name: str, seed: int, budget: float, threads: int) -> dict:
+    env = dict(os.environ, PYTHONPATH=checkout, LIPZOO_CACHE="off")
+    out = subprocess.run([sys.executable, "-c", _WORKER, name, str(seed), str(budget), str(threads or 0)],
+                         env=env, capture_output=True, text=True, check=True, cwd="/")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def compare(args) -> int:
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    print(f"# Guaranteed bound, {args.compare} (before) vs {here} (after), budget {args.budget[0]:g} s, "
+          f"{args.threads or torch.get_num_threads()} thread(s), torch {torch.__version__}\n")
+    print("| model | weights | estimate (mean L_ij) | before | ratio | s | phases | after | ratio | s | phases | speed-up |")
+    print("|---|---|---:|---:|---:|---:|---|---:|---:|---:|---|---:|")
+    for name in args.models:
+        model, shape, weights = _model(name, args.seed)
+        est, _ = converged_estimate(model, shape, args.rtol, args.max_iter, args.seed, args.device)
+        old = _run_worker(args.compare, name, args.seed, args.budget[0], args.threads)
+        new = _run_worker(here, name, args.seed, args.budget[0], args.threads)
+        assert os.path.dirname(os.path.dirname(old["lipzoo"])) == os.path.abspath(args.compare), old["lipzoo"]
+        print(f"| {name} | {weights} | {est:.4f} | {old['value']:.4f} | {old['value'] / est:.4f} | {old['seconds']:.1f} "
+              f"| {_phases(old['log'])} | {new['value']:.4f} | {new['value'] / est:.4f} | {new['seconds']:.1f} "
+              f"| {_phases(new['log'])} | {old['seconds'] / new['seconds']:.2f}x |", flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
@@ -78,9 +149,12 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--compare", help="another lipzoo checkout: run its guaranteed bound side by side (subprocesses)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.compare:
+        return compare(args)
     where = (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
              else f"CPU, {torch.get_num_threads()} threads")
     print(f"# Guaranteed bound vs converged estimate ({where}, torch {torch.__version__})\n")

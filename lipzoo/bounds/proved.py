@@ -1,4 +1,4 @@
-"""Guaranteed norms of all LipLT inner operators in seconds: cheap proved bounds, then certified refinement.
+"""Guaranteed norms of all LipLT inner operators: cheap proved bounds, then certified refinement.
 
 Eq. (16) needs ``||S_{t,j}||`` for every ``S_{t,j} = W_t Hhat_{t-1} ... Hhat_{j+1} G_j``. Every
 number returned here is a mathematically guaranteed upper bound, floating-point rounding included:
@@ -6,21 +6,28 @@ number returned here is a mathematically guaranteed upper bound, floating-point 
 1. **Cheap proved bounds.** Each chain is a product of factors; any split into consecutive
    segments gives ``||S|| <= prod ||segment||``. A segment is bounded by its certified norm when one is
    known, a factor by its own proved bound (FFT/polyphase bound of a convolution, with per-channel
-   scalings merged into the kernel; exact for dense and diagonal maps). A dynamic programme takes the
-   best split per chain; factor bounds are memoized, so a factor shared by many chains is bounded once.
+   scalings merged into the kernel; dense factors by a Gram/Cholesky certificate, :func:`_dense_norm_bound`;
+   diagonal maps exactly). A dynamic programme takes the best split per chain; factor bounds are
+   memoized, so a factor shared by many chains is bounded once.
 2. **Exact where a side is small**: every chain with a side of at most ``small`` dimensions is
-   certified; chains sharing that side share one sweep of the identity basis (:func:`_group_gram`).
-3. **Certified refinement where it pays.** A cheap batched power iteration gives estimates
-   ``sigma_k <= ||S_k||``; with the sensitivity ``dF/db_k`` of the final bound, ``dF/db_k (b_k - sigma_k)``
-   bounds what an exact norm of ``S_k`` could gain. Chains are certified exactly in that order (with the
-   chains sharing their small side when the stored matrices fit in ``max_bytes``), each only if its
-   measured cost (the first block is timed) fits in what is left of ``budget`` seconds.
+   certified; chains sharing that side share one sweep of the identity basis (:func:`_group_gram`), and
+   each chain's Gram matrix is formed at the level of that sweep where it is cheapest (GEMM of its own
+   rows, back through the chain to the small side without GEMM, or in between), chosen from the cost
+   measured on the first block of the sweep and the GEMM rate measured at that moment.
+3. **Certified refinement where it pays.** Batched Lanczos (one forward and one adjoint sweep per step
+   for all remaining chains) gives estimates ``sigma_k <= ||S_k||``; with the sensitivity ``dF/db_k`` of the
+   final bound, ``dF/db_k (b_k - sigma_k)`` bounds what an exact norm of ``S_k`` could gain (the recursion is
+   a polynomial with non-negative coefficients, so these first-order gains over-state the true ones).
+   Chains are certified exactly in that order (with the chains sharing their small side when their
+   Gram matrices fit in ``max_bytes``), each only if its measured cost (the first block is timed) fits in
+   what is left of ``budget`` seconds; refinement stops when all possible gains together are below ``tol``.
 4. **Exact certificates**: the Gram matrix ``G`` of the smaller side is formed in float64, a Lanczos
    estimate ``lam`` of its top eigenvalue is computed, and ``tau I - G`` with ``tau = lam (1 + delta)`` is
    shown positive definite by a Cholesky factorization that runs to completion
    (:func:`certified_lambda_max` has the rounding argument). The rounding of ``G`` itself is bounded a
    priori: every primitive has a rounding model (:func:`rounding_model`) and the error is propagated
-   through the chain with the factors' proved norms (:func:`_run_tracked`).
+   through the chain with the factors' proved norms (:func:`_run_tracked`); :func:`_group_gram` has the
+   argument for each way of forming ``G``.
 
 Assumption: float64 arithmetic in the standard model (each sum of ``K`` products within ``gamma_K``),
 which holds for PyTorch's CPU kernels (im2col + GEMM, LAPACK Cholesky) and for CUDA with cuDNN
@@ -273,13 +280,15 @@ def certified_lambda_max(gram: torch.Tensor, *, deltas=(1e-7, 1e-5, 1e-3, 1e-2, 
     if not torch.isfinite(g).all():
         raise ValueError("certified_lambda_max: the Gram matrix has non-finite entries")
     diag_max = float(g.diagonal().max().clamp_min(0))
-    lam, moved = _lanczos_top(g, 64, generator, with_progress=True)
+    # the estimate only chooses tau (the Cholesky certifies whatever tau it gets): for large n in float32,
+    # which halves the memory traffic of its matrix-vector products
+    lam, moved = _lanczos_top(g.float() if n > 1024 else g, 64, generator, with_progress=True)
     lam = max(lam, diag_max)
     # A Ritz value that still moved by a relative `moved` over the last 8 steps is usually further than that
     # below lam_max: start where the first Cholesky is likely to succeed (each failure costs n^3/3 flops).
     start_delta = min(2 * moved, 1e-3) if n > 1024 else None
     if info is not None:
-        info["ritz"] = lam  # an estimate from below (Lanczos), for reports
+        info["ritz"] = lam * (1 - 1e-6 if n > 1024 else 1)  # an estimate from below (Lanczos), for reports
     eye = torch.eye(n, dtype=g.dtype, device=g.device)
     gam = _gamma(n + 1)
     neg = float(g.diagonal().clamp_max(0).abs().sum())
