@@ -155,6 +155,27 @@ def _known_dataset(name: str) -> bool:
     return name in DATASETS
 
 
+def _attack_workers(threads: int | None) -> int:
+    """The attack's single-threaded workers: ``--threads``, else one per core the other jobs leave idle.
+
+    On a CPU shared with other jobs, torch's intra-op threads wait for each other at every operator
+    (4x slower than one thread on this project's loaded 2-core machine), and two workers were slower
+    than one there too (docs/benchmarks.md); free cores are worth a worker each.
+    """
+    import os
+
+    import torch
+
+    if threads:
+        return threads
+    cores = torch.get_num_threads()
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):  # no load average on this platform
+        busy = 0.0
+    return max(1, min(cores, round(cores - busy)))
+
+
 def _cmd_certify(args) -> int:
     from lipzoo.certify.report import certify, format_table
     from lipzoo.data import load_dataset
@@ -178,14 +199,12 @@ def _cmd_certify(args) -> int:
         raise ValueError("No eps: pass --eps, e.g. --eps 36/255.")
     dataset = load_dataset(data, split=args.split, root=args.data_root)
     _check_data(dataset, config["input_shape"], args.limit, config.get("num_classes"))
-    import torch
-
     if args.threads:
+        import torch
+
         torch.set_num_threads(args.threads)
-    # the attack runs one single-threaded worker per thread: on a CPU shared with other jobs, torch's
-    # intra-op threads wait for each other at every operator (4x slower than one thread, measured)
     attack = None if args.no_attack else {"steps": args.attack_steps, "restarts": args.restarts,
-                                          "workers": args.threads or torch.get_num_threads(),
+                                          "workers": _attack_workers(args.threads),
                                           **({"attack_all": True} if args.attack_all else {})}
     compare = None
     if args.compare:
@@ -360,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     c.add_argument("--threads", type=_positive_int,
                    help="CPU threads: torch's, and the attack's workers of one thread each (default: torch's "
-                        "choice, one per core)")
+                        "choice for torch, one attack worker per core left idle by the 1-minute load average)")
     c.add_argument("--no-progress", action="store_true", help="no progress bars")
     c.set_defaults(func=_cmd_certify)
 

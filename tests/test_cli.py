@@ -461,3 +461,18 @@ def test_lipzoo_train_output_carries_no_inherited_numbers(tmp_path, tiny_arch, m
     card = (out / "final" / "README.md").read_text()
     assert "99.11" not in card and "88.77" not in card and "Not certified yet" in card
     assert "lipzoo certify cli-tiny-pub" not in card
+
+
+def test_attack_workers_follow_threads_and_the_idle_cores(monkeypatch):
+    import os
+
+    from lipzoo.cli import _attack_workers
+
+    assert _attack_workers(3) == 3
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.0, 0.0))
+    assert _attack_workers(None) == 4  # an idle machine: one worker per core
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.6, 0.0, 0.0))
+    assert _attack_workers(None) == 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 0.0, 0.0))
+    assert _attack_workers(None) == 1  # a busy machine: still one
