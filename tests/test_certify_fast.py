@@ -133,9 +133,13 @@ def test_workers_give_the_same_verdicts_and_restore_the_threads():
         y = model(x).argmax(1)
     L = _bound(torch.full((4, 4), 50.0, dtype=torch.float64).fill_diagonal_(0))  # loose but sound: few certified
     loader = DataLoader(TensorDataset(x, y), batch_size=32)
-    threads = torch.get_num_threads()
-    one, two = (evaluate(model, loader, L, [0.3], attack=dict(steps=10, batch_size=16, workers=w), progress=False)
-                for w in (1, 2))
-    assert torch.get_num_threads() == threads
+    torch.set_num_threads(2)  # restored by the one_thread fixture
+    seen = []
+    model.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    default, one, two = (evaluate(model, loader, L, [0.3], attack=dict(steps=10, batch_size=16, workers=w),
+                                  progress=False) for w in (None, 1, 2))
+    assert torch.get_num_threads() == 2  # restored
+    assert 2 in seen and 1 in seen  # torch's threads without workers, one thread per worker with them
+    assert torch.equal(default["attack_success"]["0.3"], one["attack_success"]["0.3"])
     assert torch.equal(one["attack_success"]["0.3"], two["attack_success"]["0.3"]) and one["summary"] == two["summary"]
     assert 0 < one["attack_success"]["0.3"].sum() < one["attacked"]["0.3"].sum()  # some broken, some not

@@ -273,8 +273,9 @@ def evaluate(
         attack: None (no attack) or a dict with optional keys ``steps`` (50), ``restarts`` (1),
             ``step_size`` (``2.5 * eps / steps``), ``random_start`` (True), ``seed`` (0),
             ``batch_size`` (points attacked together; default 128 on a CPU, 512 elsewhere),
-            ``workers`` (1; on a CPU, batches attacked side by side by this many threads of one
-            intra-op thread each, the verdicts do not depend on it) and ``attack_all`` (False; True
+            ``workers`` (None: the calling thread with torch's threads; an int on a CPU: this many
+            threads of one intra-op thread each attack batches side by side, torch's thread count is
+            restored afterwards; the verdicts do not depend on it) and ``attack_all`` (False; True
             also attacks the certified points and raises :class:`UnsoundBoundError` if one of them
             is broken under a guaranteed bound).
         device: where to run; default the model's device.
@@ -308,15 +309,18 @@ def evaluate(
     queues: dict[str, _AttackQueue] = {}
     attack_all = False
     pool = None
+    single_threaded = False
     threads = torch.get_num_threads()
     if attack is not None:
         generator = torch.Generator(device=device).manual_seed(int(attack.pop("seed", 0)))
         attack_all = bool(attack.pop("attack_all", False))
         batch = attack.pop("batch_size", None) or (_CPU_ATTACK_BATCH if device.type == "cpu" else _ATTACK_BATCH)
-        workers = attack.pop("workers", None) or 1
-        if workers > 1 and device.type == "cpu":
-            pool = ThreadPoolExecutor(workers, thread_name_prefix="lipzoo-pgd")
+        workers = attack.pop("workers", None)
+        if workers is not None and device.type == "cpu":
+            single_threaded = True
             torch.set_num_threads(1)  # one thread per worker: no barriers between the cores (restored below)
+            if workers > 1:
+                pool = ThreadPoolExecutor(workers, thread_name_prefix="lipzoo-pgd")
         queues = {key: _AttackQueue(model, eps, batch, attack, generator, pool) for key, eps in eps_values.items()}
     # only a proof lets a point skip the attack
     skip_certified = bound.guaranteed and not attack_all
@@ -351,6 +355,7 @@ def evaluate(
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+        if single_threaded:
             torch.set_num_threads(threads)
         model.train(was_training)
 
