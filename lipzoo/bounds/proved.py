@@ -494,7 +494,7 @@ def _sweep_block(steps, stops, x, err, keep=None, timing: bool = False):
 
 def _group_gram(steps_to_keys, n: int, shape: Shape, *, chunk: int, device, generator,
                 time_limit: float = math.inf, max_bytes: float = math.inf, gemm_only: bool = False,
-                force_level=None, estimates: dict | None = None) -> dict | None:
+                force_level=None, estimates: dict | None = None, report=None) -> dict | None:
     """Exact certified norms of several chains that share their small side (one sweep for all).
 
     ``steps_to_keys``: ``(steps, stops)`` with ``steps`` a list of :class:`_Step` applied in order
@@ -526,7 +526,8 @@ def _group_gram(steps_to_keys, n: int, shape: Shape, *, chunk: int, device, gene
 
     ``gemm_only``: every chain from its own rows (the earlier behaviour). ``force_level`` (tests): ``"own"``
     or an index ``s``, the deepest visited level ``<= s`` for every chain. ``estimates``: filled with the
-    square roots of the Lanczos Ritz values (estimates from below, for reports). Returns None when the cost
+    square roots of the Lanczos Ritz values (estimates from below, for reports). ``report(done, total)`` is
+    called after each block (progress bars). Returns None when the cost
     measured on the first block predicts more than ``time_limit`` seconds. Logs (DEBUG) the level chosen
     per chain and the seconds of each phase.
     """
@@ -612,6 +613,8 @@ def _group_gram(steps_to_keys, n: int, shape: Shape, *, chunk: int, device, gene
                 t_back += time.perf_counter() - tb
         del levels, rows
         levels0 = rows0 = None
+        if report is not None:
+            report(start // chunk + 1, nb)
     t1 = time.perf_counter()
     X = {s: (torch.cat([a for a, _ in v], 0), torch.cat([b for _, b in v])) for s, v in xs.items()}
     del xs
@@ -892,7 +895,8 @@ def _proved_inner_norms(structure, keys, objective, small, small_input, budget, 
         bar.set_postfix_str(f"exact ({name}, side {n})")
         t0 = time.perf_counter()
         vals = _group_gram(steps, n, shape, chunk=chunk, device=device, generator=gen, time_limit=time_limit,
-                           max_bytes=gemm_bytes, estimates=est)
+                           max_bytes=gemm_bytes, estimates=est,
+                           report=lambda i, nb: bar.set_postfix_str(f"exact ({name}, side {n}): block {i}/{nb}"))
         logger.debug("exact group %s (%d operators, side %d): %s in %.2fs", name, len(ks), n,
                      "certified" if vals is not None else "too slow, skipped", time.perf_counter() - t0)
         if vals is None:
