@@ -63,8 +63,12 @@ def _seconds(text: str) -> float:
 
 def _add_bound_options(p: argparse.ArgumentParser, power_note: str) -> None:
     """The options of the guaranteed bound, shared by ``certify`` and ``bounds``."""
-    p.add_argument("--norm", default="auto", choices=["auto", "exact", "power"],
-                   help=f"operator norms: auto/exact are guaranteed, {power_note}")
+    p.add_argument("--norm", default="auto", choices=["auto", "exact", "lanczos", "power"],
+                   help=f"operator norms: auto/exact are proved; lanczos is probabilistic (seconds; the bound holds "
+                        f"except with probability --failure-probability, and is labelled so); {power_note}")
+    p.add_argument("--failure-probability", type=_probability, default=1e-9, metavar="P",
+                   help="under --norm lanczos: the probability that the bound is below the Lipschitz constant "
+                        "(default 1e-9)")
     p.add_argument("--max-dense", type=_positive_int, default=None,
                    help="under --norm auto: materialize operators up to this side only (default: adaptive, "
                         "small ones always, larger ones where they tighten the bound most within a time budget)")
@@ -72,6 +76,17 @@ def _add_bound_options(p: argparse.ArgumentParser, power_note: str) -> None:
                    help="seconds the guaranteed bound may spend tightening large operators exactly (default: the "
                         "library's, 30); every value is proved either way, a larger budget gives a tighter bound, "
                         "and the result is cached by the weights' sha256")
+
+
+def _probability(text: str) -> float:
+    """argparse type: a probability strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a probability in (0, 1), got {text!r}")
+    return value
 
 
 def _eps(text: str) -> str:
@@ -185,8 +200,9 @@ def _cmd_certify(args) -> int:
                          "the folder you trained or saved (lipzoo certify runs/A/final --attach).")
     if args.attach and args.split != "test":
         raise ValueError("--attach records test-set numbers; certify with --split test (the default).")
-    if args.attach and args.norm == "power":
-        raise ValueError("--attach needs certified numbers; --norm power gives estimates. Use --norm auto or exact.")
+    if args.attach and args.norm in ("power", "lanczos"):
+        raise ValueError(f"--attach records proved numbers; --norm {args.norm} gives "
+                         f"{'estimates' if args.norm == 'power' else 'probabilistic bounds'}. Use --norm auto or exact.")
     device = _device(args.device)
     model, config = _load_model(args.model, device)  # evaluate() and the bound run where the model is
     data = args.data or config.get("dataset")
@@ -211,8 +227,9 @@ def _cmd_certify(args) -> int:
         other, other_cfg = _load_model(args.compare, device)
         rep = certify(other, dataset, eps_list, input_shape=other_cfg["input_shape"], limit=args.limit,
                       attack=None, norm=args.norm, max_dense=args.max_dense, progress=not args.no_progress,
-                      name=args.compare, allow_estimate=args.norm == "power")
-        compare = {args.compare if rep["kind"] == "certified" else f"{args.compare} (estimate)": rep["radii"]}
+                      name=args.compare, allow_estimate=args.norm == "power", method=args.method,
+                      failure_probability=args.failure_probability)
+        compare = {args.compare if rep["kind"] == "certified" else f"{args.compare} ({rep['kind']})": rep["radii"]}
     name = args.model
     out = args.out or _default_out("certify", name)
     from lipzoo.certify.metrics import UnsoundBoundError
@@ -221,7 +238,8 @@ def _cmd_certify(args) -> int:
         report = certify(model, dataset, eps_list, input_shape=config["input_shape"], out_dir=out, name=name,
                          limit=args.limit, batch_size=args.batch_size, attack=attack, norm=args.norm,
                          max_dense=args.max_dense, compare=compare, device=device, progress=not args.no_progress,
-                         budget=args.bound_budget, cache=_CACHE,
+                         budget=args.bound_budget, cache=_CACHE, method=args.method,
+                         failure_probability=args.failure_probability,
                          allow_estimate=args.norm == "power")  # --norm power asks for an estimate explicitly
     except UnsoundBoundError as err:  # --attack-all broke a certified point
         print(f"lipzoo certify: UNSOUND BOUND: {err}", file=sys.stderr)
@@ -252,7 +270,7 @@ def _cmd_bounds(args) -> int:
     model, config = _load_model(args.model, _device(args.device))  # the bound runs where the model is
     shape = args.input_shape or config["input_shape"]
     table = bounds_table(model, shape, norm=args.norm, max_dense=args.max_dense, budget=args.bound_budget,
-                         cache=_CACHE)
+                         cache=_CACHE, failure_probability=args.failure_probability)
     if args.json:
         print(json.dumps(table, indent=2))
         return 0
@@ -373,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "certificate proves them robust) and fail (exit 3) if one is broken")
     c.add_argument("--compare", help="a second model drawn in the radius plot (e.g. a cross-entropy baseline)")
     _add_bound_options(c, "power is an estimate (reported as 'estimated')")
+    c.add_argument("--method", default="liplt", choices=["liplt", "best"],
+                   help="liplt, or best: the entrywise minimum of LipLT and the ECLipsE-style bound where it applies "
+                        "(networks without skip connections, layers of at most 4096 units a side)")
     c.add_argument("--out", help="output folder (default: certify-<model>, one per model)")
     c.add_argument("--attach", action="store_true",
                    help="write the results into the checkpoint folder's config.json and card (checked by sha256)")
@@ -383,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-progress", action="store_true", help="no progress bars")
     c.set_defaults(func=_cmd_certify)
 
-    b = sub.add_parser("bounds", help="the paper's Table 2: mean L_ij, L_i+L_j, sqrt2*L, naive vs LipLT",
+    b = sub.add_parser("bounds", help="the paper's Table 2: mean L_ij, L_i+L_j, sqrt2*L, naive vs LipLT (and best)",
                        parents=[common], formatter_class=fmt)
     b.add_argument("model", help="zoo entry, checkpoint folder or Hub repo id")
     b.add_argument("--input-shape", type=_positive_int, nargs="+", help="C H W (default: the model's)")

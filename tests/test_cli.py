@@ -187,9 +187,9 @@ def test_the_command_line_caches_bounds_without_touching_the_environment(checkpo
 def test_bounds_json_naive_is_never_tighter(checkpoint, capsys):
     assert main(["bounds", str(checkpoint.dir), "--json"]) == 0
     table = json.loads(capsys.readouterr().out)
-    assert set(table) == {"naive", "liplt"}
+    assert set(table) == {"naive", "liplt", "best"}  # small layers: the ECLipsE-style bound applies
     for key in ("L_ij", "L_i+L_j", "sqrt2_L"):
-        assert table["naive"][key] >= table["liplt"][key] > 0
+        assert table["naive"][key] >= table["liplt"][key] >= table["best"][key] > 0
     for row in table.values():
         assert row["L_ij"] <= row["L_i+L_j"] and row["L_ij"] <= row["sqrt2_L"]
         assert row["guarantee"] in ("exact", "proved")
@@ -364,7 +364,7 @@ def test_attach_needs_a_folder_and_certified_numbers(checkpoint, tmp_path, capsy
     assert main(["certify", "crm-mnist-4c3f", "--attach", "--limit", "2", "--no-progress"]) == 2
     assert "--attach writes the results into a checkpoint folder" in capsys.readouterr().err
     assert _certify(checkpoint, tmp_path / "c", "--attach", "--norm", "power") == 2
-    assert "--attach needs certified numbers" in capsys.readouterr().err
+    assert "--attach records proved numbers" in capsys.readouterr().err
     assert _certify(checkpoint, tmp_path / "c", "--attach", "--split", "train") == 2
     assert "--attach records test-set numbers" in capsys.readouterr().err
     assert "Not certified yet" in (checkpoint.dir / "README.md").read_text()  # nothing was attached

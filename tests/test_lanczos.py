@@ -131,3 +131,58 @@ def test_zoo_model_lanczos_within_one_percent_of_power_estimate():
     ratio = (lz.value[off] / est.value[off])
     assert bool((ratio >= 1 - 1e-6).all())  # power iteration never exceeds the norms
     assert float(ratio.mean()) < 1.01
+
+
+# --- certification with a probabilistic bound ---------------------------------------------------------------
+
+def _prob(value):
+    return LipschitzBound(value=value, guaranteed=False, guarantee="probabilistic", failure_probability=1e-9)
+
+
+def test_certify_labels_probabilistic_radii_and_attacks_every_point(rng, linear_model):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lipzoo.certify import evaluate
+    from lipzoo.certify.report import certify, format_table
+
+    W = torch.tensor(rng.normal(size=(3, 6)), dtype=torch.float32)
+    model = linear_model(W, torch.zeros(3))
+    x = torch.tensor(rng.uniform(0.2, 0.8, size=(40, 6)), dtype=torch.float32)
+    y = model(x).argmax(1)
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)
+    exact = torch.cdist(W, W).double()
+    out = evaluate(model, loader, _prob(exact), [0.05], attack=dict(steps=5), progress=False)
+    assert out["kind"] == "probabilistic" and "probabilistic@0.05" in out["summary"]
+    assert "certified@0.05" not in out["summary"]
+    assert bool(out["attacked"]["0.05"].all())  # no proof: nothing skips the attack
+    assert out["summary"]["consistency_violations@0.05"] == 0
+    report = certify(model, TensorDataset(x, y), ["0.05"], input_shape=(6,), bound=_prob(exact), progress=False,
+                     attack=dict(steps=5))
+    assert report["kind"] == "probabilistic" and report["bound"]["failure_probability"] == 1e-9
+    assert "PROBABILISTIC" in format_table(report)
+
+
+def test_a_wrong_probabilistic_bound_is_caught_by_the_attack(rng, linear_model):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lipzoo.certify import evaluate
+    from lipzoo.certify.metrics import UnsoundBoundError
+
+    W = torch.tensor(rng.normal(size=(3, 6)), dtype=torch.float32)
+    model = linear_model(W, torch.zeros(3))
+    x = torch.tensor(rng.uniform(0.2, 0.8, size=(40, 6)), dtype=torch.float32)
+    loader = DataLoader(TensorDataset(x, model(x).argmax(1)), batch_size=16)
+    with pytest.raises(UnsoundBoundError):
+        evaluate(model, loader, _prob(torch.cdist(W, W).double() / 50), [0.1], attack=dict(steps=20),
+                 progress=False)
+
+
+def test_cli_refuses_to_attach_probabilistic_numbers_and_bad_probabilities(tmp_path, capsys):
+    from lipzoo.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["certify", "crm-mnist-4c3f", "--norm", "lanczos", "--failure-probability", "0"])
+    assert "probability in (0, 1)" in capsys.readouterr().err
+    (tmp_path / "ckpt").mkdir()
+    assert main(["certify", str(tmp_path / "ckpt"), "--norm", "lanczos", "--attach"]) == 2
+    assert "proved numbers" in capsys.readouterr().err

@@ -320,8 +320,6 @@ def lipschitz_bounds(model: nn.Module, input_shape, *, method: str = "liplt", mo
         raise ValueError(f"norm='lanczos' bounds the LipLT operators: use method='liplt' or 'best', not {method!r}.")
     if n_iter is None:
         n_iter = LANCZOS_STEPS if norm == "lanczos" else 200
-    if seed is None:
-        seed = int.from_bytes(os.urandom(8), "little") >> 1
     key = hit = None
     from lipzoo.bounds import cache as _cache
 
@@ -333,7 +331,9 @@ def lipschitz_bounds(model: nn.Module, input_shape, *, method: str = "liplt", mo
         # least the requested tightening time serves any request (`lipzoo bounds --bound-budget 1500`
         # then a plain `lipzoo certify` reuses the tight bound).
         request = {"input_shape": [str(s) for s in input_shape], "method": method, "norm": norm,
-                   "max_dense": max_dense, "n_iter": n_iter, "dtype": str(dtype), "seed": seed, "sdp_t": sdp_t,
+                   "max_dense": max_dense, "n_iter": n_iter, "dtype": str(dtype),
+                   # a bound from fresh start vectors serves any later request for fresh ones
+                   "seed": "fresh" if seed is None else seed, "sdp_t": sdp_t,
                    "device": torch.device(device).type if device is not None else _model_device(model),
                    **({"failure_probability": failure_probability} if norm == "lanczos" else {})}
         key = _cache.bound_key(model, request)
@@ -348,6 +348,8 @@ def lipschitz_bounds(model: nn.Module, input_shape, *, method: str = "liplt", mo
                 del hit[m]
         if all(m in parsed and parsed[m][1] >= wanted for m in modes):
             return {m: parsed[m][0] for m in modes}
+    if seed is None:
+        seed = int.from_bytes(os.urandom(8), "little") >> 1
     out = _lipschitz_bounds(model, input_shape, method=method, modes=modes, norm=norm, max_dense=max_dense,
                             n_iter=n_iter, dtype=dtype, device=device, seed=seed, sdp_t=sdp_t, budget=budget,
                             progress=progress, failure_probability=failure_probability)

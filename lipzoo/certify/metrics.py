@@ -61,8 +61,11 @@ def _next_up(x: Tensor) -> Tensor:
 
 
 def radius_kind(bound: LipschitzBound) -> str:
-    """``"certified"`` for a proved bound, ``"estimated"`` for an estimate: the word every output uses."""
-    return "certified" if bound.guaranteed else "estimated"
+    """The word every output uses: ``"certified"`` for a proved bound, ``"probabilistic"`` for one that holds
+    except with a stated probability (``norm="lanczos"``), ``"estimated"`` for an estimate."""
+    if bound.guaranteed:
+        return "certified"
+    return "probabilistic" if bound.guarantee == "probabilistic" else "estimated"
 
 
 def _check_bound_type(bound: Any, allow_estimate: bool) -> None:
@@ -296,7 +299,8 @@ def evaluate(
         TypeError: if ``bound`` is not a :class:`~lipzoo.LipschitzBound`.
         ValueError: on an estimate without ``allow_estimate``, a bound for another number of
             classes, an empty ``eps_list`` or loader, invalid eps or attack settings.
-        UnsoundBoundError: with ``attack_all``, when PGD breaks a point a guaranteed bound certifies.
+        UnsoundBoundError: with ``attack_all``, when PGD breaks a point a guaranteed bound certifies, or
+            (always: such a bound's points are all attacked) a point a probabilistic bound certifies.
     """
     _check_bound_type(bound, allow_estimate)
     kind = radius_kind(bound)
@@ -393,7 +397,7 @@ def evaluate(
             continue
         violations = int(((result["radii"] > eps) & broken).sum())
         summary[f"consistency_violations@{key}"] = violations
-        if violations and kind == "certified":
+        if violations and kind in ("certified", "probabilistic"):
             logger.error("%d points certified at eps=%s were broken by PGD: the bound is unsound.", violations, key)
             unsound.append(f"{violations} at eps={key}")
         elif violations:
