@@ -41,3 +41,21 @@ def setup(p, args) -> tuple[torch.device, str]:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU, {torch.get_num_threads()} threads"
     return device, where
+
+
+def timed_together(fns: dict, device: torch.device, warmup: int, repeats: int) -> dict:
+    """Median wall time (ms) of each ``fns[name]()``, the calls interleaved round by round, so a change of
+    the machine's load during the run hits every function alike (ratios stay comparable)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    sync()
+    times: dict = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(1e3 * (time.perf_counter() - t0))
+    return {name: statistics.median(t) for name, t in times.items()}

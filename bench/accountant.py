@@ -22,7 +22,7 @@ import argparse
 from dataclasses import replace
 
 import torch
-from _common import add_timing_args, setup, timed
+from _common import add_timing_args, setup, timed_together
 
 import lipzoo
 from lipzoo.bounds import build_structure
@@ -135,12 +135,11 @@ def bench_model(name: str, device: torch.device, warmup: int, repeats: int, rtol
         counter = [0]
         power_iteration(_counted_structure(structure, counter), v0, 1)
         liplt_calls = counter[0]
-        t_liplt = timed(liplt_iteration, device, warmup, repeats)
-        t_naive = timed(naive_iteration, device, warmup, repeats)
+        fns = {"liplt": liplt_iteration, "naive": naive_iteration}
         try:
             ref = _ReferenceStyle(structure, v0)
         except ValueError:
-            t_ref = float("nan")
+            ref = None
         else:
             ours = power_iteration(structure, v0, 3)
             for _ in range(3):
@@ -148,9 +147,11 @@ def bench_model(name: str, device: torch.device, warmup: int, repeats: int, rtol
             for i in range(L):  # like for like: the same vectors after the same iterations
                 mine = torch.cat([ours[(t, i - 1)] for t in range(i, L)])
                 assert torch.allclose(mine, ref.V[i], atol=1e-4), f"reference-style iteration differs at layer {i}"
-            t_ref = timed(ref.iteration, device, warmup, repeats)
+            fns["ref"] = ref.iteration
+        ms = timed_together(fns, device, warmup, repeats)  # interleaved: the ratios share the machine's load
+        t_liplt, t_naive, t_ref = ms["liplt"], ms["naive"], ms.get("ref", float("nan"))
         ops_liplt = _count_ops(liplt_iteration)
-        ops_ref = _count_ops(ref.iteration) if t_ref == t_ref else float("nan")
+        ops_ref = _count_ops(ref.iteration) if ref is not None else float("nan")
 
         # (c) cold start until every ||S v|| moves by < rtol
         v, previous, iters = dict(v0), None, None

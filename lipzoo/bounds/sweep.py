@@ -13,6 +13,8 @@ vectors.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -120,25 +122,36 @@ def _merge(a: _Rows, b: _Rows, order) -> _Rows:
         return a
     if not a.keys:
         return b
-    merged = sorted([(order(k), 0, i) for i, k in enumerate(a.keys)] + [(order(k), 1, i) for i, k in enumerate(b.keys)])
-    srcs, offsets = (a, b), ([0], [0])
-    for n in a.sizes:
-        offsets[0].append(offsets[0][-1] + n)
-    for n in b.sizes:
-        offsets[1].append(offsets[1][-1] + n)
-    pieces, keys, sizes, scale = [], [], [], []
-    run = None  # (source, first index, last index + 1)
-    for _, which, i in merged + [(None, -1, -1)]:
-        if run is not None and (which != run[0] or i != run[2]):
-            src, lo, hi = srcs[run[0]], run[1], run[2]
-            pieces.append(src.x[offsets[run[0]][lo]:offsets[run[0]][hi]])
-            keys += src.keys[lo:hi]
-            sizes += src.sizes[lo:hi]
-            scale += src.scale[lo:hi]
-            run = None
-        if which >= 0:
-            run = (which, i, i + 1) if run is None else (which, run[1], i + 1)
-    return _Rows(torch.cat(pieces, 0), keys, sizes, scale)
+    runs, keys, sizes, where = _merge_plan(tuple(a.keys), tuple(a.sizes), tuple(b.keys), tuple(b.sizes), order)
+    srcs = (a, b)
+    x = torch.cat([srcs[which].x[lo:hi] for which, lo, hi in runs], 0)
+    return _Rows(x, list(keys), list(sizes), [srcs[which].scale[i] for which, i in where])
+
+
+@functools.lru_cache(maxsize=4096)
+def _merge_plan(a_keys, a_sizes, b_keys, b_sizes, order):
+    """How :func:`_merge` joins two batches (memoised: a sweep merges the same layouts at every iteration).
+
+    Returns the row runs ``(source, first row, end row)`` to concatenate, the merged keys and sizes, and
+    for each merged key where its deferred scale comes from ``(source, index)``."""
+    merged = sorted([(order(k), 0, i) for i, k in enumerate(a_keys)] + [(order(k), 1, i) for i, k in enumerate(b_keys)])
+    offsets = []
+    for sizes in (a_sizes, b_sizes):
+        acc = [0]
+        for n in sizes:
+            acc.append(acc[-1] + n)
+        offsets.append(acc)
+    runs, keys, sizes, where = [], [], [], []
+    for _, which, i in merged:
+        k, n = (a_keys, b_keys)[which][i], (a_sizes, b_sizes)[which][i]
+        if runs and runs[-1][0] == which and runs[-1][2] == offsets[which][i]:
+            runs[-1] = (which, runs[-1][1], offsets[which][i + 1])
+        else:
+            runs.append((which, offsets[which][i], offsets[which][i + 1]))
+        keys.append(k)
+        sizes.append(n)
+        where.append((which, i))
+    return tuple(runs), tuple(keys), tuple(sizes), tuple(where)
 
 
 def _by_target(k: Key):
@@ -242,9 +255,9 @@ def power_iteration(structure: Structure, v: dict[Key, torch.Tensor], n_iter: in
 
 def row_norms(x: torch.Tensor) -> torch.Tensor:
     """``||x_i||`` for every row ``x_i`` of a batch (a ``finish`` for :func:`forward_sweep`)."""
-    return x.flatten(1).norm(dim=1)
+    return torch.linalg.vector_norm(x.flatten(1), dim=1)
 
 
 def _normalize(x: torch.Tensor) -> torch.Tensor:
-    norms = x.flatten(1).norm(dim=1).clamp_min(torch.finfo(x.dtype).tiny)
+    norms = torch.linalg.vector_norm(x.flatten(1), dim=1).clamp_min(torch.finfo(x.dtype).tiny)
     return x / norms.reshape(-1, *([1] * (x.dim() - 1)))
