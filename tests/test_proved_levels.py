@@ -4,7 +4,6 @@ each certified norm is >= the exact float64 norm and within the certificate tole
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch

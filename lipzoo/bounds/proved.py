@@ -791,10 +791,10 @@ def proved_inner_norms(structure: Structure, keys, *, objective: Callable[[dict]
             are the longest products, and their split bounds the loosest (2-17x on a random 6C2F).
         budget: seconds to spend on certifying larger chains exactly, most useful first.
         tol: stop refining once the possible gain of all remaining chains together (estimated from
-            power-iteration lower bounds, so over-stated) is below ``tol`` of the objective.
+            Lanczos lower bounds, so over-stated) is below ``tol`` of the objective.
         chunk: identity-basis block size for Gram matrices.
         n_estimate: batched Lanczos steps (at most) for the estimates that rank and stop the certification.
-        seed: seed of the power-iteration and Lanczos start vectors.
+        seed: seed of the Lanczos start vectors.
         progress: show a tqdm bar (``None``: only on a terminal).
         max_side: largest smaller side certified exactly during the refinement.
         max_bytes: memory for the matrices of one certified group.
@@ -931,7 +931,7 @@ def _proved_inner_norms(structure, keys, objective, small, small_input, budget, 
         est.update(_lanczos_estimates(structure, rest, n_estimate, gen, device))
         logger.debug("Lanczos estimates of %d norms (%d steps at most): %.2fs", len(rest), n_estimate,
                      time.perf_counter() - t0)
-    result = {}
+    result.clear()  # the estimates changed: rebuild every entry
     update()
     if logger.isEnabledFor(logging.DEBUG):
         f0, gain = gains()
