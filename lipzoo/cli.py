@@ -177,18 +177,37 @@ def _attack_workers(threads: int | None) -> int:
     (4x slower than one thread on this project's loaded 2-core machine), and two workers were slower
     than one there too (docs/benchmarks.md); free cores are worth a worker each.
     """
-    import os
-
     import torch
 
     if threads:
         return threads
     cores = torch.get_num_threads()
+    return max(1, min(cores, round(_idle_cores(cores))))
+
+
+def _idle_cores(cores: int, interval: float = 0.25) -> float:
+    """How many of ``cores`` the other jobs leave idle: the machine's idle fraction over ``interval`` seconds
+    (``/proc/stat``), else ``cores`` minus the 1-minute load average (which lags: a job that just ended
+    still counts)."""
+    import os
+    import time
+
+    def sample():
+        with open("/proc/stat") as fh:
+            values = [int(v) for v in fh.readline().split()[1:]]
+        return values[3] + values[4], sum(values[:8])  # idle + iowait, all but guest time
+
     try:
-        busy = os.getloadavg()[0]
-    except (AttributeError, OSError):  # no load average on this platform
-        busy = 0.0
-    return max(1, min(cores, round(cores - busy)))
+        idle0, total0 = sample()
+        time.sleep(interval)
+        idle1, total1 = sample()
+        fraction = (idle1 - idle0) / max(total1 - total0, 1)
+        return min(cores, fraction * (os.cpu_count() or cores))
+    except (OSError, ValueError, IndexError):
+        try:
+            return cores - os.getloadavg()[0]
+        except (AttributeError, OSError):  # no load average on this platform
+            return float(cores)
 
 
 def _cmd_certify(args) -> int:

@@ -464,15 +464,22 @@ def test_lipzoo_train_output_carries_no_inherited_numbers(tmp_path, tiny_arch, m
 
 
 def test_attack_workers_follow_threads_and_the_idle_cores(monkeypatch):
+    import builtins
     import os
 
-    from lipzoo.cli import _attack_workers
+    import lipzoo.cli as cli
 
-    assert _attack_workers(3) == 3
+    assert cli._attack_workers(3) == 3
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.0, 0.0))
-    assert _attack_workers(None) == 4  # an idle machine: one worker per core
+    for idle, workers in ((3.9, 4), (1.2, 1), (0.0, 1)):  # a busy machine: still one
+        monkeypatch.setattr(cli, "_idle_cores", lambda cores, idle=idle: idle)
+        assert cli._attack_workers(None) == workers
+    monkeypatch.undo()
+    # the idle fraction from /proc/stat, within [0, cores]
+    assert 0 <= cli._idle_cores(2, interval=0.05) <= 2
+    # without /proc/stat: the 1-minute load average
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: (_ for _ in ()).throw(OSError()) if f == "/proc/stat"
+                        else real_open(f, *a, **k))
     monkeypatch.setattr(os, "getloadavg", lambda: (2.6, 0.0, 0.0))
-    assert _attack_workers(None) == 1
-    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 0.0, 0.0))
-    assert _attack_workers(None) == 1  # a busy machine: still one
+    assert cli._idle_cores(4) == pytest.approx(1.4)
