@@ -151,3 +151,23 @@ def _no_shared_bound_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     ``lipzoo`` command line would otherwise turn on ``~/.cache/lipzoo/bounds`` for the whole test
     process. Tests of the cache set ``LIPZOO_CACHE`` themselves."""
     monkeypatch.setenv("LIPZOO_CACHE", "off")
+
+
+def small_plain_cnn(seed: int):
+    """A float64 plain CNN with normalisation, strided conv and dense layers, and its input shape (the
+    proved-path tests compare it against dense exact norms)."""
+    from lipzoo.layers import Flatten, LTConv2d, LTLinear, Normalize
+
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(Normalize([0.4, 0.5], [0.2, 0.3]), LTConv2d(2, 4, 3, 1, 1), LTConv2d(4, 4, 4, 2, 1),
+                               LTConv2d(4, 5, 3, 1, 1), Flatten(), LTLinear(5 * 4 * 4, 12),
+                               LTLinear(12, 4, activation=None)).double().eval(), (2, 8, 8)
+
+
+def small_residual_cnn(seed: int):
+    """A float64 CNN with two residual LT blocks, and its input shape."""
+    from lipzoo.layers import Flatten, LTConv2d, LTLinear, LTResidualConv
+
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(LTConv2d(1, 3, 3, 1, 1), LTResidualConv(3, 4, 3), LTResidualConv(3, 4, 3), Flatten(),
+                               LTLinear(3 * 6 * 6, 5, activation=None)).double().eval(), (1, 6, 6)

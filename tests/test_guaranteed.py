@@ -16,8 +16,11 @@ from lipzoo.bounds.proved import (abs_norm_bound, certified_chain_norm, certifie
                                   rounding_model)
 from lipzoo.bounds.norms import EXACT_MARGIN
 from lipzoo.bounds.structure import materialize
-from lipzoo.layers import Flatten, LTConv2d, LTLinear, LTResidualConv, Normalize
+from lipzoo.layers import LTLinear
 from lipzoo.layers.operators import Conv2dOp, DenseOp, DiagonalOp, FlattenOp, ScaleOp, SumOp, compose
+
+from conftest import small_plain_cnn as _plain
+from conftest import small_residual_cnn as _residual
 
 # Certified exact norms may exceed the true norm by their rounding margins and the Cholesky shift
 # (tau = lam (1 + 1e-7) on the first try): well below this.
@@ -98,19 +101,6 @@ def _to32(op):
     if hasattr(op, "ops"):
         op.ops = [_to32(o) for o in op.ops]
     return op
-
-
-def _plain(seed):
-    torch.manual_seed(seed)
-    return nn.Sequential(Normalize([0.4, 0.5], [0.2, 0.3]), LTConv2d(2, 4, 3, 1, 1), LTConv2d(4, 4, 4, 2, 1),
-                         LTConv2d(4, 5, 3, 1, 1), Flatten(), LTLinear(5 * 4 * 4, 12), LTLinear(12, 4, activation=None)
-                         ).double().eval(), (2, 8, 8)
-
-
-def _residual(seed):
-    torch.manual_seed(seed)
-    return nn.Sequential(LTConv2d(1, 3, 3, 1, 1), LTResidualConv(3, 4, 3), LTResidualConv(3, 4, 3), Flatten(),
-                         LTLinear(3 * 6 * 6, 5, activation=None)).double().eval(), (1, 6, 6)
 
 
 @pytest.mark.parametrize("factory", [_plain, _residual])

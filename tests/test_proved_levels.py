@@ -7,29 +7,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from lipzoo.bounds import build_structure
 from lipzoo.bounds.proved import (_Planner, _group_gram, _lanczos_estimates, _upper_product, certified_lambda_max,
                                   proved_inner_norms)
 from lipzoo.bounds.structure import materialize
-from lipzoo.layers import Flatten, LTConv2d, LTLinear, LTResidualConv, Normalize
 from lipzoo.layers.operators import compose
 
+from conftest import small_plain_cnn as _plain
+from conftest import small_residual_cnn as _residual
+
 CERT_RTOL = 1e-5
-
-
-def _plain(seed):
-    torch.manual_seed(seed)
-    return nn.Sequential(Normalize([0.4, 0.5], [0.2, 0.3]), LTConv2d(2, 4, 3, 1, 1), LTConv2d(4, 4, 4, 2, 1),
-                         LTConv2d(4, 5, 3, 1, 1), Flatten(), LTLinear(5 * 4 * 4, 12), LTLinear(12, 4, activation=None)
-                         ).double().eval(), (2, 8, 8)
-
-
-def _residual(seed):
-    torch.manual_seed(seed)
-    return nn.Sequential(LTConv2d(1, 3, 3, 1, 1), LTResidualConv(3, 4, 3), LTResidualConv(3, 4, 3), Flatten(),
-                         LTLinear(3 * 6 * 6, 5, activation=None)).double().eval(), (1, 6, 6)
 
 
 def _exact(s, key) -> float:

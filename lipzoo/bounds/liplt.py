@@ -26,7 +26,7 @@ from types import MappingProxyType
 import torch
 from torch import nn
 
-from lipzoo.bounds.norms import (DIRECT_PAIRS_MAX_CLASSES, EXACT_MARGIN, GUARANTEE_ORDER, NormResult, _tensor_of,
+from lipzoo.bounds.norms import (EXACT_MARGIN, GUARANTEE_ORDER, NormResult, _tensor_of,
                                  chain_norm, output_norms, round_cast, weakest_guarantee)
 from lipzoo.bounds.eclipse import GUARANTEE as ECLIPSE_GUARANTEE
 from lipzoo.bounds.eclipse import eclipse_bound

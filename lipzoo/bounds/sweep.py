@@ -23,7 +23,33 @@ from lipzoo.layers.operators import ComposeOp, Conv2dOp, LinearOperator, ScaleOp
 
 Key = tuple[int, int]
 
-__all__ = ["forward_sweep", "adjoint_sweep", "power_iteration", "row_norms", "operator_keys", "adjoint"]
+__all__ = ["forward_sweep", "adjoint_sweep", "power_iteration", "row_norms", "operator_keys", "forward", "adjoint"]
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in channels-last layout for a CPU convolution in a low-precision float dtype.
+
+    oneDNN's convolutions run natively in that layout: an NCHW input costs a conversion of the output
+    (for ``conv_transpose2d`` a copy as long as the convolution itself), and the batched power iteration
+    of 4C3F / 6C2F took 3-9 % less time with it (float32, 1 and 2 threads, interleaved A/B). float64 (the
+    certificates) and CUDA keep their layout."""
+    if x.dim() == 4 and x.shape[1] > 1 and x.device.type == "cpu" and x.dtype in (
+            torch.float32, torch.bfloat16, torch.float16):
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def forward(op: LinearOperator, x: torch.Tensor) -> torch.Tensor:
+    """``op.forward(x)``, convolutions in the layout :func:`_channels_last` picks (compositions and sums recurse)."""
+    if type(op) is Conv2dOp:
+        return op.forward(_channels_last(x))
+    if type(op) is ComposeOp:
+        for f in reversed(op.ops):
+            x = forward(f, x)
+        return x
+    if type(op) is SumOp:
+        return sum(forward(f, x) for f in op.ops)
+    return op.forward(x)
 
 
 def adjoint(op: LinearOperator, y: torch.Tensor, in_shape) -> torch.Tensor:
@@ -43,8 +69,8 @@ def adjoint(op: LinearOperator, y: torch.Tensor, in_shape) -> torch.Tensor:
         pad = [n - ((o - 1) * s - 2 * p + d * (kk - 1) + 1)
                for n, o, s, p, d, kk in zip(size, out, op.stride, op.padding, op.dilation, k)]
         if all(0 <= q < max(s, d) for q, s, d in zip(pad, op.stride, op.dilation)):
-            return F.conv_transpose2d(y, op.weight, None, op.stride, op.padding, tuple(pad), op.groups,
-                                      op.dilation)
+            return F.conv_transpose2d(_channels_last(y), op.weight, None, op.stride, op.padding, tuple(pad),
+                                      op.groups, op.dilation)
         return op.adjoint(y, in_shape)
     if type(op) is ComposeOp:
         shapes = op._shapes(in_shape)
@@ -182,24 +208,24 @@ def forward_sweep(structure: Structure, v: dict[Key, torch.Tensor], *, finish=No
         starters = _Rows.of(v, sorted(k for k in v if k[1] == s))
         cont = flight
         if flight.keys:
-            wx = blk.W.forward(flight.x)
+            wx = forward(blk.W, flight.x)
             ended, cont = flight.with_x(wx).split_prefix(sum(1 for k in flight.keys if k[0] == s), finish, scaled)
             out.update(ended)
             x_cont = flight.x[flight.x.shape[0] - cont.x.shape[0]:]
         if cont.keys and blk.H is not None:
             # x_{s+1} = H x + c G W x: the skip branch keeps the scales, the sum is one fused add
             g_in = _join([cont.x] + ([starters.x] if starters.keys else []))
-            g_out = g_in if blk.G is None else blk.G.forward(g_in)
+            g_out = g_in if blk.G is None else forward(blk.G, g_in)
             nc = cont.x.shape[0]
-            cont = cont.with_x(torch.add(blk.H.forward(x_cont), g_out[:nc], alpha=blk.c))
+            cont = cont.with_x(torch.add(forward(blk.H, x_cont), g_out[:nc], alpha=blk.c))
             starters = starters.with_x(g_out[nc:])
             flight = _merge(cont, starters, _by_target)
         else:
             flight = _merge(cont.with_x(cont.x, blk.c) if cont.keys else cont, starters, _by_target)
             if blk.G is not None and flight.keys:
-                flight = flight.with_x(blk.G.forward(flight.x))
+                flight = flight.with_x(forward(blk.G, flight.x))
     if flight.keys:
-        z = flight.x if structure.output is None else structure.output.forward(flight.x)
+        z = flight.x if structure.output is None else forward(structure.output, flight.x)
         out.update(flight.with_x(z).split_prefix(len(flight.keys), finish, scaled)[0])
     return out
 
