@@ -63,8 +63,8 @@ class _ReferenceStyle:
     start vectors per layer ``i`` (one row per target ``t >= i``); the forward pass stacks the rows carried
     from the previous layer on top of layer ``i``'s own rows, applies ``W_i`` and picks the finished and
     continuing rows with Python index lists; the backward pass mirrors it and normalises the finished rows.
-    The operators (and so the convolution kernels) are lipzoo's, so the comparison isolates how the sweep is
-    organised. Row bookkeeping is precomputed once, as the reference does in its constructor."""
+    The operators are lipzoo's, with the reference's NCHW ``conv_transpose2d`` adjoints (lipzoo's sweep picks
+    the channels-last layout on the CPU), so the comparison measures how the sweep is organised and laid out. Row bookkeeping is precomputed once, as the reference does in its constructor."""
 
     def __init__(self, structure, v0):
         if any(b.H is not None or b.G is not None for b in structure.blocks):
@@ -89,6 +89,14 @@ class _ReferenceStyle:
             carried = [rows[r] for r in cont]
 
     def iteration(self):
+        layout = sweep._channels_last
+        sweep._channels_last = lambda x: x  # the reference's NCHW conv_transpose2d, not lipzoo's layout choice
+        try:
+            self._iteration()
+        finally:
+            sweep._channels_last = layout
+
+    def _iteration(self):
         blocks, ends, prev = self.s.blocks, [], None
         for i, blk in enumerate(blocks):
             x = self.V[i] if prev is None else torch.vstack([prev.reshape(-1, *blk.x_shape), self.V[i]])

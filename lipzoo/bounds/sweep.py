@@ -41,8 +41,8 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
 
 def forward(op: LinearOperator, x: torch.Tensor) -> torch.Tensor:
     """``op.forward(x)``, convolutions in the layout :func:`_channels_last` picks (compositions and sums recurse)."""
-    if type(op) is Conv2dOp:
-        return op.forward(_channels_last(x))
+    if type(op) is Conv2dOp:  # the output too: a one-channel input leaves it NCHW, and a batch of mixed
+        return _channels_last(op.forward(_channels_last(x)))  # layouts is slow to concatenate
     if type(op) is ComposeOp:
         for f in reversed(op.ops):
             x = forward(f, x)
@@ -96,15 +96,28 @@ class _Rows:
     factors of blocks without a skip branch, applied once where a vector leaves the sweep instead
     of at every block (one multiplication of the whole batch per block saved)."""
 
-    __slots__ = ("x", "keys", "sizes", "scale")
+    __slots__ = ("_x", "parts", "keys", "sizes", "scale")
 
-    def __init__(self, x, keys, sizes, scale):
-        self.x, self.keys, self.sizes, self.scale = x, keys, sizes, scale
+    def __init__(self, x, keys, sizes, scale, parts=None):
+        self._x, self.keys, self.sizes, self.scale, self.parts = x, keys, sizes, scale, parts
 
     @classmethod
     def of(cls, parts: dict, keys: list) -> "_Rows":
-        return cls(_join([parts[k] for k in keys]) if keys else None, keys, [parts[k].shape[0] for k in keys],
-                   [1.0] * len(keys))
+        """The vectors of ``keys``, kept as separate tensors until a joined batch is needed (a merge
+        then copies them once, straight into the merged batch)."""
+        return cls(None, keys, [parts[k].shape[0] for k in keys], [1.0] * len(keys), [parts[k] for k in keys])
+
+    @property
+    def x(self) -> torch.Tensor | None:
+        if self._x is None and self.parts:
+            self._x = _join(self.parts)
+        return self._x
+
+    def rows(self, lo: int, hi: int, i: int) -> torch.Tensor:
+        """Rows ``lo:hi`` (of key ``i`` when kept separately)."""
+        if self._x is None and self.parts:
+            return self.parts[i]
+        return self._x[lo:hi]
 
     def split_prefix(self, n_keys: int, finish=None, scaled: bool = True) -> tuple[dict, "_Rows"]:
         """The first ``n_keys`` keys as ``{key: finish(rows)}`` (their scales applied), and the rest.
@@ -148,18 +161,20 @@ def _merge(a: _Rows, b: _Rows, order) -> _Rows:
         return a
     if not a.keys:
         return b
-    runs, keys, sizes, where = _merge_plan(tuple(a.keys), tuple(a.sizes), tuple(b.keys), tuple(b.sizes), order)
+    runs, keys, sizes, where = _merge_plan(tuple(a.keys), tuple(a.sizes), tuple(b.keys), tuple(b.sizes), order,
+                                           a.parts is not None and a._x is None, b.parts is not None and b._x is None)
     srcs = (a, b)
-    x = torch.cat([srcs[which].x[lo:hi] for which, lo, hi in runs], 0)
+    x = torch.cat([srcs[which].rows(lo, hi, i) for which, lo, hi, i in runs], 0)
     return _Rows(x, list(keys), list(sizes), [srcs[which].scale[i] for which, i in where])
 
 
 @functools.lru_cache(maxsize=4096)
-def _merge_plan(a_keys, a_sizes, b_keys, b_sizes, order):
+def _merge_plan(a_keys, a_sizes, b_keys, b_sizes, order, a_parts=False, b_parts=False):
     """How :func:`_merge` joins two batches (memoised: a sweep merges the same layouts at every iteration).
 
-    Returns the row runs ``(source, first row, end row)`` to concatenate, the merged keys and sizes, and
-    for each merged key where its deferred scale comes from ``(source, index)``."""
+    Returns the row runs ``(source, first row, end row, key index)`` to concatenate (a source kept as
+    separate tensors, ``*_parts``, gives one run per key), the merged keys and sizes, and for each merged
+    key where its deferred scale comes from ``(source, index)``."""
     merged = sorted([(order(k), 0, i) for i, k in enumerate(a_keys)] + [(order(k), 1, i) for i, k in enumerate(b_keys)])
     offsets = []
     for sizes in (a_sizes, b_sizes):
@@ -170,10 +185,11 @@ def _merge_plan(a_keys, a_sizes, b_keys, b_sizes, order):
     runs, keys, sizes, where = [], [], [], []
     for _, which, i in merged:
         k, n = (a_keys, b_keys)[which][i], (a_sizes, b_sizes)[which][i]
-        if runs and runs[-1][0] == which and runs[-1][2] == offsets[which][i]:
-            runs[-1] = (which, runs[-1][1], offsets[which][i + 1])
+        separate = (a_parts, b_parts)[which]
+        if runs and not separate and runs[-1][0] == which and runs[-1][2] == offsets[which][i]:
+            runs[-1] = (which, runs[-1][1], offsets[which][i + 1], i)
         else:
-            runs.append((which, offsets[which][i], offsets[which][i + 1]))
+            runs.append((which, offsets[which][i], offsets[which][i + 1], i))
         keys.append(k)
         sizes.append(n)
         where.append((which, i))
@@ -214,7 +230,7 @@ def forward_sweep(structure: Structure, v: dict[Key, torch.Tensor], *, finish=No
             x_cont = flight.x[flight.x.shape[0] - cont.x.shape[0]:]
         if cont.keys and blk.H is not None:
             # x_{s+1} = H x + c G W x: the skip branch keeps the scales, the sum is one fused add
-            g_in = _join([cont.x] + ([starters.x] if starters.keys else []))
+            g_in = _join([cont.x] + (starters.parts or []))
             g_out = g_in if blk.G is None else forward(blk.G, g_in)
             nc = cont.x.shape[0]
             cont = cont.with_x(torch.add(forward(blk.H, x_cont), g_out[:nc], alpha=blk.c))
@@ -253,7 +269,7 @@ def adjoint_sweep(structure: Structure, u: dict[Key, torch.Tensor], *, finish=No
             grads.update(ended)
             c_cont = carry.x[carry.x.shape[0] - cont.x.shape[0]:]
         if cont.keys and blk.H is not None:
-            w_in = _join([cont.x] + ([arrivals.x] if arrivals.keys else []))
+            w_in = _join([cont.x] + (arrivals.parts or []))
             w_out = adjoint(blk.W, w_in, blk.x_shape)
             nc = cont.x.shape[0]
             cont = cont.with_x(torch.add(adjoint(blk.H, c_cont, blk.x_shape), w_out[:nc], alpha=blk.c))
