@@ -122,8 +122,20 @@ def _unit(shape, gen, device):
 
 
 
+def _baseline_power_iteration(checkout: str):
+    """``power_iteration`` of another checkout's ``lipzoo/bounds/sweep.py`` (e.g. ``git worktree add /tmp/old
+    f78747f``), loaded beside this one, for an A/B of the sweep alone on the same structure."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("baseline_sweep", Path(checkout) / "lipzoo/bounds/sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.power_iteration
+
+
 def bench_model(name: str, device: torch.device, warmup: int, repeats: int, rtol: float, max_iter: int,
-                seed: int) -> dict:
+                seed: int, baseline=None) -> dict:
     model = lipzoo.create_model(name).to(device).eval()
     shape = tuple(model.input_shape)
     gen = torch.Generator().manual_seed(seed)
@@ -144,6 +156,8 @@ def bench_model(name: str, device: torch.device, warmup: int, repeats: int, rtol
         power_iteration(_counted_structure(structure, counter), v0, 1)
         liplt_calls = counter[0]
         fns = {"liplt": liplt_iteration, "naive": naive_iteration}
+        if baseline is not None:
+            fns["baseline"] = lambda: baseline(structure, v0, 1)
         try:
             ref = _ReferenceStyle(structure, v0)
         except ValueError:
@@ -174,7 +188,8 @@ def bench_model(name: str, device: torch.device, warmup: int, repeats: int, rtol
     return {"model": name, "input": "x".join(map(str, shape)), "blocks": L, "operators": len(keys),
             "liplt_calls": liplt_calls, "naive_calls": 2 * L, "liplt_ms": t_liplt, "naive_ms": t_naive,
             "ratio": t_liplt / t_naive, "ref_ms": t_ref, "ref_ratio": t_liplt / t_ref, "ops": ops_liplt,
-            "ref_ops": ops_ref, "iters": iters if iters is not None else f">{max_iter}"}
+            "ref_ops": ops_ref, "iters": iters if iters is not None else f">{max_iter}",
+            **({"baseline_ms": ms["baseline"]} if "baseline" in ms else {})}
 
 
 _VIEWS = {"aten::slice", "aten::view", "aten::as_strided", "aten::split", "aten::split_with_sizes", "aten::reshape",
@@ -199,6 +214,8 @@ def main(argv=None) -> int:
     add_timing_args(p)
     p.add_argument("--rtol", type=float, default=1e-3, help="convergence threshold of (c)")
     p.add_argument("--max-iter", type=int, default=1000, help="cap on the iterations of (c)")
+    p.add_argument("--baseline", metavar="CHECKOUT",
+                   help="also time the power iteration of another checkout's sweep.py (ratio new/baseline)")
     args = p.parse_args(argv)
     device, where = setup(p, args)
     print(f"# Accountant power iteration ({where}; torch {torch.__version__}; median of {args.repeats} after "
@@ -208,10 +225,14 @@ def main(argv=None) -> int:
           f"iters to rtol {args.rtol:g} |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in args.models:
-        r = bench_model(name, device, args.warmup, args.repeats, args.rtol, args.max_iter, args.seed)
+        r = bench_model(name, device, args.warmup, args.repeats, args.rtol, args.max_iter, args.seed,
+                        _baseline_power_iteration(args.baseline) if args.baseline else None)
         print(f"| {r['model']} | {r['input']} | {r['blocks']} | {r['operators']} | {r['liplt_calls']} | "
               f"{r['liplt_ms']:.2f} | {r['ref_ms']:.2f} | {r['naive_ms']:.2f} | {r['ref_ratio']:.2f} | {r['ratio']:.2f} | "
               f"{r['ops']} | {r['ref_ops']} | {r['iters']} |", flush=True)
+        if "baseline_ms" in r:
+            print(f"|   | baseline {args.baseline}: {r['baseline_ms']:.2f} ms, ratio LipLT/baseline "
+                  f"{r['liplt_ms'] / r['baseline_ms']:.2f} |", flush=True)
     return 0
 
 
