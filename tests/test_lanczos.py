@@ -186,3 +186,24 @@ def test_cli_refuses_to_attach_probabilistic_numbers_and_bad_probabilities(tmp_p
     (tmp_path / "ckpt").mkdir()
     assert main(["certify", str(tmp_path / "ckpt"), "--norm", "lanczos", "--attach"]) == 2
     assert "proved numbers" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("shape", [(300, 120), (120, 300)])  # S^T S and S S^T sides
+def test_bound_holds_on_a_hard_spectrum(shape):
+    """One singular value 1, the rest spread below 0.98: the start vector's share of the top direction is
+    ~1/sqrt(n), so few steps leave the Ritz value low; the failure bound must cover it at any step count."""
+    torch.manual_seed(0)
+    m, n = shape
+    u, _ = torch.linalg.qr(torch.randn(m, m, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64))
+    k = min(m, n)
+    sigma = torch.cat([torch.ones(1, dtype=torch.float64), torch.linspace(0.98, 0.0, k - 1, dtype=torch.float64)])
+    layer = nn.Linear(n, m, bias=False).double()
+    with torch.no_grad():
+        layer.weight.copy_(u[:, :k] @ torch.diag(sigma) @ v[:, :k].T)
+    net = nn.Sequential(layer, nn.ReLU(), nn.Linear(m, 3).double())
+    s = build_structure(net, (n,))
+    for steps in (12, 24, 48, 96):
+        got = lanczos_inner_norms(s, [(0, -1)], steps=steps, failure_probability=1e-3, seed=steps)[(0, -1)]
+        assert got.value >= 1.0, (steps, got)
+        assert got.estimate <= 1.0 + 1e-12

@@ -281,7 +281,7 @@ def lipschitz_bound(model: nn.Module, input_shape, *, method: str = "liplt", mod
         device: where to compute (defaults to the model's device).
         seed: seed of the power-iteration / Lanczos start vectors. ``None`` draws it from the operating
             system (for ``norm="lanczos"``: the probability is over start vectors independent of the
-            weights); the seed used is in ``details["seed"]``.
+            weights); the seed used is in ``details["lanczos"]["seed"]``.
         sdp_t: the diagonal ``T`` of ``method="lt_sdp"``.
         budget: seconds ``norm="auto"`` may spend certifying large operators exactly (their cost is
             measured before committing; see :mod:`lipzoo.bounds.proved`).
