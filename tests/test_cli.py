@@ -483,3 +483,17 @@ def test_attack_workers_follow_threads_and_the_idle_cores(monkeypatch):
                         else real_open(f, *a, **k))
     monkeypatch.setattr(os, "getloadavg", lambda: (2.6, 0.0, 0.0))
     assert cli._idle_cores(4) == pytest.approx(1.4)
+
+
+def test_certify_method_best_is_never_looser_and_says_so(checkpoint, tmp_path, capsys):
+    assert _certify(checkpoint, tmp_path / "liplt") == 0
+    assert _certify(checkpoint, tmp_path / "best", "--method", "best") == 0
+    capsys.readouterr()
+    liplt = json.loads((tmp_path / "liplt" / "report.json").read_text())
+    best = json.loads((tmp_path / "best" / "report.json").read_text())
+    assert (liplt["bound"]["method"], best["bound"]["method"]) == ("liplt", "best")
+    assert best["bound"]["guaranteed"] and best["kind"] == "certified"
+    assert best["bound"]["pairwise_mean"] <= liplt["bound"]["pairwise_mean"]
+    for key in liplt["metrics"]:
+        if key.startswith("certified@"):
+            assert best["metrics"][key] >= liplt["metrics"][key]

@@ -120,6 +120,7 @@ def certify(model: nn.Module, dataset: Dataset, eps_list: Sequence[str], *, inpu
     return report
 
 
+_METHOD_NAME = {"liplt": "LipLT", "best": "min(LipLT, ECLipsE-style)", "eclipse": "ECLipsE-style"}
 _KIND_NOTE = {"probabilistic": "probabilistic bound, not a proof", "estimated": "estimate, not certified"}
 
 
@@ -128,7 +129,8 @@ def format_table(report: dict[str, Any]) -> str:
     m = report["metrics"]
     kind = report.get("kind", "certified" if report["bound"]["guaranteed"] else "estimated")
     lines = [f"model: {report['model']}    samples: {report['num_samples']}",
-             f"bound: {report['bound'].get('mode', 'pairwise')} LipLT, guarantee={report['bound']['guarantee']} "
+             f"bound: {report['bound'].get('mode', 'pairwise')} {_METHOD_NAME.get(report['bound'].get('method'), 'LipLT')}, "
+             f"guarantee={report['bound']['guarantee']} "
              f"(guaranteed={report['bound']['guaranteed']}), mean L_ij={report['bound']['pairwise_mean']:.4g}",
              f"clean accuracy: {100 * m['clean']:.2f}%", ""]
     if kind == "probabilistic":
