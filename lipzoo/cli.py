@@ -67,8 +67,7 @@ def _add_bound_options(p: argparse.ArgumentParser, power_note: str) -> None:
                    help=f"operator norms: auto/exact are proved; lanczos is probabilistic (seconds; the bound holds "
                         f"except with probability --failure-probability, and is labelled so); {power_note}")
     p.add_argument("--failure-probability", type=_probability, default=1e-9, metavar="P",
-                   help="under --norm lanczos: the probability that the bound is below the Lipschitz constant "
-                        "(default 1e-9)")
+                   help="under --norm lanczos: the probability that the bound is below the Lipschitz constant")
     p.add_argument("--max-dense", type=_positive_int, default=None,
                    help="under --norm auto: materialize operators up to this side only (default: adaptive, "
                         "small ones always, larger ones where they tighten the bound most within a time budget)")
