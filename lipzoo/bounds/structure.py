@@ -12,6 +12,7 @@ with all shapes resolved for the given input shape.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -76,6 +77,12 @@ class Structure:
         src = self.input_shape if j < 0 else self.blocks[j].y_shape
         dst = self.output_shape if t == self.depth else self.blocks[t].y_shape
         return src, dst
+
+    def to(self, dtype: torch.dtype) -> "Structure":
+        """The same structure with every operator's weights cast to ``dtype`` (:meth:`LinearOperator.to`)."""
+        cast = (lambda op: None if op is None else op.to(dtype))
+        blocks = [dataclasses.replace(b, W=cast(b.W), H=cast(b.H), G=cast(b.G)) for b in self.blocks]
+        return dataclasses.replace(self, blocks=blocks, output=cast(self.output))
 
     def chain(self, t: int, j: int) -> list[LinearOperator]:
         """The factors of ``S_{t,j}``, leftmost first (``None`` factors dropped)."""

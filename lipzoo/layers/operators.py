@@ -18,6 +18,7 @@ differentiable.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Sequence
 
@@ -75,6 +76,15 @@ class LinearOperator:
 
     def __matmul__(self, other: "LinearOperator") -> "LinearOperator":
         return compose(self, other)
+
+    def to(self, dtype: torch.dtype) -> "LinearOperator":
+        """A copy whose weights (floating tensors of one or more dimensions, in this operator and the ones
+        it is built from) are cast to ``dtype``; scalars keep their precision. Used for the low-precision
+        power iteration (:func:`lipzoo.bounds.sweep.power_iteration`), which runs without gradients."""
+        out = copy.copy(self)
+        for name, value in vars(self).items():
+            setattr(out, name, _cast(value, dtype))
+        return out
 
 
 class Conv2dOp(LinearOperator):
@@ -330,6 +340,16 @@ class PadOp(LinearOperator):
         ih, iw = self._maps(in_shape)
         copies = int(torch.bincount(ih).max()) * int(torch.bincount(iw).max())
         return torch.tensor(math.nextafter(math.sqrt(copies), math.inf), dtype=torch.float64)
+
+
+def _cast(value, dtype: torch.dtype):
+    if isinstance(value, LinearOperator):
+        return value.to(dtype)
+    if isinstance(value, (list, tuple)) and any(isinstance(v, LinearOperator) for v in value):
+        return type(value)(_cast(v, dtype) for v in value)
+    if torch.is_tensor(value) and value.is_floating_point() and value.dim() > 0 and value.dtype != dtype:
+        return value.to(dtype)
+    return value
 
 
 def compose(*ops: LinearOperator | None) -> LinearOperator | None:
