@@ -178,13 +178,18 @@ def resolve_config(target: str, overrides: list[str] | None = None, **run: Any) 
     return resolve_metadata(target, overrides, **run).to_dict()
 
 
+# keys a config may leave out (their default applies) and an override may still set
+OPTIONAL_KEYS = ("recipe.power_iteration_dtype",)
+
+
 def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """A copy of ``config`` with ``"dotted.key=value"`` overrides applied (values parsed as YAML).
 
     ``1e-4`` is read as a number (plain YAML would read a string).
 
     Raises:
-        ValueError: an override without ``=``, or a key that is not in the config.
+        ValueError: an override without ``=``, or a key that is not in the config (nor in
+            :data:`OPTIONAL_KEYS`).
     """
     config = copy.deepcopy(config)
     for item in overrides:
@@ -194,7 +199,8 @@ def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, A
         parts = key.strip().split(".")
         node = config
         for i, part in enumerate(parts):
-            if not isinstance(node, dict) or part not in node:
+            optional = i == len(parts) - 1 and key.strip() in OPTIONAL_KEYS and isinstance(node, dict)
+            if not isinstance(node, dict) or part not in node and not optional:
                 where = ".".join(parts[:i]) or "the config"
                 known = sorted(node) if isinstance(node, dict) else []
                 raise ValueError(f"Unknown config key {key!r}: {part!r} is not in {where} (known: {known}).")

@@ -223,8 +223,10 @@ class _Run:
             self.start_from(opts.init)
         self.model.to(self.device)
         self.input_shape = tuple(config["input_shape"])
+        low = self.recipe.get("power_iteration_dtype", "float32")
         self.estimator = LipLTEstimator(self.model, self.input_shape, n_iter=int(self.recipe.get("power_iterations", 5)),
-                                        seed=opts.seed)
+                                        seed=opts.seed,
+                                        iteration_dtype={"float32": None, "bfloat16": torch.bfloat16}.get(low, low))
         self.optimizer = _make_optimizer(self.model, self.recipe)
         self.scheduler = _make_scheduler(self.optimizer, self.recipe)
         self.criterion = self._criterion()
