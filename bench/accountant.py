@@ -7,7 +7,12 @@ For each architecture, in one run and on one device:
 (b) one power iteration of the naive bound: a forward and an adjoint call of each block's ``W``
     (the per-layer norms the product bound needs);
 (c) the number of LipLT iterations from a random start until every estimate ``||S v||`` changes
-    by less than ``--rtol`` (relative) between two iterations.
+    by less than ``--rtol`` (relative) between two iterations;
+(d) with ``--low-dtype`` (default bfloat16): (a) with the iteration run in that precision, per
+    iteration of a call of ``--low-iters`` iterations (``power_iteration(..., n, dtype=...)``, the
+    casts of weights and vectors at each call included, as the training estimator runs it with the
+    recipes' 5-10 iterations per step), and the largest relative difference of the estimates
+    ``||S v||`` (float32) after 10 iterations from the same start, low precision against float32.
 
 Times are medians over ``--repeats`` runs after ``--warmup`` runs. The output operator ``W_L``
 (exact rows in both bounds) is left out of (a) and (b) alike.
@@ -135,7 +140,7 @@ def _baseline_power_iteration(checkout: str):
 
 
 def bench_model(name: str, device: torch.device, warmup: int, repeats: int, rtol: float, max_iter: int,
-                seed: int, baseline=None) -> dict:
+                seed: int, baseline=None, low_dtype: torch.dtype | None = None, low_iters: int = 5) -> dict:
     model = lipzoo.create_model(name).to(device).eval()
     shape = tuple(model.input_shape)
     gen = torch.Generator().manual_seed(seed)
@@ -158,6 +163,11 @@ def bench_model(name: str, device: torch.device, warmup: int, repeats: int, rtol
         fns = {"liplt": liplt_iteration, "naive": naive_iteration}
         if baseline is not None:
             fns["baseline"] = lambda: baseline(structure, v0, 1)
+        low = {}
+        if low_dtype is not None:
+            fns["low"] = lambda: power_iteration(structure, v0, low_iters, dtype=low_dtype)
+            ten = [forward_sweep(structure, power_iteration(structure, v0, 10, dtype=d)) for d in (None, low_dtype)]
+            low["low_diff"] = max(float(ten[1][k].norm() / ten[0][k].norm() - 1) for k in keys if ten[0][k].norm() > 0)
         try:
             ref = _ReferenceStyle(structure, v0)
         except ValueError:
@@ -189,7 +199,8 @@ def bench_model(name: str, device: torch.device, warmup: int, repeats: int, rtol
             "liplt_calls": liplt_calls, "naive_calls": 2 * L, "liplt_ms": t_liplt, "naive_ms": t_naive,
             "ratio": t_liplt / t_naive, "ref_ms": t_ref, "ref_ratio": t_liplt / t_ref, "ops": ops_liplt,
             "ref_ops": ops_ref, "iters": iters if iters is not None else f">{max_iter}",
-            **({"baseline_ms": ms["baseline"]} if "baseline" in ms else {})}
+            **({"baseline_ms": ms["baseline"]} if "baseline" in ms else {}),
+            **({"low_ms": ms["low"] / low_iters, **low} if "low" in ms else {})}
 
 
 _VIEWS = {"aten::slice", "aten::view", "aten::as_strided", "aten::split", "aten::split_with_sizes", "aten::reshape",
@@ -214,6 +225,9 @@ def main(argv=None) -> int:
     add_timing_args(p)
     p.add_argument("--rtol", type=float, default=1e-3, help="convergence threshold of (c)")
     p.add_argument("--max-iter", type=int, default=1000, help="cap on the iterations of (c)")
+    p.add_argument("--low-dtype", default="bfloat16", choices=["bfloat16", "float16", "none"],
+                   help="also time the iteration in this precision (d); none: skip")
+    p.add_argument("--low-iters", type=int, default=5, help="iterations per call in (d)")
     p.add_argument("--baseline", metavar="CHECKOUT",
                    help="also time the power iteration of another checkout's sweep.py (ratio new/baseline)")
     args = p.parse_args(argv)
@@ -226,13 +240,18 @@ def main(argv=None) -> int:
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in args.models:
         r = bench_model(name, device, args.warmup, args.repeats, args.rtol, args.max_iter, args.seed,
-                        _baseline_power_iteration(args.baseline) if args.baseline else None)
+                        _baseline_power_iteration(args.baseline) if args.baseline else None,
+                        None if args.low_dtype == "none" else getattr(torch, args.low_dtype), args.low_iters)
         print(f"| {r['model']} | {r['input']} | {r['blocks']} | {r['operators']} | {r['liplt_calls']} | "
               f"{r['liplt_ms']:.2f} | {r['ref_ms']:.2f} | {r['naive_ms']:.2f} | {r['ref_ratio']:.2f} | {r['ratio']:.2f} | "
               f"{r['ops']} | {r['ref_ops']} | {r['iters']} |", flush=True)
         if "baseline_ms" in r:
             print(f"|   | baseline {args.baseline}: {r['baseline_ms']:.2f} ms, ratio LipLT/baseline "
                   f"{r['liplt_ms'] / r['baseline_ms']:.2f} |", flush=True)
+        if "low_ms" in r:
+            print(f"|   | {args.low_dtype} iteration (calls of {args.low_iters}): {r['low_ms']:.2f} ms, ratio to reference-style (float32) "
+                  f"{r['low_ms'] / r['ref_ms']:.2f}, to LipLT float32 {r['low_ms'] / r['liplt_ms']:.2f}; "
+                  f"estimates after 10 iterations within {abs(r['low_diff']):.1e} of float32's |", flush=True)
     return 0
 
 

@@ -2,8 +2,11 @@
 
 CRM step: forward, ``lipzoo.LipLTEstimator`` with the zoo recipe's power iterations (warm-started),
 ``lipzoo.crm_loss`` with the recipe's ``t``, ``lam``, ``r0``, ``g``, backward, Adam step.
-Cross-entropy step: forward, ``F.cross_entropy``, backward, Adam step. Random data, batch 512 by
-default; medians over ``--repeats`` steps after ``--warmup`` steps.
+Cross-entropy step: forward, ``F.cross_entropy``, backward, Adam step. With ``--low-dtype``
+(default bfloat16) also the CRM step with the power iterations in that precision
+(``LipLTEstimator(iteration_dtype=...)``). Random data, batch 512 by default; the steps interleaved
+round by round (each on its own copy of the same initial model), medians over ``--repeats`` rounds
+after ``--warmup`` rounds.
 
     python bench/train_step.py --device cpu --repeats 10
     python bench/train_step.py --device cuda --repeats 50
@@ -14,7 +17,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _common import add_timing_args, setup, timed
+from _common import add_timing_args, setup, timed_together
 import torch.nn.functional as F
 
 import lipzoo
@@ -23,42 +26,50 @@ from lipzoo.models import get_entry
 ENTRIES = {"4c3f": "crm-mnist-4c3f", "6c2f": "crm-cifar10-6c2f", "8c2f": "crm-tinyimagenet-8c2f"}
 
 
-
-
-def bench_model(name: str, device: torch.device, batch_size: int, warmup: int, repeats: int, seed: int) -> dict:
+def bench_model(name: str, device: torch.device, batch_size: int, warmup: int, repeats: int, seed: int,
+                low_dtype: torch.dtype | None = None) -> dict:
     recipe = get_entry(ENTRIES[name])["recipe"]
     crm, lr = recipe["crm"], float(recipe["optimizer"]["lr"])
     torch.manual_seed(seed)
-    model = lipzoo.create_model(name).to(device).train()
-    shape = tuple(model.input_shape)
+    init = lipzoo.create_model(name)
+    shape = tuple(init.input_shape)
     x = torch.rand(batch_size, *shape, device=device)
-    y = torch.randint(0, model.num_classes, (batch_size,), device=device)
+    y = torch.randint(0, init.num_classes, (batch_size,), device=device)
+    n_iter = int(recipe["power_iterations"])
 
-    ce_model = lipzoo.create_model(name).to(device).train()
-    ce_model.load_state_dict(model.state_dict())
-    ce_opt = torch.optim.Adam(ce_model.parameters(), lr=lr)
+    def copy():
+        model = lipzoo.create_model(name).to(device).train()
+        model.load_state_dict(init.state_dict())
+        return model, torch.optim.Adam(model.parameters(), lr=lr)
 
-    def ce_step():
-        loss = F.cross_entropy(ce_model(x), y)
-        ce_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        ce_opt.step()
+    def ce_step(model, opt):
+        def step():
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return step
 
-    estimator = lipzoo.LipLTEstimator(model, shape, n_iter=int(recipe["power_iterations"]), seed=seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    def crm_step(dtype):
+        model, opt = copy()
+        estimator = lipzoo.LipLTEstimator(model, shape, n_iter=n_iter, seed=seed, iteration_dtype=dtype)
 
-    def crm_step():
-        logits = model(x)
-        loss = lipzoo.crm_loss(logits, y, estimator(), t=float(crm["t"]), lam=float(crm["lam"]),
-                               r0=crm["r0"], g=crm["g"], regularize=True)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        def step():
+            loss = lipzoo.crm_loss(model(x), y, estimator(), t=float(crm["t"]), lam=float(crm["lam"]),
+                                   r0=crm["r0"], g=crm["g"], regularize=True)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return step, len(estimator.keys)
 
-    t_ce = timed(ce_step, device, warmup, repeats)
-    t_crm = timed(crm_step, device, warmup, repeats)
-    return {"model": name, "input": "x".join(map(str, shape)), "power_iterations": int(recipe["power_iterations"]),
-            "operators": len(estimator.keys), "ce_ms": t_ce, "crm_ms": t_crm, "ratio": t_crm / t_ce}
+    fns = {"ce": ce_step(*copy())}
+    fns["crm"], operators = crm_step(None)
+    if low_dtype is not None:
+        fns["low"], _ = crm_step(low_dtype)
+    ms = timed_together(fns, device, warmup, repeats)
+    return {"model": name, "input": "x".join(map(str, shape)), "power_iterations": n_iter, "operators": operators,
+            "ce_ms": ms["ce"], "crm_ms": ms["crm"], "ratio": ms["crm"] / ms["ce"],
+            **({"low_ms": ms["low"], "low_ratio": ms["low"] / ms["ce"]} if "low" in ms else {})}
 
 
 def main(argv=None) -> int:
@@ -66,17 +77,22 @@ def main(argv=None) -> int:
     p.add_argument("--models", nargs="+", default=["4c3f", "6c2f"], choices=sorted(ENTRIES))
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--low-dtype", default="bfloat16", choices=["bfloat16", "float16", "none"],
+                   help="also time the CRM step with the power iterations in this precision; none: skip")
     add_timing_args(p)
     args = p.parse_args(argv)
     device, where = setup(p, args)
     print(f"# Training step, batch {args.batch_size} ({where}; torch {torch.__version__}; median of "
           f"{args.repeats} after {args.warmup} warm-up)\n")
-    print("| model | input | power iterations | operators S_tj | CE step (ms) | CRM step (ms) | ratio CRM/CE |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    low = None if args.low_dtype == "none" else getattr(torch, args.low_dtype)
+    extra = "" if low is None else f" CRM step, {args.low_dtype} iterations (ms) | ratio to CE |"
+    print("| model | input | power iterations | operators S_tj | CE step (ms) | CRM step (ms) | ratio CRM/CE |" + extra)
+    print("|---|---|---:|---:|---:|---:|---:|" + ("" if low is None else "---:|---:|"))
     for name in args.models:
-        r = bench_model(name, device, args.batch_size, args.warmup, args.repeats, args.seed)
+        r = bench_model(name, device, args.batch_size, args.warmup, args.repeats, args.seed, low)
+        tail = "" if low is None else f" {r['low_ms']:.1f} | {r['low_ratio']:.2f} |"
         print(f"| {r['model']} | {r['input']} | {r['power_iterations']} | {r['operators']} | {r['ce_ms']:.1f} | "
-              f"{r['crm_ms']:.1f} | {r['ratio']:.2f} |", flush=True)
+              f"{r['crm_ms']:.1f} | {r['ratio']:.2f} |" + tail, flush=True)
     return 0
 
 
