@@ -73,8 +73,8 @@ def _add_bound_options(p: argparse.ArgumentParser, power_note: str) -> None:
                         "small ones always, larger ones where they tighten the bound most within a time budget)")
     p.add_argument("--bound-budget", type=_seconds, default=None, metavar="SECONDS",
                    help="seconds the guaranteed bound may spend tightening large operators exactly (default: the "
-                        "library's, 30); every value is proved either way, a larger budget gives a tighter bound, "
-                        "and the result is cached by the weights' sha256")
+                        "library's, 300; it stops earlier once it cannot gain 0.2%%); every value is proved either way, "
+                        "a larger budget gives a tighter bound, and the result is cached by the weights' sha256")
 
 
 def _probability(text: str) -> float:
