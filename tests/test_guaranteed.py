@@ -15,6 +15,7 @@ from lipzoo.bounds import cache as bound_cache
 from lipzoo.bounds.proved import (abs_norm_bound, certified_chain_norm, certified_lambda_max, proved_inner_norms,
                                   rounding_model)
 from lipzoo.bounds.norms import EXACT_MARGIN
+from lipzoo.bounds.structure import numel
 from lipzoo.bounds.structure import materialize
 from lipzoo.layers import LTLinear
 from lipzoo.layers.operators import Conv2dOp, DenseOp, DiagonalOp, FlattenOp, ScaleOp, SumOp, compose
@@ -76,6 +77,18 @@ def test_certified_chain_norm_on_random_operators(torch_gen):
         assert got <= true * (1 + CERT_RTOL), (type(op).__name__, got / true - 1)
 
 
+def test_certified_chain_norm_refuses_a_side_above_max_side(torch_gen, monkeypatch):
+    op, shape = next((o, s) for o, s in _random_ops(torch_gen) if not isinstance(o, SumOp))
+    factors = op.ops if hasattr(op, "ops") else [op]
+    n = min(numel(shape), numel(op.out_shape(shape)))
+    allocated = []
+    real_empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: allocated.append(a) or real_empty(*a, **k))
+    assert certified_chain_norm(list(factors), shape, chunk=7, max_side=n - 1) is None
+    assert not any(a[:2] == (n, n) for a in allocated)  # refused before the n x n matrix
+    assert certified_chain_norm(list(factors), shape, chunk=7, max_side=n, generator=torch_gen) >= _dense_norm(op, shape)
+
+
 def test_abs_norm_and_rounding_model_dominate(torch_gen):
     for op, shape in _random_ops(torch_gen):
         m = materialize(op, shape, dtype=torch.float64)
@@ -84,23 +97,11 @@ def test_abs_norm_and_rounding_model_dominate(torch_gen):
         assert 0 <= theta < 1e-10 and a > 0
         # the float32 evaluation of the same operator obeys the same model with the float32 roundoff
         x = torch.randn(16, *shape, generator=torch_gen, dtype=torch.float64)
-        op32 = _to32(op)
+        op32 = op.to(torch.float32)  # every weight, nested operators included
         err = (op32.forward(x.float()).double() - op.forward(x)).flatten(1).norm(dim=1)
         scale = (2.0 ** -24) / (2.0 ** -53)
         # inputs rounded to float32 add u32 ||A|| ||x||
         assert (err <= (theta * scale * a + 2.0 ** -24 * a) * x.flatten(1).norm(dim=1) * 1.01).all()
-
-
-def _to32(op):
-    import copy
-
-    op = copy.copy(op)
-    for attr in ("weight", "scale"):
-        if torch.is_tensor(getattr(op, attr, None)):
-            setattr(op, attr, getattr(op, attr).float())
-    if hasattr(op, "ops"):
-        op.ops = [_to32(o) for o in op.ops]
-    return op
 
 
 @pytest.mark.parametrize("factory", [_plain, _residual])

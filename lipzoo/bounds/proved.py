@@ -419,14 +419,16 @@ def _basis(start: int, stop: int, n: int, shape: Shape, device) -> torch.Tensor:
 
 def certified_chain_norm(factors: list[LinearOperator], in_shape: Shape, *, chunk: int = 256,
                          time_limit: float = math.inf, generator: torch.Generator | None = None,
-                         device=None) -> float | None:
+                         device=None, max_side: int | None = None) -> float | None:
     """A proved upper bound on ``||factors[0] ... factors[-1]||`` that is exact up to ~1e-7 relative.
 
     The Gram matrix of the smaller side is formed block by block as ``S^T S E`` (or ``S S^T E``) for
     identity blocks ``E`` in float64 (memory ``n^2`` for the smaller side ``n``), with a proved bound on
     each column's rounding error (:func:`_run_tracked`), then certified by :func:`certified_lambda_max`.
-    Returns ``None`` without finishing when the cost measured on the first block predicts more than
-    ``time_limit`` seconds.
+    Returns ``None`` without finishing when the smaller side is above ``max_side`` (the matrix would
+    not fit: 8C2F's ``S_{2,0}`` needs ``n = 57,600``, 26.5 GB) or when the cost measured on the first
+    block predicts more than ``time_limit`` seconds; nothing of size ``n^2`` is allocated before both
+    checks pass.
     """
     fwd = _primitive_steps(factors, in_shape)
     in_shape = tuple(in_shape)
@@ -436,20 +438,22 @@ def certified_chain_norm(factors: list[LinearOperator], in_shape: Shape, *, chun
         n, shape, steps = n_in, in_shape, fwd + _adjoint_steps(fwd)
     else:
         n, shape, steps = n_out, out_shape, _adjoint_steps(fwd) + fwd
-    gram = torch.empty(n, n, dtype=torch.float64, device=device)
-    col_err = torch.empty(n, dtype=torch.float64, device=device)
+    if max_side is not None and n > max_side:
+        return None
+    gram, col_err = None, torch.empty(n, dtype=torch.float64, device=device)
     t0 = time.perf_counter()
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         e = _basis(start, stop, n, shape, device)
         y, err = _run_tracked(steps, e, torch.zeros(stop - start, dtype=torch.float64, device=device))
-        gram[start:stop] = y.reshape(stop - start, n)
-        col_err[start:stop] = err
-        if start == 0 and stop < n:
+        if gram is None:
             per_block = time.perf_counter() - t0
             predicted = per_block * math.ceil(n / chunk) + 1.5 * n ** 3 / 3 * _gram_cost_unit()
-            if predicted > time_limit:
+            if stop < n and predicted > time_limit:
                 return None
+            gram = torch.empty(n, n, dtype=torch.float64, device=device)
+        gram[start:stop] = y.reshape(stop - start, n)
+        col_err[start:stop] = err
     return _certify_gram(gram, col_err, generator)
 
 
@@ -969,9 +973,10 @@ def _proved_inner_norms(structure, keys, objective, small, small_input, budget, 
         labels, ops, ins, _ = chains[k]
         bar.set_postfix_str(f"exact S{k}")
         t0 = time.perf_counter()
-        val = certified_chain_norm(ops, ins[-1], chunk=chunk, time_limit=left, generator=gen, device=device)
-        logger.debug("exact S%s: %s in %.2fs", k, "certified" if val is not None else "too slow, skipped",
-                     time.perf_counter() - t0)
+        val = certified_chain_norm(ops, ins[-1], chunk=chunk, time_limit=left, generator=gen, device=device,
+                                   max_side=max_side)
+        logger.debug("exact S%s: %s in %.2fs", k, "certified" if val is not None else
+                     "skipped (smaller side above max_side, or too slow)", time.perf_counter() - t0)
         if val is not None:
             plan.exact[(tuple(labels), ins[-1])] = val
             done.add(k)
