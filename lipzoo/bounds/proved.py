@@ -426,7 +426,7 @@ def certified_chain_norm(factors: list[LinearOperator], in_shape: Shape, *, chun
     identity blocks ``E`` in float64 (memory ``n^2`` for the smaller side ``n``), with a proved bound on
     each column's rounding error (:func:`_run_tracked`), then certified by :func:`certified_lambda_max`.
     Returns ``None`` without finishing when the smaller side is above ``max_side`` (the matrix would
-    not fit: 8C2F's ``S_{2,0}`` needs ``n = 57,600``, 26.5 GB) or when the cost measured on the first
+    not fit: one of 8C2F's operators has ``n = 57,600``, 26.5 GB) or when the cost measured on the first
     block predicts more than ``time_limit`` seconds; nothing of size ``n^2`` is allocated before both
     checks pass.
     """

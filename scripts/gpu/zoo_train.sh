@@ -8,7 +8,7 @@
 #                                     train zoo entry NAME in the background (setsid: it outlives
 #                                     the command) for at most BUDGET seconds; resumes runs/gpu/NAME
 #   zoo_train.sh unpack DATASET       .gpu/DATASET/ parts -> .gpu/data/DATASET.npz (sha256 checked)
-#   zoo_train.sh checks               CUDA tests + accountant / training-step / Lanczos benchmarks -> $OUT
+#   zoo_train.sh checks               CUDA tests + accountant / training-step / Lanczos / proved-bound benchmarks -> $OUT
 #   zoo_train.sh collect DEADLINE NAME...
 #                                     wait until the runs finish or DEADLINE (epoch seconds), then
 #                                     pack each run (final/, metrics, config, log) into $OUT
@@ -60,6 +60,7 @@ checks)
     { timeout 90 "$PY" bench/train_step.py --device "$DEVICE" --repeats 20 --models 4c3f 6c2f
       timeout 90 "$PY" bench/accountant.py --device "$DEVICE" --repeats 10 --models 4c3f 6c2f --max-iter 300
       LIPZOO_CACHE=off timeout 120 "$PY" bench/probabilistic.py --device "$DEVICE" --models 4c3f 6c2f --max-iter 300
+      LIPZOO_CACHE=off timeout 240 "$PY" bench/guarantee_paths.py --device "$DEVICE" --models 4c3f 6c2f --budget 300 --max-iter 300
     } 2>&1 | tee "$OUT/bench.txt"
     ;;
 collect)
