@@ -150,6 +150,27 @@ def test_train_writes_metrics_checkpoint_and_loadable_final(recipe_file, data_ro
     assert not torch.equal(tiny_builder(ARCH, 10)()[1].weight, trained[1].weight)
 
 
+def test_recipe_power_iteration_dtype_reaches_the_estimator(recipe_file, data_root, tmp_path, monkeypatch):
+    import lipzoo.train.trainer as trainer_module
+
+    seen = []
+    real = trainer_module.LipLTEstimator
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("iteration_dtype"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "LipLTEstimator", spy)
+    out = tmp_path / "bf16"
+    assert _train(recipe_file, out, data_root, "recipe.epochs=2", "recipe.power_iteration_dtype=bfloat16") == 0
+    assert seen == [torch.bfloat16]
+    assert _rows(out)[-1]["epoch"] == 2
+    assert json.loads((out / "final" / "config.json").read_text())["recipe"]["power_iteration_dtype"] == "bfloat16"
+    assert _train(recipe_file, tmp_path / "default", data_root, "recipe.epochs=2") == 0
+    assert seen[-1] is None  # the default: the model's own precision
+    assert "power_iteration_dtype" not in json.loads((tmp_path / "default" / "final" / "config.json").read_text())["recipe"]
+
+
 def test_training_curves_read_and_refuse(tmp_path):
     from lipzoo.train.curves import plot_training_curves, read_metrics
 
