@@ -31,6 +31,17 @@ def add_timing_args(p) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+def add_low_dtype_arg(p, what: str) -> None:
+    """``--low-dtype``: also time ``what`` with the power iterations in that precision (``none``: skip)."""
+    p.add_argument("--low-dtype", default="bfloat16", choices=["bfloat16", "float16", "none"],
+                   help=f"also time {what} with the power iterations in this precision; none: skip")
+
+
+def parse_low_dtype(args) -> torch.dtype | None:
+    """The dtype ``--low-dtype`` names, ``None`` for ``none``."""
+    return None if args.low_dtype == "none" else getattr(torch, args.low_dtype)
+
+
 def setup(p, args) -> tuple[torch.device, str]:
     """Check the timing options, set the thread count; returns the device and a description of it."""
     if args.repeats < 1 or args.warmup < 0:

@@ -27,7 +27,7 @@ import argparse
 from dataclasses import replace
 
 import torch
-from _common import add_timing_args, setup, timed_together
+from _common import add_low_dtype_arg, add_timing_args, parse_low_dtype, setup, timed_together
 
 import lipzoo
 from lipzoo.bounds import build_structure
@@ -225,8 +225,7 @@ def main(argv=None) -> int:
     add_timing_args(p)
     p.add_argument("--rtol", type=float, default=1e-3, help="convergence threshold of (c)")
     p.add_argument("--max-iter", type=int, default=1000, help="cap on the iterations of (c)")
-    p.add_argument("--low-dtype", default="bfloat16", choices=["bfloat16", "float16", "none"],
-                   help="also time the iteration in this precision (d); none: skip")
+    add_low_dtype_arg(p, "the iteration (d)")
     p.add_argument("--low-iters", type=int, default=5, help="iterations per call in (d)")
     p.add_argument("--baseline", metavar="CHECKOUT",
                    help="also time the power iteration of another checkout's sweep.py (ratio new/baseline)")
@@ -241,7 +240,7 @@ def main(argv=None) -> int:
     for name in args.models:
         r = bench_model(name, device, args.warmup, args.repeats, args.rtol, args.max_iter, args.seed,
                         _baseline_power_iteration(args.baseline) if args.baseline else None,
-                        None if args.low_dtype == "none" else getattr(torch, args.low_dtype), args.low_iters)
+                        parse_low_dtype(args), args.low_iters)
         print(f"| {r['model']} | {r['input']} | {r['blocks']} | {r['operators']} | {r['liplt_calls']} | "
               f"{r['liplt_ms']:.2f} | {r['ref_ms']:.2f} | {r['naive_ms']:.2f} | {r['ref_ratio']:.2f} | {r['ratio']:.2f} | "
               f"{r['ops']} | {r['ref_ops']} | {r['iters']} |", flush=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _common import add_timing_args, setup, timed_together
+from _common import add_low_dtype_arg, add_timing_args, parse_low_dtype, setup, timed_together
 import torch.nn.functional as F
 
 import lipzoo
@@ -77,14 +77,13 @@ def main(argv=None) -> int:
     p.add_argument("--models", nargs="+", default=["4c3f", "6c2f"], choices=sorted(ENTRIES))
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--low-dtype", default="bfloat16", choices=["bfloat16", "float16", "none"],
-                   help="also time the CRM step with the power iterations in this precision; none: skip")
+    add_low_dtype_arg(p, "the CRM step")
     add_timing_args(p)
     args = p.parse_args(argv)
     device, where = setup(p, args)
     print(f"# Training step, batch {args.batch_size} ({where}; torch {torch.__version__}; median of "
           f"{args.repeats} after {args.warmup} warm-up)\n")
-    low = None if args.low_dtype == "none" else getattr(torch, args.low_dtype)
+    low = parse_low_dtype(args)
     extra = "" if low is None else f" CRM step, {args.low_dtype} iterations (ms) | ratio to CE |"
     print("| model | input | power iterations | operators S_tj | CE step (ms) | CRM step (ms) | ratio CRM/CE |" + extra)
     print("|---|---|---:|---:|---:|---:|---:|" + ("" if low is None else "---:|---:|"))

@@ -52,7 +52,7 @@ G_FUNCTIONS = ("linear", "exp")
 AUGMENTATIONS = ("hflip", "affine", "crop")
 STORAGE_DTYPES = ("float32", "float16", "bfloat16")
 # precision of the training estimator's power iterations (``LipLTEstimator(iteration_dtype=...)``):
-# float32 is the model's own, auto is bfloat16 where the device computes it natively
+# float32 (the default, first) is the model's own, auto is bfloat16 where the device computes it natively
 POWER_ITERATION_DTYPES = ("float32", "bfloat16", "auto")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -357,14 +357,15 @@ class Recipe:
     power_iterations: int
     validation_split: float
     name: str | None = None
-    power_iteration_dtype: str = "float32"
+    power_iteration_dtype: str = POWER_ITERATION_DTYPES[0]
 
     _KEYS = ("loss", "epochs", "batch_size", "optimizer", "scheduler", "augmentation", "crm", "power_iterations",
              "validation_split")
+    DEFAULTED = ("power_iteration_dtype",)  # settings a recipe may leave out (default applies); overrides may set them
 
     @classmethod
     def parse(cls, d: Any, path: str = "recipe") -> "Recipe":
-        _keys(d, path, cls._KEYS, ("name", "power_iteration_dtype"))
+        _keys(d, path, cls._KEYS, ("name", *cls.DEFAULTED))
         loss = _choice(d["loss"], f"{path}.loss", LOSSES)
         epochs = _number(d["epochs"], f"{path}.epochs", low=1, integer=True)
         aug = d["augmentation"]
@@ -383,7 +384,7 @@ class Recipe:
                    validation_split=float(_number(d["validation_split"], f"{path}.validation_split", low=0, high=1,
                                                   high_open=True)),
                    name=None if d.get("name") is None else _string(d["name"], f"{path}.name"),
-                   power_iteration_dtype=_choice(d.get("power_iteration_dtype", "float32"),
+                   power_iteration_dtype=_choice(d.get("power_iteration_dtype", POWER_ITERATION_DTYPES[0]),
                                                  f"{path}.power_iteration_dtype", POWER_ITERATION_DTYPES))
 
     def to_dict(self) -> dict[str, Any]:
@@ -394,7 +395,7 @@ class Recipe:
                "power_iterations": self.power_iterations, "validation_split": self.validation_split}
         if self.name is not None:
             out["name"] = self.name
-        if self.power_iteration_dtype != "float32":
+        if self.power_iteration_dtype != POWER_ITERATION_DTYPES[0]:
             out["power_iteration_dtype"] = self.power_iteration_dtype
         return out
 

@@ -12,6 +12,8 @@ convergence: it is a training signal. Certificates come from :func:`lipzoo.lipsc
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -100,6 +102,7 @@ class LipLTEstimator(nn.Module):
         return f"mode={self.mode!r}, n_iter={self.n_iter}, operators={len(self.keys)}{low}"
 
 
+@functools.lru_cache(maxsize=None)
 def native_bfloat16(device: torch.device) -> bool:
     """Whether ``device`` runs bfloat16 convolutions and products natively (fast, float32 accumulation):
     CUDA devices that support bfloat16, CPUs with AVX-512 BF16 or AMX tiles (oneDNN). Elsewhere bfloat16

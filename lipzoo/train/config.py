@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from lipzoo.meta import Metadata, Normalization, Parent
+from lipzoo.meta import Metadata, Normalization, Parent, Recipe
 
 __all__ = ["resolve_config", "resolve_metadata", "apply_overrides", "init_metadata", "NORMALIZATION_CHOICES"]
 
@@ -178,8 +178,8 @@ def resolve_config(target: str, overrides: list[str] | None = None, **run: Any) 
     return resolve_metadata(target, overrides, **run).to_dict()
 
 
-# keys a config may leave out (their default applies) and an override may still set
-OPTIONAL_KEYS = ("recipe.power_iteration_dtype",)
+# keys a config may leave out (their default applies) and an override may still set: the recipe schema's
+OPTIONAL_KEYS = tuple(f"recipe.{k}" for k in Recipe.DEFAULTED)
 
 
 def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

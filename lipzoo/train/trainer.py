@@ -223,10 +223,10 @@ class _Run:
             self.start_from(opts.init)
         self.model.to(self.device)
         self.input_shape = tuple(config["input_shape"])
-        low = self.recipe.get("power_iteration_dtype", "float32")
+        low = self.recipe.get("power_iteration_dtype", "float32")  # "float32": the model's own precision
         self.estimator = LipLTEstimator(self.model, self.input_shape, n_iter=int(self.recipe.get("power_iterations", 5)),
-                                        seed=opts.seed,
-                                        iteration_dtype={"float32": None, "bfloat16": torch.bfloat16}.get(low, low))
+                                        seed=opts.seed, iteration_dtype=None if low == "float32" else
+                                        low if low == "auto" else getattr(torch, low))
         self.optimizer = _make_optimizer(self.model, self.recipe)
         self.scheduler = _make_scheduler(self.optimizer, self.recipe)
         self.criterion = self._criterion()
