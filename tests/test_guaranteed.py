@@ -84,9 +84,11 @@ def test_certified_chain_norm_refuses_a_side_above_max_side(torch_gen, monkeypat
     allocated = []
     real_empty = torch.empty
     monkeypatch.setattr(torch, "empty", lambda *a, **k: allocated.append(a) or real_empty(*a, **k))
-    assert certified_chain_norm(list(factors), shape, chunk=7, max_side=n - 1) is None
+    # the dense path (local chains take the block-tridiagonal one, capped by local_max_bytes: test_banded.py)
+    assert certified_chain_norm(list(factors), shape, chunk=7, max_side=n - 1, local=False) is None
     assert not any(a[:2] == (n, n) for a in allocated)  # refused before the n x n matrix
-    assert certified_chain_norm(list(factors), shape, chunk=7, max_side=n, generator=torch_gen) >= _dense_norm(op, shape)
+    assert certified_chain_norm(list(factors), shape, chunk=7, max_side=n, generator=torch_gen,
+                                local=False) >= _dense_norm(op, shape)
 
 
 def test_abs_norm_and_rounding_model_dominate(torch_gen):

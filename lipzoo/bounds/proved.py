@@ -58,6 +58,9 @@ __all__ = ["FACTOR_MARGIN", "abs_norm_bound", "certified_lambda_max", "certified
 
 U = 2.0 ** -53  # unit roundoff of float64
 
+LOCAL_MAX_BYTES = 4 * 2.0 ** 30
+"""Memory for the blocks of a local chain's Gram matrix (:mod:`lipzoo.bounds.banded`)."""
+
 FACTOR_MARGIN = 1e-9
 """Relative margin on a factor's own ``norm_bound`` (FFT/polyphase bound of a convolution, dense norms).
 
@@ -419,10 +422,14 @@ def _basis(start: int, stop: int, n: int, shape: Shape, device) -> torch.Tensor:
 
 def certified_chain_norm(factors: list[LinearOperator], in_shape: Shape, *, chunk: int = 256,
                          time_limit: float = math.inf, generator: torch.Generator | None = None,
-                         device=None, max_side: int | None = None) -> float | None:
+                         device=None, max_side: int | None = None, local: bool = True,
+                         local_max_bytes: float = LOCAL_MAX_BYTES) -> float | None:
     """A proved upper bound on ``||factors[0] ... factors[-1]||`` that is exact up to ~1e-7 relative.
 
-    The Gram matrix of the smaller side is formed block by block as ``S^T S E`` (or ``S S^T E``) for
+    A *local* chain (convolutions, scalings, their sums and adjoints: :mod:`lipzoo.bounds.banded`) is
+    certified through probed, block-tridiagonal Gram matrices when that needs fewer sweeps or smaller
+    factorizations (``local=False``: never), within ``local_max_bytes`` of blocks whatever its side. Otherwise
+    the Gram matrix of the smaller side is formed block by block as ``S^T S E`` (or ``S S^T E``) for
     identity blocks ``E`` in float64 (memory ``n^2`` for the smaller side ``n``), with a proved bound on
     each column's rounding error (:func:`_run_tracked`), then certified by :func:`certified_lambda_max`.
     Returns ``None`` without finishing when the smaller side is above ``max_side`` (the matrix would
@@ -430,14 +437,13 @@ def certified_chain_norm(factors: list[LinearOperator], in_shape: Shape, *, chun
     block predicts more than ``time_limit`` seconds; nothing of size ``n^2`` is allocated before both
     checks pass.
     """
-    fwd = _primitive_steps(factors, in_shape)
-    in_shape = tuple(in_shape)
-    out_shape = fwd[-1].op.out_shape(fwd[-1].in_shape)
-    n_in, n_out = numel(in_shape), numel(out_shape)
-    if n_in <= n_out:
-        n, shape, steps = n_in, in_shape, fwd + _adjoint_steps(fwd)
-    else:
-        n, shape, steps = n_out, out_shape, _adjoint_steps(fwd) + fwd
+    from lipzoo.bounds.banded import certified_local_norm, gram_steps, local_plan  # banded builds on this module
+
+    steps, shape, n = gram_steps(factors, in_shape)
+    plan = local_plan(steps, shape) if local else None
+    if plan is not None and (plan.probes < n or plan.blocks > 1):
+        return certified_local_norm(steps, plan, chunk=chunk, time_limit=time_limit, generator=generator,
+                                    device=device, max_bytes=local_max_bytes)
     if max_side is not None and n > max_side:
         return None
     gram, col_err = None, torch.empty(n, dtype=torch.float64, device=device)

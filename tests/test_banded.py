@@ -1,0 +1,134 @@
+"""Local chains: reach intervals, probing, block-tridiagonal certificates, against dense float64 matrices."""
+
+import math
+
+import pytest
+import torch
+
+from lipzoo.bounds.banded import (certified_block_lambda_max, certified_local_norm, gram_reach, gram_steps,
+                                  local_plan)
+from lipzoo.bounds.proved import certified_chain_norm
+from lipzoo.layers.operators import (AdjointOp, ComposeOp, Conv2dOp, DenseOp, DiagonalOp, FlattenOp, ScaleOp,
+                                     SumOp)
+
+
+def _conv(c_out, c_in, k, stride=1, padding=0, dilation=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return Conv2dOp(torch.randn(c_out, c_in, k, k, generator=g, dtype=torch.float64) / (k * math.sqrt(c_in)),
+                    stride, padding, dilation)
+
+
+def _matrix(steps, shape):
+    """Dense matrix of the Gram operator ``steps`` on ``shape`` (columns: identity basis)."""
+    n = math.prod(shape)
+    x = torch.eye(n, dtype=torch.float64).reshape(n, *shape)
+    for st in steps:
+        x = st(x)
+    return x.reshape(n, n).T
+
+
+def _exact_norm(factors, in_shape):
+    n = math.prod(in_shape)
+    x = torch.eye(n, dtype=torch.float64).reshape(n, *in_shape)
+    for op in reversed(factors):
+        x = op.forward(x)
+    return float(torch.linalg.matrix_norm(x.reshape(n, -1), ord=2))
+
+
+CHAINS = {
+    # (factors leftmost first, input shape)
+    "same 3x3 twice": ([_conv(4, 3, 3, padding=1, seed=1), _conv(3, 2, 3, padding=1, seed=2)], (2, 12, 11)),
+    "strided valid": ([_conv(4, 3, 4, stride=2, seed=3), _conv(3, 2, 3, seed=4)], (2, 17, 15)),
+    "dilated, scaled": ([ScaleOp(0.7), _conv(3, 3, 3, padding=2, dilation=2, seed=5),
+                         DiagonalOp(torch.rand(3, dtype=torch.float64) + 0.5), _conv(3, 2, 3, padding=1, seed=6)],
+                        (2, 14, 13)),
+    "skip branch": ([SumOp([ScaleOp(0.5), ComposeOp([_conv(2, 2, 3, padding=1, seed=7),
+                                                     AdjointOp(_conv(2, 2, 3, padding=1, seed=8), (2, 13, 12))])]),
+                     _conv(2, 2, 3, stride=2, padding=1, seed=9)], (2, 25, 23)),
+}
+
+
+@pytest.mark.parametrize("name", list(CHAINS))
+def test_reach_contains_every_nonzero_of_the_dense_gram(name):
+    factors, in_shape = CHAINS[name]
+    steps, shape, n = gram_steps(factors, in_shape)
+    (lo_h, hi_h), (lo_w, hi_w) = gram_reach(steps, shape)
+    g = _matrix(steps, shape).reshape(*shape, *shape)  # g[rc, rh, rw, c, h, w]
+    nz = g.abs() > 0
+    rows, cols = torch.arange(shape[1]), torch.arange(shape[2])
+    inside_h = (rows[:, None] >= lo_h[None, :]) & (rows[:, None] <= hi_h[None, :])  # [rh, h]
+    inside_w = (cols[:, None] >= lo_w[None, :]) & (cols[:, None] <= hi_w[None, :])  # [rw, w]
+    allowed = inside_h[None, :, None, None, :, None] & inside_w[None, None, :, None, None, :]
+    assert not bool((nz & ~allowed).any())
+    # and the intervals are not vacuous: some source reaches strictly less than the whole image
+    assert bool(((hi_h - lo_h + 1) < shape[1]).any())
+
+
+@pytest.mark.parametrize("name", list(CHAINS))
+def test_local_norm_is_a_tight_upper_bound_of_the_exact_norm(name):
+    factors, in_shape = CHAINS[name]
+    steps, shape, n = gram_steps(factors, in_shape)
+    plan = local_plan(steps, shape)
+    assert plan.probes < n  # probing saves sweeps on every chain above
+    exact = _exact_norm(factors, in_shape)
+    got = certified_local_norm(steps, plan, chunk=7)
+    assert exact <= got <= exact * (1 + 1e-6)
+
+
+def test_several_blocks_and_fewer_probes_on_a_tall_image():
+    factors, in_shape = [_conv(3, 3, 3, padding=1, seed=10), _conv(3, 2, 3, padding=1, seed=11)], (2, 30, 9)
+    steps, shape, n = gram_steps(factors, in_shape)
+    plan = local_plan(steps, shape)
+    assert plan.block_rows == 4 and plan.blocks == 8  # two 3x3 convolutions: the Gram reaches 4 rows
+    assert plan.periods == (9, 9)  # rows 9 apart never meet; the 9 columns all do
+    exact = _exact_norm(factors, in_shape)
+    got = certified_local_norm(steps, plan, chunk=64)
+    assert exact <= got <= exact * (1 + 1e-6)
+
+
+def test_chain_norm_takes_the_local_path_and_agrees_with_the_dense_one():
+    factors, in_shape = [_conv(4, 3, 3, padding=1, seed=12), _conv(3, 2, 4, stride=2, padding=1, seed=13)], (2, 20, 20)
+    exact = _exact_norm(factors, in_shape)
+    local = certified_chain_norm(factors, in_shape)
+    dense = certified_chain_norm(factors, in_shape, local=False)
+    assert exact <= local <= exact * (1 + 1e-6)
+    assert exact <= dense <= exact * (1 + 1e-6)
+
+
+def test_non_local_operators_have_no_plan():
+    dense = DenseOp(torch.randn(5, 2 * 6 * 6, dtype=torch.float64))
+    steps, shape, _ = gram_steps([dense, FlattenOp(), _conv(2, 2, 3, padding=1)], (2, 6, 6))
+    assert local_plan(steps, shape) is None  # the small side is the dense output, not an image
+    steps, shape, _ = gram_steps([_conv(8, 2, 3, padding=1)], (2, 6, 6))
+    assert local_plan(steps, shape) is not None
+
+
+def test_block_certificate_matches_eigvalsh_on_a_random_banded_matrix():
+    g = torch.Generator().manual_seed(0)
+    nb, m = 5, 6
+    a = torch.randn(nb * m, nb * m, dtype=torch.float64, generator=g)
+    mask = torch.zeros(nb, nb, dtype=torch.bool)
+    for k in range(nb):
+        mask[k, max(k - 1, 0):k + 2] = True
+    a = a * mask.repeat_interleave(m, 0).repeat_interleave(m, 1)
+    a = (a + a.T) / 2
+    diag = torch.stack([a[k * m:(k + 1) * m, k * m:(k + 1) * m] for k in range(nb)])
+    low = torch.stack([a[(k + 1) * m:(k + 2) * m, k * m:(k + 1) * m] for k in range(nb - 1)])
+    top = float(torch.linalg.eigvalsh(a)[-1])
+    got = certified_block_lambda_max(diag, low, generator=g)
+    assert top <= got <= top * (1 + 1e-6)
+
+
+def test_block_certificate_rejects_non_finite_entries():
+    diag = torch.eye(3, dtype=torch.float64)[None].clone()
+    diag[0, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        certified_block_lambda_max(diag, torch.zeros(0, 3, 3, dtype=torch.float64))
+
+
+def test_time_and_memory_limits_refuse_before_allocating():
+    factors, in_shape = [_conv(3, 3, 3, padding=1, seed=14), _conv(3, 2, 3, padding=1, seed=15)], (2, 30, 9)
+    steps, shape, _ = gram_steps(factors, in_shape)
+    plan = local_plan(steps, shape)
+    assert certified_local_norm(steps, plan, max_bytes=plan.bytes() - 1) is None
+    assert certified_local_norm(steps, plan, chunk=8, time_limit=0.0) is None
