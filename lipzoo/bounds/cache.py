@@ -31,8 +31,8 @@ __all__ = ["cache_dir", "enabled_by_env", "bound_key", "load_bounds", "store_bou
 
 logger = logging.getLogger(__name__)
 
-_SOURCES = ("bounds/liplt.py", "bounds/norms.py", "bounds/proved.py", "bounds/sweep.py", "bounds/structure.py",
-            "layers/operators.py", "layers/state.py", "layers/torch_modules.py", "layers/lt.py",
+_SOURCES = ("bounds/liplt.py", "bounds/norms.py", "bounds/proved.py", "bounds/banded.py", "bounds/sweep.py",
+            "bounds/structure.py", "layers/operators.py", "layers/state.py", "layers/torch_modules.py", "layers/lt.py",
             "layers/residual.py", "layers/activations.py")
 _CODE_HASH: str | None = None
 
