@@ -20,8 +20,8 @@ import torch
 
 import lipzoo
 from lipzoo.bounds import build_structure
-from lipzoo.bounds.banded import gram_steps, local_plan
-from lipzoo.bounds.proved import _Planner, certified_chain_norm
+from lipzoo.bounds.banded import local_plan
+from lipzoo.bounds.proved import _Planner, certified_chain_norm, gram_steps
 
 
 def main() -> None:

@@ -5,9 +5,8 @@ import math
 import pytest
 import torch
 
-from lipzoo.bounds.banded import (certified_block_lambda_max, certified_local_norm, gram_reach, gram_steps,
-                                  local_plan)
-from lipzoo.bounds.proved import certified_chain_norm
+from lipzoo.bounds.banded import certified_block_lambda_max, certified_local_norm, gram_reach, local_plan
+from lipzoo.bounds.proved import certified_chain_norm, gram_steps
 from lipzoo.layers.operators import (AdjointOp, ComposeOp, Conv2dOp, DenseOp, DiagonalOp, FlattenOp, ScaleOp,
                                      SumOp)
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lipzoo.bounds.proved import (U, _adjoint_steps, _gamma, _gram_cost_unit, _lanczos_top, _primitive_steps,
+from lipzoo.bounds.proved import (LOCAL_MAX_BYTES, U, _certify_by_shifts, _gram_cost_unit, _lanczos_top,
                                   _run_tracked, _Step)
 from lipzoo.bounds.structure import numel
 from lipzoo.layers.operators import AdjointOp, ComposeOp, Conv2dOp, DiagonalOp, LinearOperator, ScaleOp, SumOp
@@ -252,41 +252,30 @@ def certified_block_lambda_max(diag: torch.Tensor, low: torch.Tensor, *,
                                generator: torch.Generator | None = None, info: dict | None = None,
                                estimate: tuple[float, float] | None = None) -> float:
     """A proved upper bound on the largest eigenvalue of the symmetric block-tridiagonal float64 matrix
-    with diagonal blocks ``diag`` and sub-diagonal blocks ``low`` (the same rounding argument as
-    :func:`lipzoo.bounds.proved.certified_lambda_max`, with the block factorization).
+    with diagonal blocks ``diag`` and sub-diagonal blocks ``low``: the shifted Cholesky certificate of
+    :func:`lipzoo.bounds.proved._certify_by_shifts`, with the block factorization.
 
     ``estimate``: ``(Ritz value, its relative progress over the last steps)`` from elsewhere (it only
     chooses the shifts tried); by default Lanczos on the blocks."""
     if not (torch.isfinite(diag).all() and torch.isfinite(low).all()):
         raise ValueError("certified_block_lambda_max: the matrix has non-finite entries")
-    g = _BlockTridiagonal(diag, low)
-    n = g.shape[0]
-    d = diag.diagonal(dim1=1, dim2=2)
-    diag_max, diag_abs = float(d.max().clamp_min(0)), float(d.abs().max())
-    neg = float(d.clamp_max(0).abs().sum())
-    lam, moved = _lanczos_top(g, 64, generator, with_progress=True) if estimate is None else estimate
-    lam = max(lam, diag_max)
+    d = diag.diagonal(dim1=1, dim2=2).reshape(-1)
+    lam, moved = _lanczos_top(_BlockTridiagonal(diag, low), 64, generator, with_progress=True) \
+        if estimate is None else estimate
+    lam = max(lam, float(d.max().clamp_min(0)))
     if info is not None:
         info["ritz"] = lam * (1 - 1e-6)
-    start = min(2 * moved, 1e-3)
-    gam = _gamma(n + 1)
-    for delta in [x for x in deltas if x >= start] or list(deltas)[-1:]:
-        tau = max(lam * (1 + delta), diag_abs, 1e-280)
-        tc = time.perf_counter()
-        ok = _block_cholesky_succeeds(diag, low, tau)
-        logger.debug("    shift %g over the Ritz value (progress %.1e): %s in %.2fs", delta, moved,
-                     "factored" if ok else "not positive definite", time.perf_counter() - tc)
-        if ok:
-            logger.debug("    lambda_max certified (%d blocks of %d) with shift %g", diag.shape[0], diag.shape[1],
-                         delta)
-            c = gam * (n * tau + neg) * (1 + U) / (1 - gam)
-            return math.nextafter((tau + c + 2 * U * tau) * (1 + 2 * U), math.inf)
-    # Gershgorin: always valid
-    rows = diag.abs().sum(2)
-    if diag.shape[0] > 1:
-        rows[1:] += low.abs().sum(2)
-        rows[:-1] += low.abs().sum(1)
-    return math.nextafter(float(rows.max()) * (1 + _gamma(n + 1)), math.inf)
+
+    def gershgorin() -> float:
+        rows = diag.abs().sum(2)
+        if diag.shape[0] > 1:
+            rows[1:] += low.abs().sum(2)
+            rows[:-1] += low.abs().sum(1)
+        return float(rows.max())
+
+    return _certify_by_shifts(d, lam, lambda tau: _block_cholesky_succeeds(diag, low, tau), gershgorin,
+                              deltas=deltas, start_delta=min(2 * moved, 1e-3),
+                              what=f"{diag.shape[0]} blocks of {diag.shape[1]}")
 
 
 # ----------------------------------------------------------------------------- the certificate
@@ -348,7 +337,7 @@ def _decode_into(plan: LocalPlan, start: int, y: torch.Tensor, diag: torch.Tenso
 
 
 def certified_local_norm(steps: list[_Step], plan: LocalPlan, *, chunk: int = 256, time_limit: float = math.inf,
-                         max_bytes: float = 4 * 2.0 ** 30, generator: torch.Generator | None = None, device=None,
+                         max_bytes: float = LOCAL_MAX_BYTES, generator: torch.Generator | None = None, device=None,
                          info: dict | None = None) -> float | None:
     """Proved ``sqrt(lambda_max)`` of the Gram operator ``steps`` (``S^T S`` or ``S S^T`` on ``plan.shape``).
 
@@ -389,13 +378,3 @@ def certified_local_norm(steps: list[_Step], plan: LocalPlan, *, chunk: int = 25
                  plan.probes, numel(plan.shape), t1 - t0 - t_decode, t_decode, plan.blocks, plan.block_size,
                  time.perf_counter() - t1)
     return math.nextafter(math.sqrt(lam) * (1 + 2 * U), math.inf)
-
-
-def gram_steps(factors: list[LinearOperator], in_shape: Shape) -> tuple[list[_Step], Shape, int]:
-    """The steps of the Gram operator of the chain's smaller side, that side's shape and dimension."""
-    fwd = _primitive_steps(factors, in_shape)
-    in_shape = tuple(in_shape)
-    out_shape = tuple(fwd[-1].op.out_shape(fwd[-1].in_shape))
-    if numel(in_shape) <= numel(out_shape):
-        return fwd + _adjoint_steps(fwd), in_shape, numel(in_shape)
-    return _adjoint_steps(fwd) + fwd, out_shape, numel(out_shape)

@@ -58,8 +58,8 @@ Shape = tuple[int, ...]
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FACTOR_MARGIN", "abs_norm_bound", "certified_lambda_max", "certified_chain_norm", "proved_inner_norms",
-           "ProvedNorm"]
+__all__ = ["FACTOR_MARGIN", "LOCAL_MAX_BYTES", "abs_norm_bound", "certified_lambda_max", "certified_chain_norm",
+           "gram_steps", "proved_inner_norms", "ProvedNorm"]
 
 U = 2.0 ** -53  # unit roundoff of float64
 
@@ -208,6 +208,16 @@ def _adjoint_steps(forward: list[_Step]) -> list[_Step]:
     return [_Step(s.op, s.in_shape, True) for s in reversed(forward)]
 
 
+def gram_steps(factors: list[LinearOperator], in_shape: Shape) -> tuple[list[_Step], Shape, int]:
+    """The steps of the Gram operator of the chain's smaller side, that side's shape and dimension."""
+    fwd = _primitive_steps(factors, in_shape)
+    in_shape = tuple(in_shape)
+    out_shape = tuple(fwd[-1].op.out_shape(fwd[-1].in_shape))
+    if numel(in_shape) <= numel(out_shape):
+        return fwd + _adjoint_steps(fwd), in_shape, numel(in_shape)
+    return _adjoint_steps(fwd) + fwd, out_shape, numel(out_shape)
+
+
 def _run_tracked(steps: list[_Step], x: torch.Tensor, err: torch.Tensor):
     """Apply ``steps`` to the batch ``x``; ``err`` (per vector) bounds ``||x - x_exact||`` before and after.
 
@@ -268,51 +278,67 @@ def _lanczos_top(a: torch.Tensor, steps: int, generator: torch.Generator | None 
     return top, max(top - earlier, 0.0) / max(abs(top), 1e-300)
 
 
+def _certify_by_shifts(diagonal: torch.Tensor, lam: float, factors: Callable[[float], bool],
+                       gershgorin: Callable[[], float], *, deltas, start_delta: float | None, what: str) -> float:
+    """A proved upper bound on the largest eigenvalue of a symmetric float64 ``N x N`` matrix ``G`` with the
+    given ``diagonal``, from a Cholesky factorization of ``fl(tau I - G)`` that runs to completion.
+
+    ``tau = lam (1 + delta)`` for the ``deltas`` (those ``>= start_delta`` when given; ``lam`` an estimate,
+    which only chooses the shifts tried) and ``factors(tau)`` says whether the factorization completed.
+    Rounding: if Cholesky of a symmetric ``A`` completes, ``R^T R = A + dA`` with
+    ``|dA| <= gamma_{N+1} |R^T||R|`` (Higham, Thm 10.5; any summation order, so blocked LAPACK/BLAS without
+    fast matrix products qualify, and so does a block-tridiagonal factorization whose entries outside the
+    band are exact zeros). By Cauchy-Schwarz ``||dA||_2 <= gamma_{N+1} tr(R^T R)`` and
+    ``tr(R^T R) <= tr(A) / (1 - gamma_{N+1})``, so ``A >= -c I`` with ``c = gamma_{N+1} tr(A) / (1 - gamma_{N+1})``.
+    ``A = tau I - G + D`` with ``D`` the diagonal rounding of the subtraction, ``|D_ii| <= u |tau - G_ii| <= 2 u tau``
+    (``tau >= max |G_ii|`` is enforced), and ``tr(A) <= (N tau + sum max(-G_ii, 0)) (1 + u)``. Hence
+    ``lam_max(G) <= tau + c + 2 u tau``. Underflow plays no part at the sizes used (entries are normal
+    numbers well above 1e-290); ``tau`` itself is rounded up at the end. When no shift works, Gershgorin's
+    ``gershgorin()`` (the largest absolute row sum) is returned, its summation rounding included.
+    """
+    n = diagonal.numel()
+    gam = _gamma(n + 1)
+    neg = float(diagonal.clamp_max(0).abs().sum())
+    diag_abs = float(diagonal.abs().max())
+    if start_delta is not None:  # skip the shifts below what the estimate's own progress suggests
+        deltas = [d for d in deltas if d >= start_delta] or list(deltas)[-1:]
+    for delta in deltas:
+        tau = max(lam * (1 + delta), diag_abs, 1e-280)
+        t0 = time.perf_counter()
+        ok = factors(tau)
+        logger.debug("    lambda_max (%s), shift %g over the Ritz value: %s in %.2fs", what, delta,
+                     "certified" if ok else "not positive definite", time.perf_counter() - t0)
+        if ok:
+            c = gam * (n * tau + neg) * (1 + U) / (1 - gam)
+            return math.nextafter((tau + c + 2 * U * tau) * (1 + 2 * U), math.inf)
+    return math.nextafter(gershgorin() * (1 + gam), math.inf)
+
+
 def certified_lambda_max(gram: torch.Tensor, *, deltas=(1e-7, 1e-5, 1e-3, 1e-2, 0.1, 1.0, 10.0),
                          generator: torch.Generator | None = None, info: dict | None = None) -> float:
     """A proved upper bound on the largest eigenvalue of the symmetric float64 matrix ``gram``.
 
     With ``lam`` a Lanczos estimate, ``tau = lam (1 + delta)`` for growing ``delta`` until the float64
-    Cholesky factorization of ``A = fl(tau I - gram)`` runs to completion. Rounding: if Cholesky of a
-    symmetric ``A`` completes, ``R^T R = A + dA`` with ``|dA| <= gamma_{n+1} |R^T||R|`` (Higham, Thm 10.5;
-    any summation order, so blocked LAPACK/BLAS without fast matrix products qualify). By
-    Cauchy-Schwarz ``||dA||_2 <= gamma_{n+1} tr(R^T R)`` and ``tr(R^T R) <= tr(A) / (1 - gamma_{n+1})``, so
-    ``A >= -c I`` with ``c = gamma_{n+1} tr(A) / (1 - gamma_{n+1})``. ``A = tau I - gram + D`` with ``D`` the
-    diagonal rounding of the subtraction, ``|D_ii| <= u |tau - gram_ii| <= 2 u tau`` (``tau >= max gram_ii``
-    is enforced; a computed diagonal entry may be slightly negative, ``|gram_ii| <= tau`` is checked), and
-    ``tr(A) <= (n tau + sum max(-gram_ii, 0)) (1 + u)``. Hence ``lam_max(gram) <= tau + c + 2 u tau``. Underflow plays no part at the sizes used (entries are
-    normal numbers well above 1e-290); ``tau`` itself is rounded up at the end.
+    Cholesky factorization of ``fl(tau I - gram)`` runs to completion (:func:`_certify_by_shifts` has the
+    rounding argument); Gershgorin if none does.
     """
     g = gram.to(torch.float64)
     n = g.shape[0]
     if not torch.isfinite(g).all():
         raise ValueError("certified_lambda_max: the Gram matrix has non-finite entries")
-    diag_max = float(g.diagonal().max().clamp_min(0))
     # the estimate only chooses tau (the Cholesky certifies whatever tau it gets): for large n in float32,
     # which halves the memory traffic of its matrix-vector products
     lam, moved = _lanczos_top(g.float() if n > 1024 else g, 64, generator, with_progress=True)
-    lam = max(lam, diag_max)
+    lam = max(lam, float(g.diagonal().max().clamp_min(0)))
     # A Ritz value that still moved by a relative `moved` over the last 8 steps is usually further than that
     # below lam_max: start where the first Cholesky is likely to succeed (each failure costs n^3/3 flops).
     start_delta = min(2 * moved, 1e-3) if n > 1024 else None
     if info is not None:
         info["ritz"] = lam * (1 - 1e-6 if n > 1024 else 1)  # an estimate from below (Lanczos), for reports
     eye = torch.eye(n, dtype=g.dtype, device=g.device)
-    gam = _gamma(n + 1)
-    neg = float(g.diagonal().clamp_max(0).abs().sum())
-    diag_abs = float(g.diagonal().abs().max())
-    if start_delta is not None:  # skip the shifts below what the Lanczos estimate's own progress suggests
-        deltas = [d for d in deltas if d >= start_delta] or list(deltas)[-1:]
-    for delta in deltas:
-        tau = max(lam * (1 + delta), diag_abs, 1e-280)
-        _, info = torch.linalg.cholesky_ex(tau * eye - g)
-        if int(info) == 0:
-            logger.debug("    lambda_max certified (n=%d) with shift %g over the Ritz value", n, delta)
-            c = gam * (n * tau + neg) * (1 + U) / (1 - gam)
-            return math.nextafter((tau + c + 2 * U * tau) * (1 + 2 * U), math.inf)
-    # Gershgorin: always valid, for the pathological case no tau above worked
-    radius = float(g.abs().sum(1).max())
-    return math.nextafter(radius * (1 + _gamma(n + 1)), math.inf)
+    return _certify_by_shifts(g.diagonal(), lam, lambda tau: int(torch.linalg.cholesky_ex(tau * eye - g)[1]) == 0,
+                              lambda: float(g.abs().sum(1).max()), deltas=deltas, start_delta=start_delta,
+                              what=f"n={n}")
 
 
 def _gram_cost_unit() -> float:
@@ -442,7 +468,7 @@ def certified_chain_norm(factors: list[LinearOperator], in_shape: Shape, *, chun
     block predicts more than ``time_limit`` seconds; nothing of size ``n^2`` is allocated before both
     checks pass.
     """
-    from lipzoo.bounds.banded import certified_local_norm, gram_steps, local_plan  # banded builds on this module
+    from lipzoo.bounds.banded import certified_local_norm, local_plan  # banded builds on this module
 
     steps, shape, n = gram_steps(factors, in_shape)
     plan = local_plan(steps, shape) if local else None
