@@ -25,7 +25,7 @@ the entries left out are zero in ``G`` exactly (step 1). The block factorization
 the Cholesky factor by the usual formula ``r_ij = (a_ij - sum_k r_ki r_kj) / r_ii``, with the sum split
 into the part from the previous block (GEMM) and the rest (LAPACK) and the entries outside the block
 band exact zeros: Higham's backward error bound ``|dA| <= gamma_{N+1} |R^T| |R|`` holds for any order of
-summation, so the argument of :func:`lipzoo.bounds.proved.certified_lambda_max` carries over unchanged.
+summation, so the argument of :func:`lipzoo.bounds.proved._certify_by_shifts` holds for it unchanged.
 """
 
 from __future__ import annotations

@@ -75,7 +75,7 @@ The search above is plain float64 arithmetic and proves nothing. The certificate
   rounding of the diagonal subtraction and (iii) Cholesky's backward error: if it completes,
   ``R^T R = A + dA`` with ``|dA| <= gamma_{n+1} |R^T||R|`` (Higham, *Accuracy and Stability*, Thm 10.5,
   any summation order), so ``||dA||_2 <= gamma_{n+1} tr(R^T R) <= gamma_{n+1} tr(A) / (1 - gamma_{n+1})``
-  and ``A >= -||dA|| I`` (the argument of :func:`lipzoo.bounds.proved.certified_lambda_max`).
+  and ``A >= -||dA|| I`` (the argument of :func:`lipzoo.bounds.proved._certify_by_shifts`).
 * **Output (2).** ``C = L^{-T}`` from a Cholesky factor ``X_L ~ L L^T``; ``T_hat = fl(C^T fl(X_L C))`` is off
   by at most ``2 gamma_n (1 + gamma_n) |C|^T |X_L| |C|`` entrywise, and ``T - c I >= 0`` is certified the
   same way (``c = fl(1 - eta)``, the float itself). The rows ``Q_hat = fl(W_hat C)`` are off by at most

@@ -29,7 +29,7 @@ number returned here is a mathematically guaranteed upper bound, floating-point 
 4. **Exact certificates**: the Gram matrix ``G`` of the smaller side is formed in float64, a Lanczos
    estimate ``lam`` of its top eigenvalue is computed, and ``tau I - G`` with ``tau = lam (1 + delta)`` is
    shown positive definite by a Cholesky factorization that runs to completion
-   (:func:`certified_lambda_max` has the rounding argument). The rounding of ``G`` itself is bounded a
+   (:func:`_certify_by_shifts` has the rounding argument). The rounding of ``G`` itself is bounded a
    priori: every primitive has a rounding model (:func:`rounding_model`) and the error is propagated
    through the chain with the factors' proved norms (:func:`_run_tracked`); :func:`_group_gram` has the
    argument for each way of forming ``G``.
