@@ -12,7 +12,8 @@ For each architecture, in one run and on one device:
     iteration of a call of ``--low-iters`` iterations (``power_iteration(..., n, dtype=...)``, the
     casts of weights and vectors at each call included, as the training estimator runs it with the
     recipes' 5-10 iterations per step), and the largest relative difference of the estimates
-    ``||S v||`` (float32) after 10 iterations from the same start, low precision against float32.
+    ``||S v||`` (float32) after 10 iterations from the same start, low precision against float32;
+(e) on CUDA: (a) captured once in a CUDA graph and replayed (what launch overhead costs (a)).
 
 Times are medians over ``--repeats`` runs after ``--warmup`` runs. The output operator ``W_L``
 (exact rows in both bounds) is left out of (a) and (b) alike.
@@ -120,6 +121,22 @@ class _ReferenceStyle:
             carry = x[cont]
 
 
+def _graph_replay(step, v0):
+    """(e) on CUDA: ``step`` (one iteration) captured once in a CUDA graph; returns its replay. The launch
+    overhead of the sweep's many small kernels is what a graph removes; the arithmetic is the same."""
+    static = {k: x.clone() for k, x in v0.items()}
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the capture (allocator pools, cuBLAS handles)
+        for _ in range(3):
+            step(static)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step(static)
+    return graph.replay
+
+
 def _unit(shape, gen, device):
     v = torch.randn(1, *shape, generator=gen).to(device)
     return v / v.norm()
@@ -180,6 +197,12 @@ def bench_model(name: str, device: torch.device, warmup: int, repeats: int, rtol
                 mine = torch.cat([ours[(t, i - 1)] for t in range(i, L)])
                 assert torch.allclose(mine, ref.V[i], atol=1e-4), f"reference-style iteration differs at layer {i}"
             fns["ref"] = ref.iteration
+        graph_note = None
+        if device.type == "cuda":
+            try:
+                fns["graph"] = _graph_replay(lambda w: power_iteration(structure, w, 1), v0)
+            except Exception as err:  # noqa: BLE001 -- a measurement, reported, not a feature
+                graph_note = f"capture failed: {type(err).__name__}: {err}"[:200]
         ms = timed_together(fns, device, warmup, repeats)  # interleaved: the ratios share the machine's load
         t_liplt, t_naive, t_ref = ms["liplt"], ms["naive"], ms.get("ref", float("nan"))
         ops_liplt = _count_ops(liplt_iteration)
@@ -200,6 +223,7 @@ def bench_model(name: str, device: torch.device, warmup: int, repeats: int, rtol
             "ratio": t_liplt / t_naive, "ref_ms": t_ref, "ref_ratio": t_liplt / t_ref, "ops": ops_liplt,
             "ref_ops": ops_ref, "iters": iters if iters is not None else f">{max_iter}",
             **({"baseline_ms": ms["baseline"]} if "baseline" in ms else {}),
+            **({"graph_ms": ms["graph"]} if "graph" in ms else {"graph_note": graph_note} if graph_note else {}),
             **({"low_ms": ms["low"] / low_iters, **low} if "low" in ms else {})}
 
 
@@ -247,6 +271,11 @@ def main(argv=None) -> int:
         if "baseline_ms" in r:
             print(f"|   | baseline {args.baseline}: {r['baseline_ms']:.2f} ms, ratio LipLT/baseline "
                   f"{r['liplt_ms'] / r['baseline_ms']:.2f} |", flush=True)
+        if "graph_ms" in r:
+            print(f"|   | CUDA graph of one float32 iteration: {r['graph_ms']:.2f} ms, ratio to reference-style "
+                  f"{r['graph_ms'] / r['ref_ms']:.2f}, to LipLT float32 {r['graph_ms'] / r['liplt_ms']:.2f} |", flush=True)
+        elif "graph_note" in r:
+            print(f"|   | CUDA graph: {r['graph_note']} |", flush=True)
         if "low_ms" in r:
             print(f"|   | {args.low_dtype} iteration (calls of {args.low_iters}): {r['low_ms']:.2f} ms, ratio to reference-style (float32) "
                   f"{r['low_ms'] / r['ref_ms']:.2f}, to LipLT float32 {r['low_ms'] / r['liplt_ms']:.2f}; "

@@ -7,6 +7,7 @@ the CPU, so it can fail.
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -95,3 +96,61 @@ def test_train_and_resume_on_cuda(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         torch.testing.assert_close(b["model"][k], v, rtol=1e-4, atol=1e-5)
     rows = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(np.isfinite(r["train_loss"]) for r in rows)
+
+
+# ---------------------------------------------------------------- guaranteed norms on the GPU
+
+def test_proved_inner_norms_on_cuda_dominate_cpu_exact_norms():
+    """Every path of the guaranteed norms (groups, local chains, dense chains, split bounds) run on the GPU,
+    each chain against its exact float64 norm computed on the CPU."""
+    from conftest import small_plain_cnn, small_residual_cnn
+    from lipzoo.bounds import build_structure
+    from lipzoo.bounds.proved import proved_inner_norms
+    from lipzoo.bounds.structure import materialize
+    from lipzoo.layers.operators import compose
+
+    for factory in (small_plain_cnn, small_residual_cnn):
+        net, shape = factory(0)
+        with torch.no_grad():
+            cpu = build_structure(net, shape)
+            gpu = build_structure(copy.deepcopy(net).cuda(), shape)  # the CPU structure keeps its tensors
+            keys = [(t, j) for t in range(cpu.depth) for j in range(-1, t)]
+            for small, budget in [(40, 0.0), (0, 30.0)]:  # groups on small sides; then every chain refined alone
+                got = proved_inner_norms(gpu, keys, objective=lambda inner: sum(inner.values()), small=small,
+                                         small_input=small, budget=budget, chunk=16, progress=False,
+                                         device=torch.device("cuda"))
+                for k in keys:
+                    op = compose(*cpu.chain(*k))
+                    true = float(torch.linalg.matrix_norm(materialize(op, cpu.space_shape(*k)[0],
+                                                                      dtype=torch.float64), ord=2))
+                    assert got[k].value >= true, (k, small, got[k])
+                    if got[k].guarantee == "exact":
+                        assert got[k].value <= true * (1 + 1e-5), (k, got[k].value / true - 1)
+                if budget:
+                    assert all(p.guarantee == "exact" for p in got.values())
+
+
+def test_local_chain_certificate_on_cuda_matches_dense_svd():
+    import math
+
+    from lipzoo.bounds.banded import local_plan
+    from lipzoo.bounds.proved import certified_chain_norm, gram_steps, memory_caps
+    from lipzoo.layers.operators import Conv2dOp
+
+    g = torch.Generator().manual_seed(0)
+    convs = [Conv2dOp(torch.randn(4, 3, 3, 3, generator=g, dtype=torch.float64) / 5, 1, 1),
+             Conv2dOp(torch.randn(3, 2, 3, 3, generator=g, dtype=torch.float64) / 4, 2, 1)]
+    shape = (2, 30, 17)
+    steps, side, n = gram_steps(convs, shape)
+    plan = local_plan(steps, side)
+    assert plan is not None and plan.blocks > 1
+    x = torch.eye(math.prod(shape), dtype=torch.float64).reshape(-1, *shape)
+    for op in reversed(convs):
+        x = op.forward(x)
+    exact = float(torch.linalg.matrix_norm(x.reshape(x.shape[0], -1), ord=2))
+    on_gpu = [Conv2dOp(c.weight.cuda(), c.stride, c.padding) for c in convs]
+    got = certified_chain_norm(on_gpu, shape, chunk=32, device="cuda")
+    assert exact <= got <= exact * (1 + 1e-6)
+    max_side, group_bytes, local_bytes = memory_caps("cuda")
+    free = torch.cuda.mem_get_info()[0]
+    assert 40 * max_side ** 2 <= free and local_bytes <= free / 2 and group_bytes <= free / 4

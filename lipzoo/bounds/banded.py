@@ -37,8 +37,8 @@ from dataclasses import dataclass
 
 import torch
 
-from lipzoo.bounds.proved import (LOCAL_MAX_BYTES, U, _certify_by_shifts, _gram_cost_unit, _lanczos_top,
-                                  _run_tracked, _Step)
+from lipzoo.bounds.proved import (LOCAL_MAX_BYTES, U, _certify_by_shifts, _cholesky, _gram_cost_unit,
+                                  _lanczos_top, _now, _run_tracked, _Step)
 from lipzoo.bounds.structure import numel
 from lipzoo.layers.operators import AdjointOp, ComposeOp, Conv2dOp, DiagonalOp, LinearOperator, ScaleOp, SumOp
 
@@ -241,8 +241,8 @@ def _block_cholesky_succeeds(diag: torch.Tensor, low: torch.Tensor, tau: float) 
             # coupling block of tau I - G is -E_{k-1}: X R_{k-1}^T = -E_{k-1}, then the Schur complement
             x = torch.linalg.solve_triangular(factor.T, -low[k - 1], upper=True, left=False)
             a = a - x @ x.T
-        factor, info = torch.linalg.cholesky_ex(a)
-        if int(info) != 0:
+        factor = _cholesky(a)
+        if factor is None:
             return False
     return True
 
@@ -345,7 +345,7 @@ def certified_local_norm(steps: list[_Step], plan: LocalPlan, *, chunk: int = 25
     measured on the first block of probes predicts more than ``time_limit`` seconds."""
     if plan.bytes() > max_bytes:
         return None
-    t0 = time.perf_counter()
+    t0 = _now(device)
     diag = low = None
     sq_err = sq_norm = t_decode = 0.0
     for start in range(0, plan.probes, chunk):
@@ -353,8 +353,8 @@ def certified_local_norm(steps: list[_Step], plan: LocalPlan, *, chunk: int = 25
         x = _probe_block(plan, start, stop, device)
         y, err = _run_tracked(steps, x, torch.zeros(stop - start, dtype=torch.float64, device=device))
         if diag is None:
-            per_block = time.perf_counter() - t0
-            predicted = per_block * math.ceil(plan.probes / chunk) + 1.5 * plan.factor_flops() * _gram_cost_unit()
+            per_block = _now(device) - t0
+            predicted = per_block * math.ceil(plan.probes / chunk) + 1.5 * plan.factor_flops() * _gram_cost_unit(device)
             if stop < plan.probes and predicted > time_limit:
                 return None
             m = plan.block_size

@@ -59,7 +59,7 @@ Shape = tuple[int, ...]
 logger = logging.getLogger(__name__)
 
 __all__ = ["FACTOR_MARGIN", "LOCAL_MAX_BYTES", "abs_norm_bound", "certified_lambda_max", "certified_chain_norm",
-           "gram_steps", "proved_inner_norms", "ProvedNorm"]
+           "gram_steps", "memory_caps", "proved_inner_norms", "ProvedNorm"]
 
 U = 2.0 ** -53  # unit roundoff of float64
 
@@ -314,6 +314,17 @@ def _certify_by_shifts(diagonal: torch.Tensor, lam: float, factors: Callable[[fl
     return math.nextafter(gershgorin() * (1 + gam), math.inf)
 
 
+def _cholesky(a: torch.Tensor) -> torch.Tensor | None:
+    """The float64 Cholesky factor of ``a``, or ``None`` when the factorization breaks down. A factor whose
+    diagonal is not finite and positive counts as a breakdown: LAPACK flags a NaN pivot, other solvers
+    (cuSOLVER, MAGMA) need not; with every pivot a positive finite number, every entry is finite too."""
+    r, info = torch.linalg.cholesky_ex(a)
+    d = r.diagonal(dim1=-2, dim2=-1)
+    if int(info) != 0 or not bool((torch.isfinite(d) & (d > 0)).all()):
+        return None
+    return r
+
+
 def certified_lambda_max(gram: torch.Tensor, *, deltas=(1e-7, 1e-5, 1e-3, 1e-2, 0.1, 1.0, 10.0),
                          generator: torch.Generator | None = None, info: dict | None = None) -> float:
     """A proved upper bound on the largest eigenvalue of the symmetric float64 matrix ``gram``.
@@ -336,39 +347,63 @@ def certified_lambda_max(gram: torch.Tensor, *, deltas=(1e-7, 1e-5, 1e-3, 1e-2, 
     if info is not None:
         info["ritz"] = lam * (1 - 1e-6 if n > 1024 else 1)  # an estimate from below (Lanczos), for reports
     eye = torch.eye(n, dtype=g.dtype, device=g.device)
-    return _certify_by_shifts(g.diagonal(), lam, lambda tau: int(torch.linalg.cholesky_ex(tau * eye - g)[1]) == 0,
+    return _certify_by_shifts(g.diagonal(), lam, lambda tau: _cholesky(tau * eye - g) is not None,
                               lambda: float(g.abs().sum(1).max()), deltas=deltas, start_delta=start_delta,
                               what=f"n={n}")
 
 
-def _gram_cost_unit() -> float:
-    """Seconds per float64 Cholesky flop on this machine (measured once, at n = 1024: at 384 the rate was
-    2.5x below that of the 3000-4000-dimensional factorizations it predicts, which made the refinement
-    refuse certificates that fitted its budget)."""
-    global _CHOL_RATE
-    if _CHOL_RATE is None:
-        a = torch.randn(1024, 1024, dtype=torch.float64)
-        a = a @ a.T + 1024 * torch.eye(1024, dtype=torch.float64)
-        t0 = time.perf_counter()
+def _now(device=None) -> float:
+    """``time.perf_counter()`` once the work queued on ``device`` has run. CUDA kernels run asynchronously:
+    without the synchronization a clock times their launches, and the budget decisions built on the first
+    block's time would accept certificates many times slower than predicted."""
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+_RATES: dict = {}  # (kind, device) -> seconds per float64 flop
+
+
+def _device_key(device) -> str:
+    d = torch.device(device if device is not None else "cpu")
+    if d.type == "cuda" and d.index is None:
+        d = torch.device("cuda", torch.cuda.current_device())
+    return str(d)
+
+
+def _gram_cost_unit(device=None) -> float:
+    """Seconds per float64 Cholesky flop on ``device`` (measured once per device; on the CPU at n = 1024: at 384
+    the rate was 2.5x below that of the 3000-4000-dimensional factorizations it predicts, which made the
+    refinement refuse certificates that fitted its budget; on a GPU at n = 4096, after a warm-up call that
+    initializes the solver)."""
+    key = ("cholesky", _device_key(device))
+    if key not in _RATES:
+        dev = torch.device(key[1])
+        n = 4096 if dev.type == "cuda" else 1024
+        a = torch.randn(n, n, dtype=torch.float64, device=dev)
+        a = a @ a.T + n * torch.eye(n, dtype=torch.float64, device=dev)
+        if dev.type == "cuda":
+            torch.linalg.cholesky_ex(a)
+        t0 = _now(dev)
         torch.linalg.cholesky_ex(a)
-        _CHOL_RATE = max(time.perf_counter() - t0, 1e-6) / (1024 ** 3 / 3)
-    return _CHOL_RATE
+        _RATES[key] = max(_now(dev) - t0, 1e-6) / (n ** 3 / 3)
+    return _RATES[key]
 
 
-_CHOL_RATE: float | None = None
-_GEMM_RATE: float | None = None
-
-
-def _gemm_cost_unit(fresh: bool = False) -> float:
-    """Seconds per float64 matrix-product flop on this machine (measured once, or again with ``fresh``:
-    a shared machine's load changes, and the other costs it is compared with are measured live)."""
-    global _GEMM_RATE
-    if _GEMM_RATE is None or fresh:
-        a = torch.randn(384, 2048, dtype=torch.float64)
-        t0 = time.perf_counter()
+def _gemm_cost_unit(fresh: bool = False, device=None) -> float:
+    """Seconds per float64 matrix-product flop on ``device`` (measured once, or again with ``fresh``: a shared
+    machine's load changes, and the other costs it is compared with are measured live)."""
+    key = ("gemm", _device_key(device))
+    if key not in _RATES or fresh:
+        dev = torch.device(key[1])
+        m = 2048 if dev.type == "cuda" else 384
+        a = torch.randn(m, 2048, dtype=torch.float64, device=dev)
+        if dev.type == "cuda" and key not in _RATES:
+            a @ a.T
+        t0 = _now(dev)
         a @ a.T
-        _GEMM_RATE = max(time.perf_counter() - t0, 1e-6) / (2 * 384 * 384 * 2048)
-    return _GEMM_RATE
+        _RATES[key] = max(_now(dev) - t0, 1e-6) / (2 * m * m * 2048)
+    return _RATES[key]
 
 
 def _fold_into_convs(parts: list[LinearOperator], in_shape: Shape) -> list[LinearOperator]:
@@ -478,14 +513,14 @@ def certified_chain_norm(factors: list[LinearOperator], in_shape: Shape, *, chun
     if max_side is not None and n > max_side:
         return None
     gram, col_err = None, torch.empty(n, dtype=torch.float64, device=device)
-    t0 = time.perf_counter()
+    t0 = _now(device)
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         e = _basis(start, stop, n, shape, device)
         y, err = _run_tracked(steps, e, torch.zeros(stop - start, dtype=torch.float64, device=device))
         if gram is None:
-            per_block = time.perf_counter() - t0
-            predicted = per_block * math.ceil(n / chunk) + 1.5 * n ** 3 / 3 * _gram_cost_unit()
+            per_block = _now(device) - t0
+            predicted = per_block * math.ceil(n / chunk) + 1.5 * n ** 3 / 3 * _gram_cost_unit(device)
             if stop < n and predicted > time_limit:
                 return None
             gram = torch.empty(n, n, dtype=torch.float64, device=device)
@@ -507,18 +542,19 @@ def _sweep_block(steps, stops, x, err, keep=None, timing: bool = False):
     bounds), ``where`` (``{key: index of its stop}``) and, with ``timing``, ``cum`` (``{index: seconds to reach
     it}``) and ``t_extra`` (``{key: seconds of its extra steps}``)."""
     levels, rows, where, cum, t_extra = {}, {}, {}, {}, {}
-    t0 = time.perf_counter()
+    clock = (lambda: _now(x.device)) if timing else time.perf_counter
+    t0 = clock()
     i = 0
     while i <= len(steps):
         if timing:
-            cum[i] = time.perf_counter() - t0
+            cum[i] = clock() - t0
         if keep is None or i in keep:
             levels[i] = (x, err)
         skip = None
         for key, extra in stops.get(i, []):
-            ts = time.perf_counter()
+            ts = clock()
             y, e2 = _run_tracked(extra, x, err)
-            t_extra[key] = time.perf_counter() - ts
+            t_extra[key] = clock() - ts
             rows[key], where[key] = (y, e2), i
             # Hhat_t = c W_t (no skip branch): continue from W_t's output instead of applying W_t again
             if extra and len(steps) - i >= len(extra) and all(
@@ -574,13 +610,13 @@ def _group_gram(steps_to_keys, n: int, shape: Shape, *, chunk: int, device, gene
     """
     steps, stops = steps_to_keys
     nb = math.ceil(n / chunk)
-    t0 = time.perf_counter()
+    t0 = _now(device)
     stop0 = min(chunk, n)
     levels0, rows0, where, cum, t_extra = _sweep_block(
         steps, stops, _basis(0, stop0, n, shape, device), torch.zeros(stop0, dtype=torch.float64, device=device),
         timing=True)
-    t_first = time.perf_counter() - t0
-    unit = _gemm_cost_unit(fresh=True)  # the machine's load changes: measure the rate now
+    t_first = _now(device) - t0
+    unit = _gemm_cost_unit(fresh=True, device=device)  # the machine's load changes: measure the rate now
     # candidate levels per chain: (predicted seconds, level, width there); "own": its rows, GEMM
     cands: dict = {}
     for key in rows0:
@@ -621,7 +657,7 @@ def _group_gram(steps_to_keys, n: int, shape: Shape, *, chunk: int, device, gene
     for k, c in assign.items():
         logger.debug("  %s: own rows %d wide, GEMM %.2fs; level %s (%d wide, %.2fs predicted)", k,
                      cands[k][0][2], cands[k][0][0], c[1], c[2], c[0])
-    predicted += len(rows0) * n ** 3 / 3 * _gram_cost_unit()
+    predicted += len(rows0) * n ** 3 / 3 * _gram_cost_unit(device)
     if nb > 1 and predicted > time_limit - (time.perf_counter() - t0):
         return None
     back_steps = {}
@@ -816,11 +852,38 @@ class _Planner:
         return out
 
 
+def memory_caps(device=None) -> tuple[int, float, float]:
+    """``(max_side, max_bytes, local_max_bytes)`` of :func:`proved_inner_norms` on ``device``.
+
+    On the CPU fixed sizes (a 16,384-dimensional Gram matrix is 2 GiB, and its factorization makes a copy;
+    1 GiB of group matrices; :data:`LOCAL_MAX_BYTES` of blocks), sized for a machine of 16-32 GB. On a CUDA
+    device shares of the memory free now: the dense path holds about five ``n x n`` matrices at its peak
+    (the Gram matrix, its symmetrized and shifted copies, the factor, the identity), so ``n`` up to
+    ``sqrt(free / 40)``; a group's matrices an eighth; a local chain's blocks a third (its factorization adds
+    a few blocks). An allocation that fails all the same skips that certificate (the bound stays proved)."""
+    if device is None or torch.device(device).type != "cuda":
+        return 16384, float(1 << 30), LOCAL_MAX_BYTES
+    free, _ = torch.cuda.mem_get_info(device)
+    return math.isqrt(int(free) // 40), free / 8, free / 3
+
+
+def _out_of_memory_is_none(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, or ``None`` if the GPU runs out of memory (the certificate is skipped; what was
+    allocated is released before the next one)."""
+    try:
+        return fn(*args, **kwargs)
+    except torch.cuda.OutOfMemoryError:
+        logger.debug("out of GPU memory: certificate skipped")
+        torch.cuda.empty_cache()
+        return None
+
+
 def proved_inner_norms(structure: Structure, keys, *, objective: Callable[[dict], torch.Tensor],
                        small: int = 1024, small_input: int | None = 4096, budget: float = 60.0,
                        tol: float = 2e-3, chunk: int = 256,
                        n_estimate: int = 40, seed: int = 0, progress: bool | None = None, device=None,
-                       max_side: int = 16384, max_bytes: int = 1 << 30) -> dict:
+                       max_side: int | None = None, max_bytes: float | None = None,
+                       local_max_bytes: float | None = None) -> dict:
     """Guaranteed upper bounds ``{(t, j): ProvedNorm}`` on ``||S_{t,j}||`` for the given keys.
 
     Args:
@@ -840,16 +903,22 @@ def proved_inner_norms(structure: Structure, keys, *, objective: Callable[[dict]
         max_side: largest smaller side certified exactly during the refinement on the dense path (a local
             chain, :mod:`lipzoo.bounds.banded`, is capped by the memory of its blocks instead).
         max_bytes: memory for the matrices of one certified group.
+        local_max_bytes: memory for the blocks of one local chain.
+            ``None`` (each of the three): :func:`memory_caps` of the device.
     """
     keys = list(keys)
     if not keys:
         return {}
+    caps = memory_caps(device)
+    max_side = caps[0] if max_side is None else max_side
+    max_bytes = caps[1] if max_bytes is None else max_bytes
+    local_max_bytes = caps[2] if local_max_bytes is None else local_max_bytes
     _NB_MEMO.clear()
     try:
         # cuDNN may pick FFT/Winograd convolutions, outside the rounding model: use the direct kernels
         with torch.backends.cudnn.flags(enabled=False):
             return _proved_inner_norms(structure, keys, objective, small, small_input, budget, tol, chunk,
-                                       n_estimate, seed, progress, device, max_side, max_bytes)
+                                       n_estimate, seed, progress, device, max_side, max_bytes, local_max_bytes)
     finally:
         _NB_MEMO.clear()
 
@@ -899,7 +968,7 @@ def _lanczos_estimates(structure: Structure, keys, steps: int, generator, device
 
 
 def _proved_inner_norms(structure, keys, objective, small, small_input, budget, tol, chunk, n_estimate, seed,
-                        progress, device, max_side, max_bytes):
+                        progress, device, max_side, max_bytes, local_max_bytes):
     from tqdm.auto import tqdm
 
     gen = torch.Generator().manual_seed(seed)
@@ -936,11 +1005,12 @@ def _proved_inner_norms(structure, keys, objective, small, small_input, budget, 
         name, ks, steps, n, shape = group
         bar.set_postfix_str(f"exact ({name}, side {n})")
         t0 = time.perf_counter()
-        vals = _group_gram(steps, n, shape, chunk=chunk, device=device, generator=gen, time_limit=time_limit,
-                           max_bytes=gemm_bytes, estimates=est,
-                           report=lambda i, nb: bar.set_postfix_str(f"exact ({name}, side {n}): block {i}/{nb}"))
+        vals = _out_of_memory_is_none(
+            _group_gram, steps, n, shape, chunk=chunk, device=device, generator=gen, time_limit=time_limit,
+            max_bytes=gemm_bytes, estimates=est,
+            report=lambda i, nb: bar.set_postfix_str(f"exact ({name}, side {n}): block {i}/{nb}"))
         logger.debug("exact group %s (%d operators, side %d): %s in %.2fs", name, len(ks), n,
-                     "certified" if vals is not None else "too slow, skipped", time.perf_counter() - t0)
+                     "certified" if vals is not None else "too slow or too large, skipped", time.perf_counter() - t0)
         if vals is None:
             return False
         for key, val in vals.items():
@@ -1011,10 +1081,10 @@ def _proved_inner_norms(structure, keys, objective, small, small_input, budget, 
         labels, ops, ins, _ = chains[k]
         bar.set_postfix_str(f"exact S{k}")
         t0 = time.perf_counter()
-        val = certified_chain_norm(ops, ins[-1], chunk=chunk, time_limit=left, generator=gen, device=device,
-                                   max_side=max_side)
+        val = _out_of_memory_is_none(certified_chain_norm, ops, ins[-1], chunk=chunk, time_limit=left, generator=gen,
+                                     device=device, max_side=max_side, local_max_bytes=local_max_bytes)
         logger.debug("exact S%s: %s in %.2fs", k, "certified" if val is not None else
-                     "skipped (smaller side above max_side, or too slow)", time.perf_counter() - t0)
+                     "skipped (above max_side or the memory caps, or too slow)", time.perf_counter() - t0)
         if val is not None:
             plan.exact[(tuple(labels), ins[-1])] = val
             done.add(k)

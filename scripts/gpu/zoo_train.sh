@@ -8,7 +8,7 @@
 #                                     train zoo entry NAME in the background (setsid: it outlives
 #                                     the command) for at most BUDGET seconds; resumes runs/gpu/NAME
 #   zoo_train.sh unpack DATASET       .gpu/DATASET/ parts -> .gpu/data/DATASET.npz (sha256 checked)
-#   zoo_train.sh checks               CUDA tests + accountant / training-step / Lanczos / proved-bound benchmarks -> $OUT
+#   zoo_train.sh checks               CUDA tests + accountant / training-step / proved-bound benchmarks -> $OUT
 #   zoo_train.sh collect DEADLINE NAME...
 #                                     wait until the runs finish or DEADLINE (epoch seconds), then
 #                                     pack each run (final/, metrics, config, log) into $OUT
@@ -54,14 +54,21 @@ start)
     echo "started $name (budget ${budget}s${resume:+, resumed}) pid $!"
     ;;
 checks)
+    # issue 12's GPU figures, most important first; each part writes its own file under $OUT as it goes,
+    # so a part that runs out of time leaves the others. CHECK_MODELS / GUARANTEE_MODELS / GUARANTEE_BUDGET
+    # choose what runs (defaults sized for one ~8-minute command on an H100).
     cd "$SRC"
-    timeout 150 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_cuda.py tests/test_bounds.py \
-        2>&1 | tail -15 | tee "$OUT/cuda_tests.txt"
-    { timeout 90 "$PY" bench/train_step.py --device "$DEVICE" --repeats 20 --models 4c3f 6c2f
-      timeout 90 "$PY" bench/accountant.py --device "$DEVICE" --repeats 10 --models 4c3f 6c2f --max-iter 300
-      LIPZOO_CACHE=off timeout 120 "$PY" bench/probabilistic.py --device "$DEVICE" --models 4c3f 6c2f --max-iter 300
-      LIPZOO_CACHE=off timeout 240 "$PY" bench/guarantee_paths.py --device "$DEVICE" --models 4c3f 6c2f --budget 300 --max-iter 300
-    } 2>&1 | tee "$OUT/bench.txt"
+    models="${CHECK_MODELS:-4c3f 6c2f 8c2f}"
+    nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv 2>&1 | tee "$OUT/gpu.txt"
+    timeout "${TESTS_TIMEOUT:-150}" "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_cuda.py tests/test_bounds.py \
+        tests/test_cli.py 2>&1 | tail -15 | tee "$OUT/cuda_tests.txt"
+    timeout 120 "$PY" bench/accountant.py --device "$DEVICE" --repeats 20 --models $models --max-iter 300 \
+        2>&1 | grep -v "^USDT\|^ERROR:.*DeviceProperties" | tee "$OUT/accountant.txt"
+    timeout 120 "$PY" bench/train_step.py --device "$DEVICE" --repeats 20 --models $models \
+        2>&1 | tee "$OUT/train_step.txt"
+    LIPZOO_CACHE=off timeout "${GUARANTEE_TIMEOUT:-300}" "$PY" bench/guarantee_paths.py --device "$DEVICE" \
+        --models ${GUARANTEE_MODELS:-4c3f 6c2f crm-mnist-4c3f crm-cifar10-6c2f lt-res-s 8c2f} \
+        --budget "${GUARANTEE_BUDGET:-60}" --max-iter 400 2>&1 | tee "$OUT/guarantee.txt"
     ;;
 collect)
     deadline="${1:?epoch seconds}"; shift
