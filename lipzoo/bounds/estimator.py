@@ -13,15 +13,19 @@ convergence: it is a training signal. Certificates come from :func:`lipzoo.lipsc
 from __future__ import annotations
 
 import functools
+import logging
 
 import torch
 from torch import nn
 
+from lipzoo.bounds.graphs import IterationGraph, structure_tensors
 from lipzoo.bounds.liplt import MODES, _check_choice, liplt_recursion, output_norms, output_rows
 from lipzoo.bounds.structure import build_structure
 from lipzoo.bounds.sweep import forward_sweep, power_iteration, row_norms
 
 __all__ = ["LipLTEstimator", "native_bfloat16"]
+
+logger = logging.getLogger(__name__)
 
 
 class LipLTEstimator(nn.Module):
@@ -40,12 +44,17 @@ class LipLTEstimator(nn.Module):
             the iterated directions are rounded; ``||S v||`` and its gradient are evaluated in the
             model's precision, so the estimate moves by the square of the direction error (within
             ~1e-3 relative of float32 iterations on the zoo models, ``bench/accountant.py``).
+        cuda_graph: run the power iterations as one CUDA graph on a CUDA device
+            (:mod:`lipzoo.bounds.graphs`: captured once per layout of the network, replayed with the
+            current weights; an iteration of 4C3F-8C2F replays in ~0.1 of its eager time on an H100).
+            ``None`` (default): whenever the model is on a CUDA device. If the capture fails the
+            eager iteration runs (logged once).
 
     Call it to get the bound (``(K, K)`` for pairwise) as a tensor that carries gradients.
     """
 
     def __init__(self, model: nn.Module, input_shape, *, mode: str = "pairwise", n_iter: int = 5,
-                 seed: int = 0, iteration_dtype: torch.dtype | str | None = None):
+                 seed: int = 0, iteration_dtype: torch.dtype | str | None = None, cuda_graph: bool | None = None):
         super().__init__()
         _check_choice("mode", mode, MODES)
         if n_iter < 0:
@@ -53,7 +62,11 @@ class LipLTEstimator(nn.Module):
         if not (iteration_dtype in (None, "auto") or isinstance(iteration_dtype, torch.dtype)
                 and iteration_dtype.is_floating_point):
             raise ValueError(f"iteration_dtype must be None, 'auto' or a floating torch.dtype, got {iteration_dtype!r}.")
-        self.iteration_dtype = iteration_dtype
+        if cuda_graph not in (None, True, False):
+            raise ValueError(f"cuda_graph must be None, True or False, got {cuda_graph!r}.")
+        self.iteration_dtype, self.cuda_graph = iteration_dtype, cuda_graph
+        self._graph: IterationGraph | None = None
+        self._graph_failed = False
         self.mode, self.n_iter, self.input_shape = mode, n_iter, tuple(input_shape)
         object.__setattr__(self, "_model", model)  # plain reference, not a submodule
         structure = build_structure(model, self.input_shape)
@@ -82,7 +95,7 @@ class LipLTEstimator(nn.Module):
         n = self.n_iter if n_iter is None else n_iter
         if v:
             with torch.no_grad():
-                v = power_iteration(structure, v, n, dtype=self._iteration_dtype(vec))
+                v = self._iterate(structure, v, n, self._iteration_dtype(vec))
                 for k, x in v.items():
                     getattr(self, self._name(*k)).copy_(x)
         out = forward_sweep(structure, v, finish=row_norms)  # ||S_k v_k||, one norm per block of keys
@@ -92,6 +105,26 @@ class LipLTEstimator(nn.Module):
         value, _ = liplt_recursion(structure, inner, final)
         return value
 
+    def _iterate(self, structure, v: dict, n: int, dtype: torch.dtype | None) -> dict:
+        """``n`` power iterations from ``v``: replayed from a CUDA graph where one applies, eager otherwise."""
+        x = next(iter(v.values()))
+        if n == 0 or not x.is_cuda or self.cuda_graph is False or self._graph_failed \
+                or torch.is_autocast_enabled():
+            return power_iteration(structure, v, n, dtype=dtype)
+        signature, tensors = structure_tensors(structure)
+        if self._graph is None or not self._graph.matches(signature, v, n, dtype):
+            self._graph = None  # its memory goes back before the new capture
+            try:
+                self._graph = IterationGraph(structure, v, n, dtype)
+            except (RuntimeError, TypeError) as err:
+                if self.cuda_graph:
+                    raise
+                logger.warning("LipLTEstimator: the power iteration could not be captured in a CUDA graph (%s); "
+                               "running it eagerly", err)
+                self._graph_failed = True
+                return power_iteration(structure, v, n, dtype=dtype)
+        return self._graph(tensors, v)
+
     def _iteration_dtype(self, ref: torch.Tensor | None) -> torch.dtype | None:
         if self.iteration_dtype != "auto":
             return self.iteration_dtype
@@ -99,7 +132,8 @@ class LipLTEstimator(nn.Module):
 
     def extra_repr(self) -> str:
         low = "" if self.iteration_dtype is None else f", iteration_dtype={self.iteration_dtype}"
-        return f"mode={self.mode!r}, n_iter={self.n_iter}, operators={len(self.keys)}{low}"
+        graph = "" if self.cuda_graph is None else f", cuda_graph={self.cuda_graph}"
+        return f"mode={self.mode!r}, n_iter={self.n_iter}, operators={len(self.keys)}{low}{graph}"
 
 
 @functools.lru_cache(maxsize=None)

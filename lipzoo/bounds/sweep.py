@@ -150,7 +150,10 @@ def _scaled(x: torch.Tensor, scales: list[float], sizes: list[int]) -> torch.Ten
         return x
     if len(set(scales)) == 1:
         return x * scales[0]
-    col = torch.tensor([c for c, n in zip(scales, sizes) for _ in range(n)], dtype=x.dtype, device=x.device)
+    if x.is_cuda and torch.cuda.is_current_stream_capturing():  # no host-to-device copy in a CUDA graph
+        col = torch.cat([torch.full((n,), c, dtype=x.dtype, device=x.device) for c, n in zip(scales, sizes)])
+    else:
+        col = torch.tensor([c for c, n in zip(scales, sizes) for _ in range(n)], dtype=x.dtype, device=x.device)
     return x * col.reshape(-1, *([1] * (x.dim() - 1)))
 
 
