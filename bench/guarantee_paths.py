@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import logging
 import os
 import re
 import subprocess
@@ -150,7 +151,14 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--compare", help="another lipzoo checkout: run its guaranteed bound side by side (subprocesses)")
+    p.add_argument("--debug-log", metavar="FILE", help="write the DEBUG log of lipzoo.bounds (phases, certificates) here")
     args = p.parse_args(argv)
+    if args.debug_log:
+        handler = logging.FileHandler(args.debug_log, mode="w")
+        handler.setFormatter(logging.Formatter("%(relativeCreated)9.0f ms %(name)s: %(message)s"))
+        log = logging.getLogger("lipzoo.bounds")
+        log.setLevel(logging.DEBUG)
+        log.addHandler(handler)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.compare:

@@ -12,13 +12,13 @@ from torch import nn
 
 from lipzoo.bounds import build_structure, lipschitz_bound, lipschitz_bounds
 from lipzoo.bounds import cache as bound_cache
-from lipzoo.bounds.proved import (abs_norm_bound, certified_chain_norm, certified_lambda_max, proved_inner_norms,
-                                  rounding_model)
+from lipzoo.bounds.proved import (abs_norm_bound, apply_by_gemm, certified_chain_norm, certified_lambda_max,
+                                  proved_inner_norms, rounding_model)
 from lipzoo.bounds.norms import EXACT_MARGIN
 from lipzoo.bounds.structure import numel
 from lipzoo.bounds.structure import materialize
 from lipzoo.layers import LTLinear
-from lipzoo.layers.operators import Conv2dOp, DenseOp, DiagonalOp, FlattenOp, ScaleOp, SumOp, compose
+from lipzoo.layers.operators import AdjointOp, Conv2dOp, DenseOp, DiagonalOp, FlattenOp, ScaleOp, SumOp, compose
 
 from conftest import small_plain_cnn as _plain
 from conftest import small_residual_cnn as _residual
@@ -89,6 +89,21 @@ def test_certified_chain_norm_refuses_a_side_above_max_side(torch_gen, monkeypat
     assert not any(a[:2] == (n, n) for a in allocated)  # refused before the n x n matrix
     assert certified_chain_norm(list(factors), shape, chunk=7, max_side=n, generator=torch_gen,
                                 local=False) >= _dense_norm(op, shape)
+
+
+def test_apply_by_gemm_equals_the_operators_own_methods(torch_gen):
+    """The CUDA path's batched-GEMM convolutions (run here on the CPU): forward and adjoint, nested in
+    compositions, sums and adjoints, with stride, padding, dilation; grouped and dense ones fall back."""
+    cases = list(_random_ops(torch_gen))
+    c = Conv2dOp(torch.randn(2, 2, 3, 3, generator=torch_gen, dtype=torch.float64), padding=1)
+    cases.append((SumOp([ScaleOp(0.5), compose(c, AdjointOp(c, (2, 7, 6)))]), (2, 7, 6)))
+    for op, shape in cases:
+        x = torch.randn(4, *shape, generator=torch_gen, dtype=torch.float64)
+        y = op.forward(x)
+        torch.testing.assert_close(apply_by_gemm(op, x, shape), y, rtol=1e-12, atol=1e-12)
+        u = torch.randn_like(y)
+        torch.testing.assert_close(apply_by_gemm(op, u, shape, transpose=True), op.adjoint(u, shape),
+                                   rtol=1e-12, atol=1e-12)
 
 
 def test_abs_norm_and_rounding_model_dominate(torch_gen):

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from lipzoo.bounds.structure import Structure, numel
 from lipzoo.bounds.sweep import adjoint, adjoint_sweep, forward_sweep
@@ -191,7 +192,45 @@ class _Step:
         self.nb = _norm_bound(op, in_shape)
 
     def __call__(self, x):
+        if x.is_cuda:
+            return apply_by_gemm(self.op, x, self.in_shape, self.adjoint)
         return adjoint(self.op, x, self.in_shape) if self.adjoint else self.op.forward(x)
+
+
+def apply_by_gemm(op: LinearOperator, x: torch.Tensor, in_shape: Shape, transpose: bool = False) -> torch.Tensor:
+    """``op`` (``transpose``: its adjoint) on the batch ``x``, every ungrouped convolution as one batched GEMM.
+
+    With cuDNN off (:func:`proved_inner_norms`), a float64 CUDA convolution runs ``im2col`` and a GEMM *per
+    sample*; on a batch of probes that is hundreds of small launches per convolution. Here the batch is
+    unfolded at once (``F.unfold``; the padding's zeros contribute exact zero products), multiplied by the
+    ``c_out x c_in k^2`` kernel matrix in one GEMM, and the adjoint folds ``W^T y`` back (``F.fold`` adds the
+    overlapping windows). Every output entry is still a sum of at most ``max(c_in, c_out) k^2`` products in
+    some order, the model :func:`rounding_model` bounds. Compositions, sums and adjoints recurse; any other
+    operator, and grouped convolutions, use their own methods."""
+    t = type(op)
+    if t is Conv2dOp and op.groups == 1:
+        c_out, _, kh, kw = op.weight.shape
+        kernel = op.weight.reshape(c_out, -1)
+        if transpose:
+            cols = kernel.T @ x.flatten(2)
+            return F.fold(cols, tuple(in_shape[1:]), (kh, kw), dilation=op.dilation, padding=op.padding,
+                          stride=op.stride)
+        out = op.out_shape(in_shape)
+        cols = F.unfold(x, (kh, kw), dilation=op.dilation, padding=op.padding, stride=op.stride)
+        return (kernel @ cols).reshape(x.shape[0], *out)
+    if t is ComposeOp:
+        shapes = op._shapes(in_shape)  # shapes[i]: input shape of ops[-1 - i]
+        order = list(enumerate(op.ops)) if transpose else list(reversed(list(enumerate(op.ops))))
+        for i, f in order:
+            x = apply_by_gemm(f, x, shapes[len(op.ops) - 1 - i], transpose)
+        return x
+    if t is SumOp:
+        return sum(apply_by_gemm(f, x, in_shape, transpose) for f in op.ops)
+    if t is AdjointOp:
+        return apply_by_gemm(op.op, x, op.base_in_shape, not transpose)
+    if t is ScaleOp:
+        return op.c * x
+    return op.adjoint(x, in_shape) if transpose else op.forward(x)
 
 
 def _primitive_steps(factors: list[LinearOperator], in_shape: Shape) -> list[_Step]:

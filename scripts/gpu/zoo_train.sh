@@ -55,20 +55,24 @@ start)
     ;;
 checks)
     # issue 12's GPU figures, most important first; each part writes its own file under $OUT as it goes,
-    # so a part that runs out of time leaves the others. CHECK_MODELS / GUARANTEE_MODELS / GUARANTEE_BUDGET
-    # choose what runs (defaults sized for one ~8-minute command on an H100).
+    # so a part that runs out of time leaves the others. CHECK_PARTS picks the parts (default all four),
+    # CHECK_MODELS / GUARANTEE_MODELS / GUARANTEE_BUDGET what they run (defaults sized for one ~8-minute
+    # command on an H100).
     cd "$SRC"
+    parts=" ${CHECK_PARTS:-tests accountant train guarantee} "
     models="${CHECK_MODELS:-4c3f 6c2f 8c2f}"
     nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv 2>&1 | tee "$OUT/gpu.txt"
-    timeout "${TESTS_TIMEOUT:-150}" "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_cuda.py tests/test_bounds.py \
-        tests/test_cli.py 2>&1 | tail -15 | tee "$OUT/cuda_tests.txt"
-    timeout 120 "$PY" bench/accountant.py --device "$DEVICE" --repeats 20 --models $models --max-iter 300 \
-        2>&1 | grep -v "^USDT\|^ERROR:.*DeviceProperties" | tee "$OUT/accountant.txt"
-    timeout 120 "$PY" bench/train_step.py --device "$DEVICE" --repeats 20 --models $models \
-        2>&1 | tee "$OUT/train_step.txt"
-    LIPZOO_CACHE=off timeout "${GUARANTEE_TIMEOUT:-300}" "$PY" bench/guarantee_paths.py --device "$DEVICE" \
-        --models ${GUARANTEE_MODELS:-4c3f 6c2f crm-mnist-4c3f crm-cifar10-6c2f lt-res-s 8c2f} \
-        --budget "${GUARANTEE_BUDGET:-60}" --max-iter 400 2>&1 | tee "$OUT/guarantee.txt"
+    [[ $parts == *" tests "* ]] && timeout "${TESTS_TIMEOUT:-150}" "$PY" -m pytest -q -p no:cacheprovider -m gpu \
+        tests/test_cuda.py tests/test_bounds.py tests/test_cli.py 2>&1 | tail -25 | tee "$OUT/cuda_tests.txt"
+    [[ $parts == *" accountant "* ]] && timeout 120 "$PY" bench/accountant.py --device "$DEVICE" --repeats 20 \
+        --models $models --max-iter 300 2>&1 | grep -v "^USDT\|^ERROR:.*DeviceProperties" | tee "$OUT/accountant.txt"
+    [[ $parts == *" train "* ]] && timeout 120 "$PY" bench/train_step.py --device "$DEVICE" --repeats 20 \
+        --models $models 2>&1 | tee "$OUT/train_step.txt"
+    [[ $parts == *" guarantee "* ]] && LIPZOO_CACHE=off timeout "${GUARANTEE_TIMEOUT:-300}" "$PY" bench/guarantee_paths.py \
+        --device "$DEVICE" --models ${GUARANTEE_MODELS:-4c3f 6c2f crm-mnist-4c3f crm-cifar10-6c2f lt-res-s 8c2f} \
+        --budget "${GUARANTEE_BUDGET:-60}" --max-iter 400 --debug-log "$OUT/guarantee_debug.log" 2>&1 \
+        | tee "$OUT/guarantee.txt"
+    true
     ;;
 collect)
     deadline="${1:?epoch seconds}"; shift
