@@ -90,15 +90,23 @@ class IterationGraph:
         with torch.no_grad():
             static, self.tensors = rebind(structure, lambda t: t.detach().clone())
             self.inputs = {k: x.detach().clone() for k, x in v.items()}
-            device = next(iter(self.inputs.values())).device
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):  # warm-up outside the capture (cuBLAS / cuDNN handles, allocator)
-                power_iteration(static, self.inputs, n_iter, dtype=dtype)
-            torch.cuda.current_stream(device).wait_stream(side)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.outputs = power_iteration(static, self.inputs, n_iter, dtype=dtype)
+            self.run = lambda: power_iteration(static, self.inputs, n_iter, dtype=dtype)
+            self.outputs = self._capture()
+
+    def _capture(self) -> dict:
+        """Record :attr:`run` in :attr:`graph`; returns the outputs it writes at each replay."""
+        device = next(iter(self.inputs.values())).device
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # warm-up outside the capture (cuBLAS / cuDNN handles, allocator)
+            self.run()
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            return self.run()
+
+    def _replay(self) -> None:
+        self.graph.replay()
 
     def matches(self, signature: tuple, v: dict, n_iter: int, dtype: torch.dtype | None) -> bool:
         """Whether the graph runs the iteration for a structure of ``signature`` (:func:`structure_tensors`)."""
@@ -113,6 +121,6 @@ class IterationGraph:
                 dst.copy_(src)
             for k, x in self.inputs.items():
                 x.copy_(v[k])
-            self.graph.replay()
+            self._replay()
             # clones: the next replay overwrites the outputs, which autograd may still hold
             return {k: x.clone() for k, x in self.outputs.items()}
