@@ -4,9 +4,10 @@ CRM step: forward, ``lipzoo.LipLTEstimator`` with the zoo recipe's power iterati
 ``lipzoo.crm_loss`` with the recipe's ``t``, ``lam``, ``r0``, ``g``, backward, Adam step.
 Cross-entropy step: forward, ``F.cross_entropy``, backward, Adam step. With ``--low-dtype``
 (default bfloat16) also the CRM step with the power iterations in that precision
-(``LipLTEstimator(iteration_dtype=...)``); on CUDA also the CRM step with the power iterations replayed
-from a CUDA graph (``cuda_graph=True``). Random data, batch 512 by default; the steps interleaved round by round (each on its own copy of the same initial model), medians over ``--repeats`` rounds
-after ``--warmup`` rounds.
+(``LipLTEstimator(iteration_dtype=...)``); on CUDA also the CRM step with the power iterations
+replayed from a CUDA graph (``cuda_graph=True``). Random data, batch 512 by default; the steps
+interleaved round by round (each on its own copy of the same initial model), medians over
+``--repeats`` rounds after ``--warmup`` rounds.
 
     python bench/train_step.py --device cpu --repeats 10
     python bench/train_step.py --device cuda --repeats 50

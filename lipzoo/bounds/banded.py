@@ -326,13 +326,16 @@ def _decode_into(plan: LocalPlan, start: int, y: torch.Tensor, diag: torch.Tenso
     mm = m * m
     # a diagonal block holds both (i, j) and (j, i); a coupling block only the one below the diagonal:
     # (i, j) below is low[jb][ii, ji], above it is low[ib][ji, ii] (where its mirror (j, i) lives)
-    on = torch.where(d == 0, half, 0.0)
-    diag.view(-1).index_put_(((jb * mm + ii * m + ji).expand_as(on).reshape(-1),), on.reshape(-1), accumulate=True)
-    diag.view(-1).index_put_(((jb * mm + ji * m + ii).expand_as(on).reshape(-1),), on.reshape(-1), accumulate=True)
+    # index_add_: atomic adds on CUDA, in no fixed order, which changes nothing here: every entry receives
+    # its two halves and otherwise exact zeros (index_put_(accumulate=True) sorts the indices on CUDA first:
+    # 74 of the 79 s of 8C2F's S(6,3) on an H100; on the CPU index_add_ is faster as well)
+    on = torch.where(d == 0, half, 0.0).reshape(-1)
+    diag.view(-1).index_add_(0, (jb * mm + ii * m + ji).expand_as(half).reshape(-1), on)
+    diag.view(-1).index_add_(0, (jb * mm + ji * m + ii).expand_as(half).reshape(-1), on)
     if low.numel():
-        off = torch.where(d.abs() == 1, half, 0.0)
+        off = torch.where(d.abs() == 1, half, 0.0).reshape(-1)
         slot = torch.where(d == 1, jb * mm + ii * m + ji, torch.where(d == -1, ib * mm + ji * m + ii, 0))
-        low.view(-1).index_put_((slot.expand_as(off).reshape(-1),), off.reshape(-1), accumulate=True)
+        low.view(-1).index_add_(0, slot.expand_as(half).reshape(-1), off)
     return float(vals.square().sum())
 
 
