@@ -52,7 +52,7 @@ G_FUNCTIONS = ("linear", "exp")
 AUGMENTATIONS = ("hflip", "affine", "crop")
 STORAGE_DTYPES = ("float32", "float16", "bfloat16")
 # precision of the training estimator's power iterations (``LipLTEstimator(iteration_dtype=...)``):
-# float32 (the default, first) is the model's own, auto is bfloat16 where the device computes it natively
+# float32 (the default, first) is the model's own, auto is bfloat16 on CPUs that compute it natively (float32 on CUDA)
 POWER_ITERATION_DTYPES = ("float32", "bfloat16", "auto")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")

@@ -39,8 +39,9 @@ class LipLTEstimator(nn.Module):
         n_iter: power iterations per call.
         seed: seed of the initial vectors.
         iteration_dtype: precision of the power iterations (``None``: the model's own;
-            ``torch.bfloat16``; ``"auto"``: bfloat16 where the device computes it natively (CUDA with
-            bfloat16 support, x86 CPUs with AVX-512 BF16 or AMX), the model's own elsewhere). Only
+            ``torch.bfloat16``; ``"auto"``: bfloat16 on CPUs that compute it natively (AVX-512 BF16 or
+            AMX), the model's own elsewhere: on an H100 the iteration is launch-bound and bfloat16's
+            casts made it 1.18-1.19x slower, ``bench/accountant.py --device cuda``). Only
             the iterated directions are rounded; ``||S v||`` and its gradient are evaluated in the
             model's precision, so the estimate moves by the square of the direction error (within
             ~1e-3 relative of float32 iterations on the zoo models, ``bench/accountant.py``).
@@ -124,7 +125,7 @@ class LipLTEstimator(nn.Module):
     def _iteration_dtype(self, ref: torch.Tensor | None) -> torch.dtype | None:
         if self.iteration_dtype != "auto":
             return self.iteration_dtype
-        return torch.bfloat16 if ref is not None and native_bfloat16(ref.device) else None
+        return torch.bfloat16 if ref is not None and ref.device.type == "cpu" and native_bfloat16(ref.device) else None
 
     def extra_repr(self) -> str:
         low = "" if self.iteration_dtype is None else f", iteration_dtype={self.iteration_dtype}"
