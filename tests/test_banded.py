@@ -131,3 +131,22 @@ def test_time_and_memory_limits_refuse_before_allocating():
     plan = local_plan(steps, shape)
     assert certified_local_norm(steps, plan, max_bytes=plan.bytes() - 1) is None
     assert certified_local_norm(steps, plan, chunk=8, time_limit=0.0) is None
+
+
+def test_certificate_flops_follow_the_path_taken():
+    from lipzoo.bounds.proved import _certificate_flops, _op_flops
+
+    c = _conv(4, 3, 3, padding=1, seed=12)
+    assert _op_flops(c, (3, 8, 8)) == 2 * (4 * 8 * 8) * (3 * 3 * 3)
+    d = DenseOp(torch.randn(5, 7, dtype=torch.float64))
+    assert _op_flops(ComposeOp([d, FlattenOp()]), (7, 1, 1)) == 2 * 35 + 7
+    assert _op_flops(SumOp([ScaleOp(0.5), AdjointOp(c, (3, 8, 8))]), (4, 8, 8)) == 4 * 64 + _op_flops(c, (3, 8, 8))
+    # a local chain: its probes through the Gram operator (S^T S: each factor twice), block factorization
+    factors, in_shape = [_conv(3, 3, 3, padding=1, seed=10), _conv(3, 2, 3, padding=1, seed=11)], (2, 30, 9)
+    steps, shape, n = gram_steps(factors, in_shape)
+    plan = local_plan(steps, shape)
+    per_vector = 2 * (_op_flops(factors[1], (2, 30, 9)) + _op_flops(factors[0], (3, 30, 9)))
+    assert _certificate_flops(factors, in_shape) == (plan.probes * per_vector, plan.factor_flops())
+    # a dense one: the identity vectors of the smaller side and one n^3/3 factorization
+    sweep, factor = _certificate_flops([d], (7,))
+    assert (sweep, factor) == (5 * 2 * 70, 5 ** 3 / 3)
