@@ -18,8 +18,9 @@ number returned here is a mathematically guaranteed upper bound, floating-point 
    for all remaining chains) gives estimates ``sigma_k <= ||S_k||``; with the sensitivity ``dF/db_k`` of the
    final bound, ``dF/db_k (b_k - sigma_k)`` bounds what an exact norm of ``S_k`` could gain (the recursion is
    a polynomial with non-negative coefficients, so these first-order gains over-state the true ones).
-   Chains are certified exactly in that order (with the chains sharing their small side when their
-   Gram matrices fit in ``max_bytes``), each only if its measured cost (the first block is timed) fits in
+   Chains are certified exactly in order of that gain per predicted second (:func:`_certificate_flops`
+   at the rates measured so far), with the chains sharing their small side when their Gram matrices
+   fit in ``max_bytes``, each only if its measured cost (the first block is timed) fits in
    what is left of ``budget`` seconds; refinement stops when all possible gains together are below ``tol``.
    A chain certified alone whose factors are all local (convolutions, scalings, their sums and adjoints)
    goes through :mod:`lipzoo.bounds.banded`: sources whose Gram columns cannot meet share a probe vector,
