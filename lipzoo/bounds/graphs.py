@@ -17,7 +17,10 @@ So weights updated in place by an optimizer, weights derived from parameters (no
 composed kernels, rebuilt by :func:`~lipzoo.bounds.structure.build_structure` at every call), replaced
 parameters (``model.to(...)``) and changed constants all reach the graph or force a new capture;
 nothing is read from memory the graph does not own. The result is the eager iteration's, up to the
-order of floating-point operations (tests/test_cuda.py).
+order of floating-point operations: tests/test_graphs.py checks the bookkeeping on the CPU with a
+simulated capture; tests/test_cuda.py checks the graph itself and has yet to pass on a GPU (its first
+version failed for a reason of its own, docs/benchmarks.md), which is why ``LipLTEstimator`` leaves it
+off by default.
 """
 
 from __future__ import annotations
