@@ -93,7 +93,7 @@ def test_certified_chain_norm_refuses_a_side_above_max_side(torch_gen, monkeypat
 
 def test_apply_by_gemm_equals_the_operators_own_methods(torch_gen):
     """The CUDA path's batched-GEMM convolutions (run here on the CPU): forward and adjoint, nested in
-    compositions, sums and adjoints, with stride, padding, dilation; grouped and dense ones fall back."""
+    compositions, sums and adjoints, with stride, padding, dilation and groups; dense ones fall back."""
     cases = list(_random_ops(torch_gen))
     c = Conv2dOp(torch.randn(2, 2, 3, 3, generator=torch_gen, dtype=torch.float64), padding=1)
     cases.append((SumOp([ScaleOp(0.5), compose(c, AdjointOp(c, (2, 7, 6)))]), (2, 7, 6)))

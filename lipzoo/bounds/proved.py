@@ -199,7 +199,7 @@ class _Step:
 
 
 def apply_by_gemm(op: LinearOperator, x: torch.Tensor, in_shape: Shape, transpose: bool = False) -> torch.Tensor:
-    """``op`` (``transpose``: its adjoint) on the batch ``x``, every ungrouped convolution as one batched GEMM.
+    """``op`` (``transpose``: its adjoint) on the batch ``x``, every convolution as one batched GEMM.
 
     With cuDNN off (:func:`proved_inner_norms`), a float64 CUDA convolution runs ``im2col`` and a GEMM *per
     sample*; on a batch of probes that is hundreds of small launches per convolution. Here the batch is
@@ -207,18 +207,21 @@ def apply_by_gemm(op: LinearOperator, x: torch.Tensor, in_shape: Shape, transpos
     ``c_out x c_in k^2`` kernel matrix in one GEMM, and the adjoint folds ``W^T y`` back (``F.fold`` adds the
     overlapping windows). Every output entry is still a sum of at most ``max(c_in, c_out) k^2`` products in
     some order, the model :func:`rounding_model` bounds. Compositions, sums and adjoints recurse; any other
-    operator, and grouped convolutions, use their own methods."""
+    operator uses its own methods. With groups, one GEMM per group (a batched product): cuDNN plays no
+    part, also when this runs outside :func:`proved_inner_norms`' cuDNN-off context."""
     t = type(op)
-    if t is Conv2dOp and op.groups == 1:
+    if t is Conv2dOp:
         c_out, _, kh, kw = op.weight.shape
-        kernel = op.weight.reshape(c_out, -1)
+        g, b = op.groups, x.shape[0]
+        kernel = op.weight.reshape(g, c_out // g, -1)  # per group: c_out/g x (c_in/g) k^2
         if transpose:
-            cols = kernel.T @ x.flatten(2)
-            return F.fold(cols, tuple(in_shape[1:]), (kh, kw), dilation=op.dilation, padding=op.padding,
-                          stride=op.stride)
+            cols = kernel.transpose(1, 2) @ x.reshape(b, g, c_out // g, -1)  # (b, g, (c_in/g) k^2, L)
+            return F.fold(cols.reshape(b, -1, cols.shape[-1]), tuple(in_shape[1:]), (kh, kw), dilation=op.dilation,
+                          padding=op.padding, stride=op.stride)
         out = op.out_shape(in_shape)
         cols = F.unfold(x, (kh, kw), dilation=op.dilation, padding=op.padding, stride=op.stride)
-        return (kernel @ cols).reshape(x.shape[0], *out)
+        # unfold orders its rows (channel, kernel row, kernel column): a group's channels are contiguous
+        return (kernel @ cols.reshape(b, g, -1, cols.shape[-1])).reshape(b, *out)
     if t is ComposeOp:
         shapes = op._shapes(in_shape)  # shapes[i]: input shape of ops[-1 - i]
         order = list(enumerate(op.ops)) if transpose else list(reversed(list(enumerate(op.ops))))
