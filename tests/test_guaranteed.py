@@ -271,3 +271,29 @@ def test_a_bound_with_more_tightening_time_serves_smaller_budgets(tmp_path, monk
     assert float(again.value.mean()) <= float(long.value.mean())  # the tighter of the two is kept
     (path,) = tmp_path.glob("*.json")
     assert json.loads(path.read_text())["bounds"]["pairwise"]["budget"] == 40.0
+
+
+def test_cholesky_breakdown_needs_finite_positive_pivots(monkeypatch):
+    """A solver that returns info == 0 with a NaN or non-positive pivot (LAPACK flags these, cuSOLVER and
+    MAGMA need not) must not certify."""
+    from lipzoo.bounds import proved
+
+    a = torch.eye(3, dtype=torch.float64) * 2
+    assert proved._cholesky(a) is not None
+    real = torch.linalg.cholesky_ex
+    for bad in (float("nan"), 0.0, -1.0, float("inf")):
+        def silent(x, bad=bad):
+            r, info = real(x)
+            r = r.clone()
+            r[1, 1] = bad
+            return r, torch.zeros_like(info)
+        monkeypatch.setattr(torch.linalg, "cholesky_ex", silent)
+        assert proved._cholesky(a) is None, bad
+        # the dense certificate then falls back (no shift certifies): Gershgorin, still an upper bound
+        assert certified_lambda_max(a) >= 2.0
+
+
+def test_memory_caps_on_the_cpu_are_the_fixed_sizes():
+    from lipzoo.bounds.proved import LOCAL_MAX_BYTES, memory_caps
+
+    assert memory_caps() == memory_caps("cpu") == (16384, float(1 << 30), LOCAL_MAX_BYTES)
