@@ -90,14 +90,9 @@ def _op_reach(op: LinearOperator, in_shape: Shape, adjoint: bool, lo, hi, axis: 
             return None
         return (torch.stack([a for a, _ in parts]).min(0).values, torch.stack([b for _, b in parts]).max(0).values)
     if isinstance(op, ComposeOp):
-        shapes = op._shapes(in_shape)  # shapes[i]: input shape of ops[-1 - i]
-        order = list(enumerate(reversed(op.ops)))
-        if adjoint:
-            order = order[::-1]
-        for i, f in order:
-            if len(shapes[i]) != 3:
-                return None
-            r = _op_reach(f, shapes[i], adjoint, lo, hi, axis)
+        order = op.factors(in_shape)
+        for f, shape in (reversed(order) if adjoint else order):
+            r = _op_reach(f, shape, adjoint, lo, hi, axis)  # None for a shape other than (C, H, W)
             if r is None:
                 return None
             lo, hi = r

@@ -89,7 +89,7 @@ class IterationGraph:
 
     def __init__(self, structure: Structure, v: dict, n_iter: int, dtype: torch.dtype | None):
         self.signature, _ = structure_tensors(structure)
-        self.key = (n_iter, dtype, tuple((k, tuple(x.shape), x.dtype) for k, x in v.items()))
+        self.key = self._key(v, n_iter, dtype)
         with torch.no_grad():
             static, self.tensors = rebind(structure, lambda t: t.detach().clone())
             self.inputs = {k: x.detach().clone() for k, x in v.items()}
@@ -111,10 +111,13 @@ class IterationGraph:
     def _replay(self) -> None:
         self.graph.replay()
 
+    @staticmethod
+    def _key(v: dict, n_iter: int, dtype: torch.dtype | None) -> tuple:
+        return n_iter, dtype, tuple((k, tuple(x.shape), x.dtype) for k, x in v.items())
+
     def matches(self, signature: tuple, v: dict, n_iter: int, dtype: torch.dtype | None) -> bool:
         """Whether the graph runs the iteration for a structure of ``signature`` (:func:`structure_tensors`)."""
-        key = (n_iter, dtype, tuple((k, tuple(x.shape), x.dtype) for k, x in v.items()))
-        return key == self.key and signature == self.signature
+        return self._key(v, n_iter, dtype) == self.key and signature == self.signature
 
     def __call__(self, tensors: list[torch.Tensor], v: dict) -> dict:
         """The iteration from ``v`` with the structure's current ``tensors`` (in :func:`structure_tensors`'

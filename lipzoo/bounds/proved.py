@@ -223,10 +223,9 @@ def apply_by_gemm(op: LinearOperator, x: torch.Tensor, in_shape: Shape, transpos
         # unfold orders its rows (channel, kernel row, kernel column): a group's channels are contiguous
         return (kernel @ cols.reshape(b, g, -1, cols.shape[-1])).reshape(b, *out)
     if t is ComposeOp:
-        shapes = op._shapes(in_shape)  # shapes[i]: input shape of ops[-1 - i]
-        order = list(enumerate(op.ops)) if transpose else list(reversed(list(enumerate(op.ops))))
-        for i, f in order:
-            x = apply_by_gemm(f, x, shapes[len(op.ops) - 1 - i], transpose)
+        order = op.factors(in_shape)
+        for f, shape in (reversed(order) if transpose else order):
+            x = apply_by_gemm(f, x, shape, transpose)
         return x
     if t is SumOp:
         return sum(apply_by_gemm(f, x, in_shape, transpose) for f in op.ops)
@@ -414,22 +413,26 @@ def _device_key(device) -> str:
     return str(d)
 
 
+def _seconds_once(device: torch.device, fn) -> float:
+    """Seconds of one call of ``fn`` on ``device``; on a GPU after an untimed call (solver handles, kernels)."""
+    if device.type == "cuda":
+        fn()
+    t0 = _now(device)
+    fn()
+    return max(_now(device) - t0, 1e-6)
+
+
 def _gram_cost_unit(device=None) -> float:
     """Seconds per float64 Cholesky flop on ``device`` (measured once per device; on the CPU at n = 1024: at 384
     the rate was 2.5x below that of the 3000-4000-dimensional factorizations it predicts, which made the
-    refinement refuse certificates that fitted its budget; on a GPU at n = 4096, after a warm-up call that
-    initializes the solver)."""
+    refinement refuse certificates that fitted its budget; on a GPU at n = 4096)."""
     key = ("cholesky", _device_key(device))
     if key not in _RATES:
         dev = torch.device(key[1])
         n = 4096 if dev.type == "cuda" else 1024
         a = torch.randn(n, n, dtype=torch.float64, device=dev)
         a = a @ a.T + n * torch.eye(n, dtype=torch.float64, device=dev)
-        if dev.type == "cuda":
-            torch.linalg.cholesky_ex(a)
-        t0 = _now(dev)
-        torch.linalg.cholesky_ex(a)
-        _RATES[key] = max(_now(dev) - t0, 1e-6) / (n ** 3 / 3)
+        _RATES[key] = _seconds_once(dev, lambda: torch.linalg.cholesky_ex(a)) / (n ** 3 / 3)
     return _RATES[key]
 
 
@@ -441,11 +444,7 @@ def _gemm_cost_unit(fresh: bool = False, device=None) -> float:
         dev = torch.device(key[1])
         m = 2048 if dev.type == "cuda" else 384
         a = torch.randn(m, 2048, dtype=torch.float64, device=dev)
-        if dev.type == "cuda" and key not in _RATES:
-            a @ a.T
-        t0 = _now(dev)
-        a @ a.T
-        _RATES[key] = max(_now(dev) - t0, 1e-6) / (2 * m * m * 2048)
+        _RATES[key] = _seconds_once(dev, lambda: a @ a.T) / (2 * m * m * 2048)
     return _RATES[key]
 
 
@@ -904,8 +903,7 @@ def _op_flops(op: LinearOperator, in_shape: Shape) -> float:
     if t is DenseOp:
         return 2.0 * op.weight.numel()
     if t is ComposeOp:
-        shapes = op._shapes(in_shape)
-        return sum(_op_flops(f, shapes[i]) for i, f in enumerate(reversed(op.ops)))
+        return sum(_op_flops(f, shape) for f, shape in op.factors(in_shape))
     if t is SumOp:
         return sum(_op_flops(f, in_shape) for f in op.ops)
     if t is AdjointOp:
@@ -1171,11 +1169,11 @@ def _proved_inner_norms(structure, keys, objective, small, small_input, budget, 
         left = budget - (time.perf_counter() - t_start)
         labels, ops, ins, _ = chains[k]
         bar.set_postfix_str(f"exact S{k}")
-        t0 = time.perf_counter()
         predicted = seconds(k)
         if swept[1] and predicted > 2 * left:  # only once the rate is measured: a guessed one could stop all
             logger.debug("exact S%s: not started (%.2fs predicted, %.2fs left)", k, predicted, left)
             continue
+        t0 = time.perf_counter()
         val = _out_of_memory_is_none(certified_chain_norm, ops, ins[-1], chunk=chunk, time_limit=left, generator=gen,
                                      device=device, max_side=max_side, local_max_bytes=local_max_bytes)
         took = time.perf_counter() - t0

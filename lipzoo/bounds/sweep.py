@@ -73,9 +73,8 @@ def adjoint(op: LinearOperator, y: torch.Tensor, in_shape) -> torch.Tensor:
                                       op.groups, op.dilation)
         return op.adjoint(y, in_shape)
     if type(op) is ComposeOp:
-        shapes = op._shapes(in_shape)
-        for i, f in enumerate(op.ops):
-            y = adjoint(f, y, shapes[len(op.ops) - 1 - i])
+        for f, shape in reversed(op.factors(in_shape)):
+            y = adjoint(f, y, shape)
         return y
     if type(op) is SumOp:
         return sum(adjoint(f, y, in_shape) for f in op.ops)

@@ -227,15 +227,20 @@ class ComposeOp(LinearOperator):
             shapes.append(op.out_shape(shapes[-1]))
         return shapes  # shapes[i] is the input shape of ops[-1 - i]
 
+    def factors(self, in_shape) -> list[tuple["LinearOperator", tuple]]:
+        """``(factor, its input shape)`` in the order the forward map applies them (rightmost first); the
+        adjoint applies ``reversed(...)`` of it, each factor's adjoint taking that same shape."""
+        shapes = self._shapes(in_shape)
+        return [(op, shapes[i]) for i, op in enumerate(reversed(self.ops))]
+
     def forward(self, x):
         for op in reversed(self.ops):
             x = op.forward(x)
         return x
 
     def adjoint(self, y, in_shape):
-        shapes = self._shapes(in_shape)
-        for i, op in enumerate(self.ops):
-            y = op.adjoint(y, shapes[len(self.ops) - 1 - i])
+        for op, shape in reversed(self.factors(in_shape)):
+            y = op.adjoint(y, shape)
         return y
 
     def out_shape(self, in_shape):
