@@ -545,11 +545,11 @@ def certified_chain_norm(factors: list[LinearOperator], in_shape: Shape, *, chun
     block predicts more than ``time_limit`` seconds; nothing of size ``n^2`` is allocated before both
     checks pass.
     """
-    from lipzoo.bounds.banded import certified_local_norm, local_plan  # banded builds on this module
+    from lipzoo.bounds.banded import certified_local_norm  # banded builds on this module
 
     steps, shape, n = gram_steps(factors, in_shape)
-    plan = local_plan(steps, shape) if local else None
-    if plan is not None and (plan.probes < n or plan.blocks > 1):
+    plan = _useful_local_plan(steps, shape, n) if local else None
+    if plan is not None:
         return certified_local_norm(steps, plan, chunk=chunk, time_limit=time_limit, generator=generator,
                                     device=device, max_bytes=local_max_bytes)
     if max_side is not None and n > max_side:
@@ -911,16 +911,24 @@ def _op_flops(op: LinearOperator, in_shape: Shape) -> float:
     return float(numel(in_shape))  # scalings, flattening, padding: one pass over the vector
 
 
+def _useful_local_plan(steps: list[_Step], shape: Shape, n: int):
+    """The local plan (:mod:`lipzoo.bounds.banded`) of the Gram operator ``steps`` when it saves sweeps (fewer
+    probes than ``n``) or factorization (several blocks), else ``None``: when :func:`certified_chain_norm`
+    takes the local path."""
+    from lipzoo.bounds.banded import local_plan  # banded builds on this module
+
+    plan = local_plan(steps, shape)
+    return plan if plan is not None and (plan.probes < n or plan.blocks > 1) else None
+
+
 def _certificate_flops(factors: list[LinearOperator], in_shape: Shape) -> tuple[float, float]:
     """``(sweep flops, factorization flops)`` of :func:`certified_chain_norm` on this chain: the probes (local
     path) or the identity vectors of the smaller side (dense path) through the Gram operator, and the
     block or dense Cholesky factorization."""
-    from lipzoo.bounds.banded import local_plan  # banded builds on this module
-
     steps, shape, n = gram_steps(factors, in_shape)
     per_vector = sum(_op_flops(st.op, st.in_shape) for st in steps)
-    plan = local_plan(steps, shape)
-    if plan is not None and (plan.probes < n or plan.blocks > 1):
+    plan = _useful_local_plan(steps, shape, n)
+    if plan is not None:
         return plan.probes * per_vector, plan.factor_flops()
     return n * per_vector, n ** 3 / 3
 
