@@ -133,20 +133,35 @@ def test_time_and_memory_limits_refuse_before_allocating():
     assert certified_local_norm(steps, plan, chunk=8, time_limit=0.0) is None
 
 
-def test_certificate_flops_follow_the_path_taken():
-    from lipzoo.bounds.proved import _certificate_flops, _op_flops
+def test_certificate_cost_follows_the_path_taken(monkeypatch):
+    from lipzoo.bounds import proved
 
+    # each step's seconds per vector, as measured: one application of a batch, divided by the batch
     c = _conv(4, 3, 3, padding=1, seed=12)
-    assert _op_flops(c, (3, 8, 8)) == 2 * (4 * 8 * 8) * (3 * 3 * 3)
-    d = DenseOp(torch.randn(5, 7, dtype=torch.float64))
-    assert _op_flops(ComposeOp([d, FlattenOp()]), (7, 1, 1)) == 2 * 35 + 7
-    assert _op_flops(SumOp([ScaleOp(0.5), AdjointOp(c, (3, 8, 8))]), (4, 8, 8)) == 4 * 64 + _op_flops(c, (3, 8, 8))
-    # a local chain: its probes through the Gram operator (S^T S: each factor twice), block factorization
+    one = proved._step_seconds(proved._Step(c, (3, 8, 8), adjoint=True), batch=4)
+    assert 0 < one < 1 and proved._step_seconds(proved._Step(c, (3, 8, 8), adjoint=True)) == one  # memoized
+    # with a fixed price per step: a local chain costs its probes through the Gram operator (S^T S: each
+    # factor twice) and a block factorization, a dense one its smaller side's identity vectors and n^3/3
+    monkeypatch.setattr(proved, "_step_seconds", lambda step, device=None: 1.0)
     factors, in_shape = [_conv(3, 3, 3, padding=1, seed=10), _conv(3, 2, 3, padding=1, seed=11)], (2, 30, 9)
     steps, shape, n = gram_steps(factors, in_shape)
     plan = local_plan(steps, shape)
-    per_vector = 2 * (_op_flops(factors[1], (2, 30, 9)) + _op_flops(factors[0], (3, 30, 9)))
-    assert _certificate_flops(factors, in_shape) == (plan.probes * per_vector, plan.factor_flops())
-    # a dense one: the identity vectors of the smaller side and one n^3/3 factorization
-    sweep, factor = _certificate_flops([d], (7,))
-    assert (sweep, factor) == (5 * 2 * 70, 5 ** 3 / 3)
+    assert len(steps) == 4 and plan.probes < n
+    assert proved._certificate_cost(factors, in_shape) == (plan.probes * 4.0, plan.factor_flops())
+    d = DenseOp(torch.randn(5, 7, dtype=torch.float64))
+    assert proved._certificate_cost([d], (7,)) == (5 * 2.0, 5 ** 3 / 3)
+
+
+@pytest.mark.parametrize("local", [True, False])
+def test_blocks_kept_while_the_deadline_waits_give_the_same_certificate(monkeypatch, local):
+    from lipzoo.bounds import proved
+
+    factors, in_shape = [_conv(3, 3, 3, padding=1, seed=20), _conv(3, 2, 3, padding=1, seed=21)], (2, 12, 9)
+    def norm():
+        return certified_chain_norm(factors, in_shape, chunk=8, local=local, generator=torch.Generator().manual_seed(0))
+
+    plain = norm()
+    verdicts = iter(["wait", "go"])
+    monkeypatch.setattr(proved._Deadline, "after_block", lambda self: next(verdicts))
+    assert norm() == plain
+    assert next(verdicts, None) is None  # both verdicts were asked for

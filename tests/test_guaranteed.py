@@ -13,7 +13,7 @@ from torch import nn
 from lipzoo.bounds import build_structure, lipschitz_bound, lipschitz_bounds
 from lipzoo.bounds import cache as bound_cache
 from lipzoo.bounds.proved import (abs_norm_bound, apply_by_gemm, certified_chain_norm, certified_lambda_max,
-                                  proved_inner_norms, rounding_model)
+                                  _Planner, proved_inner_norms, rounding_model)
 from lipzoo.bounds.norms import EXACT_MARGIN
 from lipzoo.bounds.structure import numel
 from lipzoo.bounds.structure import materialize
@@ -139,6 +139,52 @@ def test_proved_inner_norms_dominate_exact_norms(factory, small, budget):
                     assert got[k].value <= true * (1 + CERT_RTOL), (k, got[k].value / true - 1)
             if small >= 10**6:
                 assert all(p.guarantee == "exact" for p in got.values())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@torch.no_grad()
+def test_a_certified_chain_tightens_every_longer_chain_through_it(seed):
+    """``Hhat_2 = c W_2`` in a plain network, so the certified ``||W_2 Hhat_1||`` bounds the segment
+    ``Hhat_2 Hhat_1`` of ``S_{3,0}`` too (times ``|c|``); a residual block's ``Hhat`` gets no such alias."""
+    net, shape = _plain(seed)
+    s = build_structure(net, shape)
+    plan = _Planner(s, 16, torch.Generator().manual_seed(0), None)
+    before, _ = plan.best_split(*plan.chain(3, 0))
+    _, ops, ins, _ = plan.chain(2, 0)
+    cert = certified_chain_norm(ops, ins[-1], chunk=16)
+    plan.record((2, 0), cert)
+    after, how = plan.best_split(*plan.chain(3, 0))
+    true = _dense_norm(compose(*s.chain(3, 0)), s.space_shape(3, 0)[0])
+    w3, _ = plan._own(("W", 3), s.blocks[3].W, s.blocks[3].x_shape)
+    assert true <= after <= w3 * abs(s.blocks[2].c) * cert * (1 + 1e-12) and after < before, (true, after, before)
+    assert "certified" in how
+
+    res, res_shape = _residual(seed)
+    r = build_structure(res, res_shape)
+    rplan = _Planner(r, 16, torch.Generator().manual_seed(0), None)
+    rplan.record((2, 1), 1.0)
+    assert len(rplan.exact) == 1  # H is present: Hhat_2 is not a multiple of W_2
+
+
+@torch.no_grad()
+def test_hhat_reuses_the_memoized_bound_of_its_convolution(monkeypatch):
+    """``Hhat_k = c W_k``: the scalar is kept out of the kernel, so each convolution's FFT bound is computed
+    once (the first layer's twice: its normalisation is merged into the kernel, for ``W_0`` and ``Hhat_0``)."""
+    net, shape = _plain(0)
+    s = build_structure(net, shape)
+    calls = []
+    original = Conv2dOp.norm_bound
+    monkeypatch.setattr(Conv2dOp, "norm_bound", lambda op, in_shape: calls.append(op) or original(op, in_shape))
+    plan = _Planner(s, 16, torch.Generator().manual_seed(0), None)
+    for t in range(s.depth + 1):
+        for j in range(-1, t):
+            value, _ = plan.best_split(*plan.chain(t, j))
+            assert value >= _dense_norm(compose(*s.chain(t, j)), s.space_shape(t, j)[0])
+    assert len(calls) == 4, len(calls)  # three convolutions, the first one twice
+    for k in (1, 2):
+        w, _ = plan._own(("W", k), s.blocks[k].W, s.blocks[k].x_shape)
+        h, _ = plan._own(("H", k), plan.H(k), s.blocks[k].x_shape)
+        assert h == pytest.approx(abs(s.blocks[k].c) * w, rel=1e-8)
 
 
 def test_auto_bound_dominates_exact_and_is_tight():
@@ -297,3 +343,24 @@ def test_memory_caps_on_the_cpu_are_the_fixed_sizes():
     from lipzoo.bounds.proved import LOCAL_MAX_BYTES, memory_caps
 
     assert memory_caps() == memory_caps("cpu") == (16384, float(1 << 30), LOCAL_MAX_BYTES)
+
+
+def test_a_slow_first_block_is_judged_again_on_the_second(monkeypatch):
+    from lipzoo.bounds import proved
+
+    def clock(*times):
+        it = iter(times)
+        monkeypatch.setattr(proved, "_now", lambda device=None: next(it))
+
+    clock(0.0, 10.0, 11.0)  # the first block pays one-time costs; the second predicts 20 * 1 + 5 <= 30
+    d = proved._Deadline(blocks=20, fixed=5.0, time_limit=30.0)
+    assert (d.after_block(), d.after_block()) == ("wait", "go")
+    clock(0.0, 10.0, 12.0)  # 20 * 2 + 5 > 30
+    d = proved._Deadline(blocks=20, fixed=5.0, time_limit=30.0)
+    assert (d.after_block(), d.after_block()) == ("wait", "stop")
+    clock(0.0, 1.0)
+    assert proved._Deadline(blocks=20, fixed=5.0, time_limit=30.0).after_block() == "go"
+    clock(0.0, 10.0)  # no second block to judge by
+    assert proved._Deadline(blocks=2, fixed=0.0, time_limit=1.0).after_block() == "stop"
+    clock(0.0, 10.0)  # a single block: nothing left to save
+    assert proved._Deadline(blocks=1, fixed=0.0, time_limit=1.0).after_block() == "go"

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lipzoo.bounds.proved import (LOCAL_MAX_BYTES, U, _certify_by_shifts, _cholesky, _gram_cost_unit,
+from lipzoo.bounds.proved import (LOCAL_MAX_BYTES, U, _certify_by_shifts, _cholesky, _Deadline, _gram_cost_unit,
                                   _lanczos_top, _now, _run_tracked, _Step)
 from lipzoo.bounds.structure import numel
 from lipzoo.layers.operators import AdjointOp, ComposeOp, Conv2dOp, DiagonalOp, LinearOperator, ScaleOp, SumOp
@@ -340,29 +340,36 @@ def certified_local_norm(steps: list[_Step], plan: LocalPlan, *, chunk: int = 25
     """Proved ``sqrt(lambda_max)`` of the Gram operator ``steps`` (``S^T S`` or ``S S^T`` on ``plan.shape``).
 
     Returns ``None`` without allocating the blocks when they need more than ``max_bytes``, or when the cost
-    measured on the first block of probes predicts more than ``time_limit`` seconds."""
+    measured on the first blocks of probes predicts more than ``time_limit`` seconds (:class:`_Deadline`)."""
     if plan.bytes() > max_bytes:
         return None
     t0 = _now(device)
+    deadline = _Deadline(math.ceil(plan.probes / chunk), 1.5 * plan.factor_flops() * _gram_cost_unit(device),
+                         time_limit, device)
     diag = low = None
     sq_err = sq_norm = t_decode = 0.0
+    pending: list = []
     for start in range(0, plan.probes, chunk):
         stop = min(start + chunk, plan.probes)
         x = _probe_block(plan, start, stop, device)
         y, err = _run_tracked(steps, x, torch.zeros(stop - start, dtype=torch.float64, device=device))
+        pending.append((start, y, err))
         if diag is None:
-            per_block = _now(device) - t0
-            predicted = per_block * math.ceil(plan.probes / chunk) + 1.5 * plan.factor_flops() * _gram_cost_unit(device)
-            if stop < plan.probes and predicted > time_limit:
+            verdict = deadline.after_block()
+            if verdict == "stop":
                 return None
+            if verdict == "wait":
+                continue
             m = plan.block_size
             diag = torch.zeros(plan.blocks, m, m, dtype=torch.float64, device=device)
             low = torch.zeros(max(plan.blocks - 1, 0), m, m, dtype=torch.float64, device=device)
-        sq_err += float(err.double().square().sum())
         td = time.perf_counter()
-        sub = max(1, (1 << 21) // numel(plan.shape))  # bounds the index tensors of one scatter (~100 MB)
-        for i in range(0, stop - start, sub):
-            sq_norm += _decode_into(plan, start + i, y[i:i + sub], diag, low)
+        for first, y, err in pending:
+            sq_err += float(err.double().square().sum())
+            sub = max(1, (1 << 21) // numel(plan.shape))  # bounds the index tensors of one scatter (~100 MB)
+            for i in range(0, y.shape[0], sub):
+                sq_norm += _decode_into(plan, first + i, y[i:i + sub], diag, low)
+        pending.clear()
         t_decode += time.perf_counter() - td
     # ||G_hat - G||_F from the probes' bounds; the symmetrization rounds each entry once (relative u)
     err = math.sqrt(sq_err) * (1 + 1e-6) + 2 * U * math.sqrt(sq_norm) * (1 + 1e-6)

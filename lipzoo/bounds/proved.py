@@ -17,11 +17,13 @@ number returned here is a mathematically guaranteed upper bound, floating-point 
 3. **Certified refinement where it pays.** Batched Lanczos (one forward and one adjoint sweep per step
    for all remaining chains) gives estimates ``sigma_k <= ||S_k||``; with the sensitivity ``dF/db_k`` of the
    final bound, ``dF/db_k (b_k - sigma_k)`` bounds what an exact norm of ``S_k`` could gain (the recursion is
-   a polynomial with non-negative coefficients, so these first-order gains over-state the true ones).
-   Chains are certified exactly in order of that gain per predicted second (:func:`_certificate_flops`
-   at the rates measured so far), with the chains sharing their small side when their Gram matrices
-   fit in ``max_bytes``, each only if its measured cost (the first block is timed) fits in
-   what is left of ``budget`` seconds; refinement stops when all possible gains together are below ``tol``.
+   a polynomial with non-negative coefficients, so these first-order gains over-state the true ones); a
+   certified chain also tightens the longer chains that pass through it (:meth:`_Planner.record`), and
+   that counts in its gain. Chains are certified exactly in order of gain per predicted second
+   (:func:`_certificate_cost`: each step's measured seconds per vector, corrected by the certificates made
+   so far), with the chains sharing their small side when their Gram matrices fit in ``max_bytes``, each
+   only if its measured cost (the first block is timed) fits in what is left of ``budget`` seconds;
+   refinement stops when all possible direct gains together are below ``tol``.
    A chain certified alone whose factors are all local (convolutions, scalings, their sums and adjoints)
    goes through :mod:`lipzoo.bounds.banded`: sources whose Gram columns cannot meet share a probe vector,
    and the Gram matrix, block tridiagonal in row blocks, is factored block by block (6C2F's ``S_{2,0}``:
@@ -449,14 +451,19 @@ def _gemm_cost_unit(fresh: bool = False, device=None) -> float:
 
 
 def _fold_into_convs(parts: list[LinearOperator], in_shape: Shape) -> list[LinearOperator]:
-    """Merge scalars and per-input-channel scalings into an adjacent convolution (same operator, one factor).
+    """The same operator with scalars moved to the front and per-input-channel scalings merged into the
+    convolution they feed (one factor instead of two).
 
-    ``conv_w(diag(s) x) = conv_{w s}(x)`` for a per-channel ``s`` and ``c conv_w = conv_{c w}``, so the
-    FFT bound of the merged kernel bounds the product without the looseness of ``||conv|| ||diag||``.
-    The merged kernel is rounded (relative ``u`` per entry): the two operators differ by at most
-    ``u || |M| ||_2 <= u ||M||_F <= u sqrt(min(m, n)) ||M||_2`` for the merged matrix ``M``, i.e. a relative
-    ``< 1.2e-10`` for any size below 1e12, inside :data:`FACTOR_MARGIN`."""
-    out = list(parts)
+    Scalars commute with every linear map, and ``||c X|| = |c| ||X||``: moved out, they leave the convolution
+    itself in place, so its memoized FFT bound serves ``Hhat_k = c W_k`` as well as ``W_k`` (merging ``c`` into
+    the kernel made a new one, whose FFT bound was computed again: half of 8C2F's factor-bound time).
+    ``conv_w(diag(s) x) = conv_{w s}(x)`` for a per-channel ``s``, so the FFT bound of the merged kernel bounds
+    the product without the looseness of ``||conv|| ||diag||``. The merged kernel is rounded (relative ``u``
+    per entry): the two operators differ by at most ``u || |M| ||_2 <= u ||M||_F <= u sqrt(min(m, n)) ||M||_2``
+    for the merged matrix ``M``, i.e. a relative ``< 1.2e-10`` for any size below 1e12, inside
+    :data:`FACTOR_MARGIN`."""
+    scalars = [p for p in parts if isinstance(p, ScaleOp)]
+    out = [p for p in parts if not isinstance(p, ScaleOp)]
     changed = True
     while changed:
         changed = False
@@ -465,16 +472,10 @@ def _fold_into_convs(parts: list[LinearOperator], in_shape: Shape) -> list[Linea
             if isinstance(a, Conv2dOp) and a.groups == 1 and isinstance(b, DiagonalOp) and b.scale.dim() == 1 \
                     and b.scale.numel() == a.weight.shape[1]:
                 w = a.weight * b.scale.to(a.weight)[None, :, None, None]
-            elif isinstance(a, Conv2dOp) and isinstance(b, ScaleOp):
-                w = a.weight * b.c
-            elif isinstance(a, ScaleOp) and isinstance(b, Conv2dOp):
-                a, w = b, b.weight * a.c
-            else:
-                continue
-            out[i:i + 2] = [Conv2dOp(w, a.stride, a.padding, a.dilation, a.groups)]
-            changed = True
-            break
-    return out
+                out[i:i + 2] = [Conv2dOp(w, a.stride, a.padding, a.dilation, a.groups)]
+                changed = True
+                break
+    return scalars + out
 
 
 def _upper_product(x: torch.Tensor, z: torch.Tensor, blocks: int = 8) -> torch.Tensor:
@@ -528,6 +529,27 @@ def _basis(start: int, stop: int, n: int, shape: Shape, device) -> torch.Tensor:
     return e.reshape(stop - start, *shape)
 
 
+class _Deadline:
+    """Whether a computation in ``blocks`` equal blocks plus ``fixed`` seconds fits ``time_limit``, judged on
+    its first block or, when that one predicts too much, on its second: the first pays one-time costs
+    (allocations, kernel selection). Judged on its first block, 8C2F's ``S_{2,0}`` was refused with 177 s left
+    (127 s predicted); it took 88 s in another run."""
+
+    def __init__(self, blocks: int, fixed: float, time_limit: float, device=None):
+        self.blocks, self.fixed, self.time_limit, self.device = blocks, fixed, time_limit, device
+        self.seen, self.t = 0, _now(device)
+
+    def after_block(self) -> str:
+        """``"go"`` (decided: fits, or nothing left to save), ``"wait"`` (judge again after the next block),
+        or ``"stop"``."""
+        now = _now(self.device)
+        per_block, self.t = now - self.t, now
+        self.seen += 1
+        if self.seen >= self.blocks or per_block * self.blocks + self.fixed <= self.time_limit:
+            return "go"
+        return "wait" if self.seen == 1 and self.blocks > 2 else "stop"
+
+
 def certified_chain_norm(factors: list[LinearOperator], in_shape: Shape, *, chunk: int = 256,
                          time_limit: float = math.inf, generator: torch.Generator | None = None,
                          device=None, max_side: int | None = None, local: bool = True,
@@ -542,8 +564,8 @@ def certified_chain_norm(factors: list[LinearOperator], in_shape: Shape, *, chun
     each column's rounding error (:func:`_run_tracked`), then certified by :func:`certified_lambda_max`.
     Returns ``None`` without finishing when the smaller side is above ``max_side`` (the matrix would
     not fit: one of 8C2F's operators has ``n = 57,600``, 26.5 GB) or when the cost measured on the first
-    block predicts more than ``time_limit`` seconds; nothing of size ``n^2`` is allocated before both
-    checks pass.
+    blocks predicts more than ``time_limit`` seconds (:class:`_Deadline`); nothing of size ``n^2`` is
+    allocated before both checks pass.
     """
     from lipzoo.bounds.banded import certified_local_norm  # banded builds on this module
 
@@ -555,19 +577,24 @@ def certified_chain_norm(factors: list[LinearOperator], in_shape: Shape, *, chun
     if max_side is not None and n > max_side:
         return None
     gram, col_err = None, torch.empty(n, dtype=torch.float64, device=device)
-    t0 = _now(device)
+    deadline = _Deadline(math.ceil(n / chunk), 1.5 * n ** 3 / 3 * _gram_cost_unit(device), time_limit, device)
+    pending: list = []
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         e = _basis(start, stop, n, shape, device)
         y, err = _run_tracked(steps, e, torch.zeros(stop - start, dtype=torch.float64, device=device))
+        pending.append((start, stop, y, err))
         if gram is None:
-            per_block = _now(device) - t0
-            predicted = per_block * math.ceil(n / chunk) + 1.5 * n ** 3 / 3 * _gram_cost_unit(device)
-            if stop < n and predicted > time_limit:
+            verdict = deadline.after_block()
+            if verdict == "stop":
                 return None
+            if verdict == "wait":
+                continue
             gram = torch.empty(n, n, dtype=torch.float64, device=device)
-        gram[start:stop] = y.reshape(stop - start, n)
-        col_err[start:stop] = err
+        for a, b, y, err in pending:
+            gram[a:b] = y.reshape(b - a, n)
+            col_err[a:b] = err
+        pending.clear()
     return _certify_gram(gram, col_err, generator)
 
 
@@ -800,6 +827,22 @@ class _Planner:
         ins = ins[::-1]  # ins[i]: input shape of ops[i]
         return labels, ops, ins, ops[0].out_shape(ins[0])
 
+    def record(self, key, value: float) -> None:
+        """Store the certified norm of ``S_key`` for every split that contains it as a segment.
+
+        Besides the chain's own factors ``[W_t, Hhat_{t-1}, ..., G_j]``, a block without ``H`` and ``G`` has
+        ``Hhat_t = c W_t`` exactly (``c = (alpha+beta)/2``, the stored number), so the segment
+        ``[Hhat_t, Hhat_{t-1}, ..., G_j]`` of every longer chain ``S_{t',j}`` (``t' > t``) has norm
+        ``|c| ||S_{t,j}||``: one certificate tightens every chain that passes through it."""
+        labels, _, ins, _ = self.chain(*key)
+        self.exact[(tuple(labels), ins[-1])] = value
+        t = key[0]
+        if t < self.s.depth:
+            blk = self.s.blocks[t]
+            if blk.H is None and blk.G is None:
+                alias = (("H", t),) + tuple(labels[1:])
+                self.exact[(alias, ins[-1])] = math.nextafter(abs(float(blk.c)) * value, math.inf)
+
     def return_steps(self, key, kind: str) -> list:
         """The steps that take a group's rows of ``key`` back to the small side: ``S`` after ``S^T E`` (a
         target's side, ``kind="dst"``), ``S^T`` after ``S E`` (a source's side, ``kind="src"``)."""
@@ -894,21 +937,24 @@ class _Planner:
         return out
 
 
-def _op_flops(op: LinearOperator, in_shape: Shape) -> float:
-    """Flops of one application of ``op`` to one vector (its adjoint costs the same): for the refinement's
-    ordering, which needs relative costs only."""
-    t = type(op)
-    if t is Conv2dOp:
-        return 2.0 * numel(op.out_shape(in_shape)) * op.weight[0].numel()
-    if t is DenseOp:
-        return 2.0 * op.weight.numel()
-    if t is ComposeOp:
-        return sum(_op_flops(f, shape) for f, shape in op.factors(in_shape))
-    if t is SumOp:
-        return sum(_op_flops(f, in_shape) for f in op.ops)
-    if t is AdjointOp:
-        return _op_flops(op.op, op.base_in_shape)
-    return float(numel(in_shape))  # scalings, flattening, padding: one pass over the vector
+_STEP_MEMO: dict = {}
+
+
+def _step_seconds(step: _Step, device=None, batch: int = 8) -> float:
+    """Seconds per vector of one sweep step on ``device``, timed on ``batch`` random vectors after an untimed
+    call, memoized while a computation runs (like the factor bounds). A flop count misses how unequal the
+    rates are: on 2 CPU cores 8C2F's ``S_{1,-1}`` (a convolution from 3 channels on 64 x 64 pixels) swept at
+    ~20 GFLOP/s, its ``S_{7,5}`` (256 channels) at ~75; flop-based predictions of 8C2F's certificates ran
+    0.52-2.3x the seconds taken, these 0.65-1.5x (after the first certificate's correction)."""
+    key = (id(step.op), step.in_shape, step.adjoint, _device_key(device))
+    hit = _STEP_MEMO.get(key)
+    if hit is None or hit[0] is not step.op:
+        shape = step.op.out_shape(step.in_shape) if step.adjoint else step.in_shape
+        x = torch.randn(batch, *shape, dtype=torch.float64, device=device)
+        step(x)  # allocations, kernel selection
+        hit = (step.op, _seconds_once(torch.device(_device_key(device)), lambda: step(x)) / batch)
+        _STEP_MEMO[key] = hit
+    return hit[1]
 
 
 def _useful_local_plan(steps: list[_Step], shape: Shape, n: int):
@@ -921,12 +967,12 @@ def _useful_local_plan(steps: list[_Step], shape: Shape, n: int):
     return plan if plan is not None and (plan.probes < n or plan.blocks > 1) else None
 
 
-def _certificate_flops(factors: list[LinearOperator], in_shape: Shape) -> tuple[float, float]:
-    """``(sweep flops, factorization flops)`` of :func:`certified_chain_norm` on this chain: the probes (local
-    path) or the identity vectors of the smaller side (dense path) through the Gram operator, and the
-    block or dense Cholesky factorization."""
+def _certificate_cost(factors: list[LinearOperator], in_shape: Shape, device=None) -> tuple[float, float]:
+    """``(sweep seconds, factorization flops)`` of :func:`certified_chain_norm` on this chain: the probes (local
+    path) or the identity vectors of the smaller side (dense path) through the Gram operator, at the
+    seconds per vector of each step (:func:`_step_seconds`), and the block or dense Cholesky factorization."""
     steps, shape, n = gram_steps(factors, in_shape)
-    per_vector = sum(_op_flops(st.op, st.in_shape) for st in steps)
+    per_vector = sum(_step_seconds(st, device) for st in steps)
     plan = _useful_local_plan(steps, shape, n)
     if plan is not None:
         return plan.probes * per_vector, plan.factor_flops()
@@ -995,6 +1041,7 @@ def proved_inner_norms(structure: Structure, keys, *, objective: Callable[[dict]
     max_bytes = caps[1] if max_bytes is None else max_bytes
     local_max_bytes = caps[2] if local_max_bytes is None else local_max_bytes
     _NB_MEMO.clear()
+    _STEP_MEMO.clear()
     try:
         # cuDNN may pick FFT/Winograd convolutions, outside the rounding model: use the direct kernels
         with torch.backends.cudnn.flags(enabled=False):
@@ -1002,6 +1049,7 @@ def proved_inner_norms(structure: Structure, keys, *, objective: Callable[[dict]
                                        n_estimate, seed, progress, device, max_side, max_bytes, local_max_bytes)
     finally:
         _NB_MEMO.clear()
+        _STEP_MEMO.clear()
 
 
 def _lanczos_estimates(structure: Structure, keys, steps: int, generator, device, rtol: float = 1e-6) -> dict:
@@ -1071,16 +1119,33 @@ def _proved_inner_norms(structure, keys, objective, small, small_input, budget, 
                 # certified, and the split bound kept is no larger than the certificate: exact-grade too
                 result[k] = ProvedNorm(result[k].value, "exact", result[k].how, est[k])
 
-    def gains() -> tuple[float, dict]:
-        """The final bound and, per chain not yet certified, an upper bound on what certifying it could gain:
-        the recursion is a polynomial with non-negative coefficients in the norms, so
-        ``F(b) - F(b') <= sum_k dF/db_k(b) (b_k - b'_k)`` for ``b' <= b``, and ``b'_k >= est_k``."""
+    def gains() -> tuple[float, dict, dict]:
+        """The final bound and, per chain not yet certified, upper bounds on what certifying it could gain:
+        directly, and in total (with the other chains that contain it as a segment, :meth:`_Planner.record`).
+
+        The recursion is a polynomial with non-negative coefficients in the norms, so its partial derivatives
+        are non-decreasing and ``F(b) - F(b') <= sum_k dF/db_k(b) (b_k - b'_k)`` for ``b' <= b``; certifying
+        ``S_k`` gives ``b'_k >= est_k``, and every other chain at best its split bound with ``est_k`` in place of
+        ``||S_k||``. The direct gains together bound what all certificates could still gain (the stop rule);
+        the total ones rank the chains: a short chain inside many long ones is worth more than its own gain."""
         with torch.enable_grad():  # the caller usually runs under no_grad
             inner = {k: torch.tensor(result[k].value, dtype=torch.float64, requires_grad=True) for k in keys}
             f = objective(inner)
             grads = torch.autograd.grad(f, [inner[k] for k in keys], allow_unused=True)
-        return float(f), {k: (float(g) if g is not None else 0.0) * max(result[k].value - est[k], 0.0)
-                          for k, g in zip(keys, grads) if k not in done}
+        grad = {k: (float(g) if g is not None else 0.0) for k, g in zip(keys, grads)}
+        direct = {k: grad[k] * max(result[k].value - est[k], 0.0) for k in keys if k not in done}
+        others = [k for k in keys if k not in done and grad[k] > 0]
+        total = {}
+        proved_only = plan.exact
+        try:
+            for k in direct:
+                plan.exact = dict(proved_only)
+                plan.record(k, est[k])  # a what-if: an estimate, never left among the proved norms
+                total[k] = direct[k] + sum(grad[k2] * max(result[k2].value - plan.best_split(*chains[k2])[0], 0.0)
+                                           for k2 in others if k2 != k)
+        finally:
+            plan.exact = proved_only
+        return float(f), direct, total
 
     def certify(group, time_limit=math.inf, gemm_bytes=math.inf) -> bool:
         name, ks, steps, n, shape = group
@@ -1095,8 +1160,7 @@ def _proved_inner_norms(structure, keys, objective, small, small_input, budget, 
         if vals is None:
             return False
         for key, val in vals.items():
-            labels, _, ins, _ = chains[key]
-            plan.exact[(tuple(labels), ins[-1])] = val
+            plan.record(key, val)
             done.add(key)
         bar.update(len(vals))
         return True
@@ -1127,36 +1191,37 @@ def _proved_inner_norms(structure, keys, objective, small, small_input, budget, 
     result.clear()  # the estimates changed: rebuild every entry
     update()
     if logger.isEnabledFor(logging.DEBUG):
-        f0, gain = gains()
-        logger.debug("possible gains (relative to the bound %.6g): %s", f0, ", ".join(
-            f"{k}: {g / max(f0, 1e-300):.1e}" for k, g in sorted(gain.items(), key=lambda x: -x[1])))
+        f0, gain, total = gains()
+        logger.debug("possible gains (relative to the bound %.6g), direct / with the chains through it: %s", f0,
+                     ", ".join(f"{k}: {g / max(f0, 1e-300):.1e} / {total[k] / max(f0, 1e-300):.1e}"
+                               for k, g in sorted(gain.items(), key=lambda x: -total[x[0]])))
     # 3. certify exactly the chains whose looseness costs most per predicted second, a shared side at a
-    #    time, within the budget. Predicted seconds: flops of the sweeps and of the factorization
-    #    (_certificate_flops), the sweeps at the rate of the certificates made so far (at first a quarter
-    #    of the GEMM rate: convolutions run below it). Once that rate is measured, a chain predicted to take
-    #    more than twice what is left is not started (its first block alone cost 5-19 s on 8C2F, 2 CPU
-    #    threads, before certified_chain_norm refused it)
+    #    time, within the budget. Predicted seconds: the sweeps at each step's measured seconds per vector
+    #    (_certificate_cost), scaled by how those predictions compared with the sweeps of the certificates
+    #    made so far, plus the factorization's flops at the Cholesky rate. Once a certificate has been made,
+    #    a chain predicted to take more than twice what is left is not started (its first block alone cost
+    #    5-19 s on 8C2F, 2 CPU threads, before certified_chain_norm refused it)
     t_start = time.perf_counter()
     tried: set = set()
-    flops: dict = {}
-    swept = [0.0, 0.0]  # seconds and flops of the sweeps of the certificates made alone
+    cost: dict = {}
+    swept = [0.0, 0.0]  # measured and predicted seconds of the sweeps of the certificates made alone
 
     def seconds(k) -> float:
-        if k not in flops:
+        if k not in cost:
             _, ops, ins, _ = chains[k]
-            flops[k] = _certificate_flops(ops, ins[-1])
-        rate = swept[0] / swept[1] if swept[1] else 4 * _gemm_cost_unit(device=device)
-        return flops[k][0] * rate + flops[k][1] * _gram_cost_unit(device)
+            cost[k] = _certificate_cost(ops, ins[-1], device)
+        scale = swept[0] / swept[1] if swept[1] else 1.0
+        return cost[k][0] * scale + cost[k][1] * _gram_cost_unit(device)
 
     while budget > 0:
         left = budget - (time.perf_counter() - t_start)
         if left <= 0:
             break
-        f, gain = gains()
+        f, gain, total = gains()
         if sum(gain.values()) <= tol * f:
             break  # even exact norms everywhere could not lower the bound by more than tol
-        todo = sorted((k for k in gain if gain[k] > 1e-4 * f and k not in tried),
-                      key=lambda k: -gain[k] / max(seconds(k), 1e-6))
+        todo = sorted((k for k in gain if total[k] > 1e-4 * f and k not in tried),
+                      key=lambda k: -total[k] / max(seconds(k), 1e-6))
         if not todo:
             break
         k = todo[0]
@@ -1175,7 +1240,7 @@ def _proved_inner_norms(structure, keys, objective, small, small_input, budget, 
                 continue
         # ... or k alone, through the operator and its adjoint (memory n^2, no stored matrix)
         left = budget - (time.perf_counter() - t_start)
-        labels, ops, ins, _ = chains[k]
+        _, ops, ins, _ = chains[k]
         bar.set_postfix_str(f"exact S{k}")
         predicted = seconds(k)
         if swept[1] and predicted > 2 * left:  # only once the rate is measured: a guessed one could stop all
@@ -1188,11 +1253,11 @@ def _proved_inner_norms(structure, keys, objective, small, small_input, budget, 
         logger.debug("exact S%s: %s in %.2fs (%.2fs predicted)", k, "certified" if val is not None else
                      "skipped (above max_side or the memory caps, or too slow)", took, predicted)
         if val is not None:
-            sweep = took - flops[k][1] * _gram_cost_unit(device)
-            if sweep > 0 and flops[k][0] > 0:
+            sweep = took - cost[k][1] * _gram_cost_unit(device)
+            if sweep > 0 and cost[k][0] > 0:
                 swept[0] += sweep
-                swept[1] += flops[k][0]
-            plan.exact[(tuple(labels), ins[-1])] = val
+                swept[1] += cost[k][0]
+            plan.record(k, val)
             done.add(k)
             bar.update(1)
             update()
