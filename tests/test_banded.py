@@ -165,3 +165,22 @@ def test_blocks_kept_while_the_deadline_waits_give_the_same_certificate(monkeypa
     monkeypatch.setattr(proved._Deadline, "after_block", lambda self: next(verdicts))
     assert norm() == plain
     assert next(verdicts, None) is None  # both verdicts were asked for
+
+
+@pytest.mark.parametrize("adjoint", [False, True])
+def test_a_step_on_one_channel_per_sample_equals_the_whole_convolution(adjoint):
+    from lipzoo.bounds.proved import _Step
+
+    g = torch.Generator().manual_seed(3)
+    for conv, in_shape in [(_conv(4, 3, 3, padding=1, seed=30), (3, 7, 6)),
+                           (_conv(5, 2, 4, stride=2, padding=1, seed=31), (2, 9, 8)),
+                           (_conv(3, 3, 3, padding=2, dilation=2, seed=32), (3, 6, 7))]:
+        step = _Step(conv, in_shape, adjoint=adjoint)
+        shape = conv.out_shape(in_shape) if adjoint else in_shape
+        channels = torch.randint(0, shape[0], (9,), generator=g)
+        x = torch.zeros(9, *shape, dtype=torch.float64)
+        x[torch.arange(9), channels] = torch.randn(9, *shape[1:], generator=g, dtype=torch.float64)
+        torch.testing.assert_close(step.one_channel(x, channels), step(x), rtol=1e-13, atol=1e-13)
+    d = _Step(DenseOp(torch.randn(4, 6, generator=g, dtype=torch.float64)), (6,), adjoint=adjoint)
+    v = torch.randn(3, 4 if adjoint else 6, generator=g, dtype=torch.float64)
+    assert torch.equal(d.one_channel(v, torch.zeros(3, dtype=torch.long)), d(v))  # not a convolution: as is

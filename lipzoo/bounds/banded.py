@@ -352,7 +352,8 @@ def certified_local_norm(steps: list[_Step], plan: LocalPlan, *, chunk: int = 25
     for start in range(0, plan.probes, chunk):
         stop = min(start + chunk, plan.probes)
         x = _probe_block(plan, start, stop, device)
-        y, err = _run_tracked(steps, x, torch.zeros(stop - start, dtype=torch.float64, device=device))
+        channels = torch.arange(start, stop) // (plan.periods[0] * plan.periods[1])  # one per probe
+        y, err = _run_tracked(steps, x, torch.zeros(stop - start, dtype=torch.float64, device=device), channels)
         pending.append((start, y, err))
         if diag is None:
             verdict = deadline.after_block()

@@ -195,9 +195,34 @@ class _Step:
         self.nb = _norm_bound(op, in_shape)
 
     def __call__(self, x):
-        if x.is_cuda:
-            return apply_by_gemm(self.op, x, self.in_shape, self.adjoint)
-        return adjoint(self.op, x, self.in_shape) if self.adjoint else self.op.forward(x)
+        return _apply(self.op, x, self.in_shape, self.adjoint)
+
+    def one_channel(self, x: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
+        """``self(x)`` for a batch whose sample ``i`` is non-zero in channel ``channels[i]`` only (identity and
+        probe vectors). A convolution without groups then needs only that channel's slice of its kernel:
+        ``1/C`` of the work. Each output entry is the same sum with exact-zero products left out, i.e. one
+        order of evaluating it, so :func:`rounding_model` covers it unchanged."""
+        op = self.op
+        if type(op) is not Conv2dOp or op.groups != 1:
+            return self(x)
+        y = x.new_empty(x.shape[0], *(self.in_shape if self.adjoint else op.out_shape(self.in_shape)))
+        for c in channels.unique().tolist():
+            rows = (channels == c).nonzero().squeeze(1).to(x.device)
+            if self.adjoint:  # x lives in the output space: output channel c of the kernel
+                sub, shape = Conv2dOp(op.weight[c:c + 1], op.stride, op.padding, op.dilation), self.in_shape
+            else:
+                sub = Conv2dOp(op.weight[:, c:c + 1], op.stride, op.padding, op.dilation)
+                shape = (1, *self.in_shape[1:])
+            y[rows] = _apply(sub, x[rows][:, c:c + 1], shape, self.adjoint)
+        return y
+
+
+def _apply(op: LinearOperator, x: torch.Tensor, in_shape: Shape, transpose: bool) -> torch.Tensor:
+    """``op`` (``transpose``: its adjoint) on the batch ``x``: on CUDA by :func:`apply_by_gemm`, on the CPU by
+    the operators' own kernels (1.1-2.2x faster there)."""
+    if x.is_cuda:
+        return apply_by_gemm(op, x, in_shape, transpose)
+    return adjoint(op, x, in_shape) if transpose else op.forward(x)
 
 
 def apply_by_gemm(op: LinearOperator, x: torch.Tensor, in_shape: Shape, transpose: bool = False) -> torch.Tensor:
@@ -262,19 +287,20 @@ def gram_steps(factors: list[LinearOperator], in_shape: Shape) -> tuple[list[_St
     return _adjoint_steps(fwd) + fwd, out_shape, numel(out_shape)
 
 
-def _run_tracked(steps: list[_Step], x: torch.Tensor, err: torch.Tensor):
+def _run_tracked(steps: list[_Step], x: torch.Tensor, err: torch.Tensor, channels: torch.Tensor | None = None):
     """Apply ``steps`` to the batch ``x``; ``err`` (per vector) bounds ``||x - x_exact||`` before and after.
 
     With ``x_hat' = fl(F x_hat) = F x_hat + e``, ``||e|| <= theta A ||x_hat||`` and ``||F|| <= nb``:
     ``||x_hat' - F x_exact|| <= nb err + theta A ||x_hat||``. The computed norms are inflated by
-    ``1 + 1e-10`` for their own rounding."""
-    for st in steps:
+    ``1 + 1e-10`` for their own rounding. ``channels``: sample ``i`` of ``x`` is non-zero in that channel only
+    (:meth:`_Step.one_channel` takes the first step)."""
+    for i, st in enumerate(steps):
         if st.theta:
             norms = x.flatten(1).norm(dim=1) * (1 + 1e-10)
             err = st.nb * err + st.theta * st.a * norms
         else:
             err = st.nb * err
-        x = st(x)
+        x = st.one_channel(x, channels) if i == 0 and channels is not None else st(x)
     return x, err
 
 
@@ -529,6 +555,11 @@ def _basis(start: int, stop: int, n: int, shape: Shape, device) -> torch.Tensor:
     return e.reshape(stop - start, *shape)
 
 
+def _basis_channels(start: int, stop: int, n: int, shape: Shape) -> torch.Tensor | None:
+    """The channel of each identity vector ``start..stop-1`` on a ``(C, H, W)`` side (``None`` on others)."""
+    return torch.arange(start, stop) // (n // shape[0]) if len(shape) == 3 else None
+
+
 class _Deadline:
     """Whether a computation in ``blocks`` equal blocks plus ``fixed`` seconds fits ``time_limit``, judged on
     its first block or, when that one predicts too much, on its second: the first pays one-time costs
@@ -582,7 +613,8 @@ def certified_chain_norm(factors: list[LinearOperator], in_shape: Shape, *, chun
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         e = _basis(start, stop, n, shape, device)
-        y, err = _run_tracked(steps, e, torch.zeros(stop - start, dtype=torch.float64, device=device))
+        y, err = _run_tracked(steps, e, torch.zeros(stop - start, dtype=torch.float64, device=device),
+                              _basis_channels(start, stop, n, shape))
         pending.append((start, stop, y, err))
         if gram is None:
             verdict = deadline.after_block()
@@ -603,8 +635,8 @@ def _transpose_steps(steps: list[_Step]) -> list[_Step]:
     return [_Step(s.op, s.in_shape, not s.adjoint) for s in reversed(steps)]
 
 
-def _sweep_block(steps, stops, x, err, keep=None, timing: bool = False):
-    """One block of a group sweep (see :func:`_group_gram`).
+def _sweep_block(steps, stops, x, err, keep=None, timing: bool = False, channels=None):
+    """One block of a group sweep (see :func:`_group_gram`); ``channels`` as in :func:`_run_tracked`, for ``x``.
 
     Returns ``levels`` (``{index: (x, err)}``: the state after ``index`` steps, for the indices in ``keep``, all
     visited ones when ``keep`` is None), ``rows`` (``{key: (y, err)}``: the key's rows and their proved error
@@ -622,7 +654,7 @@ def _sweep_block(steps, stops, x, err, keep=None, timing: bool = False):
         skip = None
         for key, extra in stops.get(i, []):
             ts = clock()
-            y, e2 = _run_tracked(extra, x, err)
+            y, e2 = _run_tracked(extra, x, err, channels if i == 0 else None)
             t_extra[key] = clock() - ts
             rows[key], where[key] = (y, e2), i
             # Hhat_t = c W_t (no skip branch): continue from W_t's output instead of applying W_t again
@@ -633,7 +665,7 @@ def _sweep_block(steps, stops, x, err, keep=None, timing: bool = False):
             i, x, err = i + skip[0], skip[1], skip[2]
             continue
         if i < len(steps):
-            x, err = _run_tracked([steps[i]], x, err)
+            x, err = _run_tracked([steps[i]], x, err, channels if i == 0 else None)
         i += 1
     return levels, rows, where, cum, t_extra
 
@@ -683,7 +715,7 @@ def _group_gram(steps_to_keys, n: int, shape: Shape, *, chunk: int, device, gene
     stop0 = min(chunk, n)
     levels0, rows0, where, cum, t_extra = _sweep_block(
         steps, stops, _basis(0, stop0, n, shape, device), torch.zeros(stop0, dtype=torch.float64, device=device),
-        timing=True)
+        timing=True, channels=_basis_channels(0, stop0, n, shape))
     t_first = _now(device) - t0
     unit = _gemm_cost_unit(fresh=True, device=device)  # the machine's load changes: measure the rate now
     # candidate levels per chain: (predicted seconds, level, width there); "own": its rows, GEMM
@@ -745,7 +777,8 @@ def _group_gram(steps_to_keys, n: int, shape: Shape, *, chunk: int, device, gene
         else:
             levels, rows, _, _, _ = _sweep_block(
                 steps, stops, _basis(start, stop, n, shape, device),
-                torch.zeros(stop - start, dtype=torch.float64, device=device), keep=stored_levels)
+                torch.zeros(stop - start, dtype=torch.float64, device=device), keep=stored_levels,
+                channels=_basis_channels(start, stop, n, shape))
         for s in stored_levels:
             x, e = levels[s]
             xs[s].append((x.reshape(stop - start, -1), e))
