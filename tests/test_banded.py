@@ -134,6 +134,7 @@ def test_time_and_memory_limits_refuse_before_allocating():
 
 
 def test_certificate_cost_follows_the_path_taken(monkeypatch):
+    """Sweeps at the steps' measured seconds; factorizations at the Cholesky rate of their (block) size."""
     from lipzoo.bounds import proved
 
     # each step's seconds per vector, as measured: one application of a batch, divided by the batch
@@ -143,13 +144,16 @@ def test_certificate_cost_follows_the_path_taken(monkeypatch):
     # with a fixed price per step: a local chain costs its probes through the Gram operator (S^T S: each
     # factor twice) and a block factorization, a dense one its smaller side's identity vectors and n^3/3
     monkeypatch.setattr(proved, "_step_seconds", lambda step, device=None: 1.0)
+    sizes = []
+    monkeypatch.setattr(proved, "_gram_cost_unit", lambda device=None, n=1024: sizes.append(n) or 2.0)
     factors, in_shape = [_conv(3, 3, 3, padding=1, seed=10), _conv(3, 2, 3, padding=1, seed=11)], (2, 30, 9)
     steps, shape, n = gram_steps(factors, in_shape)
     plan = local_plan(steps, shape)
     assert len(steps) == 4 and plan.probes < n
-    assert proved._certificate_cost(factors, in_shape) == (plan.probes * 4.0, plan.factor_flops())
+    assert proved._certificate_cost(factors, in_shape) == (plan.probes * 4.0, plan.factor_flops() * 2.0)
     d = DenseOp(torch.randn(5, 7, dtype=torch.float64))
-    assert proved._certificate_cost([d], (7,)) == (5 * 2.0, 5 ** 3 / 3)
+    assert proved._certificate_cost([d], (7,)) == (5 * 2.0, 5 ** 3 / 3 * 2.0)
+    assert sizes == [plan.block_size, 5]  # each factorization at the rate of its own size
 
 
 @pytest.mark.parametrize("local", [True, False])

@@ -344,8 +344,8 @@ def certified_local_norm(steps: list[_Step], plan: LocalPlan, *, chunk: int = 25
     if plan.bytes() > max_bytes:
         return None
     t0 = _now(device)
-    deadline = _Deadline(math.ceil(plan.probes / chunk), 1.5 * plan.factor_flops() * _gram_cost_unit(device),
-                         time_limit, device)
+    deadline = _Deadline(math.ceil(plan.probes / chunk),
+                         1.5 * plan.factor_flops() * _gram_cost_unit(device, plan.block_size), time_limit, device)
     diag = low = None
     sq_err = sq_norm = t_decode = 0.0
     pending: list = []

@@ -15,7 +15,7 @@ number returned here is a mathematically guaranteed upper bound, floating-point 
    rows, back through the chain to the small side without GEMM, or in between), chosen from the cost
    measured on the first block of the sweep and the GEMM rate measured at that moment.
 3. **Certified refinement where it pays.** Batched Lanczos (one forward and one adjoint sweep per step
-   for all remaining chains) gives estimates ``sigma_k <= ||S_k||``; with the sensitivity ``dF/db_k`` of the
+   for all remaining chains, in float32: :data:`ESTIMATE_DTYPE`) gives estimates ``sigma_k <= ||S_k||``; with the sensitivity ``dF/db_k`` of the
    final bound, ``dF/db_k (b_k - sigma_k)`` bounds what an exact norm of ``S_k`` could gain (the recursion is
    a polynomial with non-negative coefficients, so these first-order gains over-state the true ones); a
    certified chain also tightens the longer chains that pass through it (:meth:`_Planner.record`), and
@@ -442,25 +442,27 @@ def _device_key(device) -> str:
 
 
 def _seconds_once(device: torch.device, fn) -> float:
-    """Seconds of one call of ``fn`` on ``device``; on a GPU after an untimed call (solver handles, kernels)."""
-    if device.type == "cuda":
-        fn()
+    """Seconds of one call of ``fn`` on ``device``, after an untimed call (solver handles, kernels, the CPU's
+    thread pool: a first Cholesky at n = 1024 ran at 15 GFLOP/s, the next at 22)."""
+    fn()
     t0 = _now(device)
     fn()
     return max(_now(device) - t0, 1e-6)
 
 
-def _gram_cost_unit(device=None) -> float:
-    """Seconds per float64 Cholesky flop on ``device`` (measured once per device; on the CPU at n = 1024: at 384
-    the rate was 2.5x below that of the 3000-4000-dimensional factorizations it predicts, which made the
-    refinement refuse certificates that fitted its budget; on a GPU at n = 4096)."""
-    key = ("cholesky", _device_key(device))
+def _gram_cost_unit(device=None, n: int = 1024) -> float:
+    """Seconds per float64 Cholesky flop on ``device`` for an ``n x n`` factorization (measured once per device
+    and size class: on the CPU at 1024, 2048 or 4096, the nearest to ``n``; on a GPU at 4096). The rate grows
+    with the size: on 2 CPU cores 22 GFLOP/s at 1024, 66 at 3840, so a rate from 1024 predicted 8C2F's block
+    factorization of ``S_{2,0}`` (15 blocks of 3,840) at 4x the 20 s it took, and the refinement refused
+    it. At 384 the rate had been 2.5x below that of the 3000-4000-dimensional factorizations."""
+    dev = torch.device(_device_key(device))
+    size = 4096 if dev.type == "cuda" else min((1024, 2048, 4096), key=lambda m: abs(math.log2(max(n, 1) / m)))
+    key = ("cholesky", str(dev), size)
     if key not in _RATES:
-        dev = torch.device(key[1])
-        n = 4096 if dev.type == "cuda" else 1024
-        a = torch.randn(n, n, dtype=torch.float64, device=dev)
-        a = a @ a.T + n * torch.eye(n, dtype=torch.float64, device=dev)
-        _RATES[key] = _seconds_once(dev, lambda: torch.linalg.cholesky_ex(a)) / (n ** 3 / 3)
+        a = torch.randn(size, size, dtype=torch.float64, device=dev)
+        a = a @ a.T + size * torch.eye(size, dtype=torch.float64, device=dev)
+        _RATES[key] = _seconds_once(dev, lambda: torch.linalg.cholesky_ex(a)) / (size ** 3 / 3)
     return _RATES[key]
 
 
@@ -608,7 +610,7 @@ def certified_chain_norm(factors: list[LinearOperator], in_shape: Shape, *, chun
     if max_side is not None and n > max_side:
         return None
     gram, col_err = None, torch.empty(n, dtype=torch.float64, device=device)
-    deadline = _Deadline(math.ceil(n / chunk), 1.5 * n ** 3 / 3 * _gram_cost_unit(device), time_limit, device)
+    deadline = _Deadline(math.ceil(n / chunk), 1.5 * n ** 3 / 3 * _gram_cost_unit(device, n), time_limit, device)
     pending: list = []
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
@@ -758,7 +760,7 @@ def _group_gram(steps_to_keys, n: int, shape: Shape, *, chunk: int, device, gene
     for k, c in assign.items():
         logger.debug("  %s: own rows %d wide, GEMM %.2fs; level %s (%d wide, %.2fs predicted)", k,
                      cands[k][0][2], cands[k][0][0], c[1], c[2], c[0])
-    predicted += len(rows0) * n ** 3 / 3 * _gram_cost_unit(device)
+    predicted += len(rows0) * n ** 3 / 3 * _gram_cost_unit(device, n)
     if nb > 1 and predicted > time_limit - (time.perf_counter() - t0):
         return None
     back_steps = {}
@@ -1001,15 +1003,16 @@ def _useful_local_plan(steps: list[_Step], shape: Shape, n: int):
 
 
 def _certificate_cost(factors: list[LinearOperator], in_shape: Shape, device=None) -> tuple[float, float]:
-    """``(sweep seconds, factorization flops)`` of :func:`certified_chain_norm` on this chain: the probes (local
-    path) or the identity vectors of the smaller side (dense path) through the Gram operator, at the
-    seconds per vector of each step (:func:`_step_seconds`), and the block or dense Cholesky factorization."""
+    """``(sweep seconds, factorization seconds)`` of :func:`certified_chain_norm` on this chain: the probes
+    (local path) or the identity vectors of the smaller side (dense path) through the Gram operator, at the
+    seconds per vector of each step (:func:`_step_seconds`), and the block or dense Cholesky factorization
+    at the rate of its (block) size."""
     steps, shape, n = gram_steps(factors, in_shape)
     per_vector = sum(_step_seconds(st, device) for st in steps)
     plan = _useful_local_plan(steps, shape, n)
     if plan is not None:
-        return plan.probes * per_vector, plan.factor_flops()
-    return n * per_vector, n ** 3 / 3
+        return plan.probes * per_vector, plan.factor_flops() * _gram_cost_unit(device, plan.block_size)
+    return n * per_vector, n ** 3 / 3 * _gram_cost_unit(device, n)
 
 
 def memory_caps(device=None) -> tuple[int, float, float]:
@@ -1085,7 +1088,18 @@ def proved_inner_norms(structure: Structure, keys, *, objective: Callable[[dict]
         _STEP_MEMO.clear()
 
 
-def _lanczos_estimates(structure: Structure, keys, steps: int, generator, device, rtol: float = 1e-6) -> dict:
+ESTIMATE_DTYPE = torch.float32
+"""Precision of the Lanczos sweeps that rank and stop the refinement (:func:`_lanczos_estimates`): float32
+convolutions run 2.5-6x faster than float64 ones on 2 CPU cores, and no estimate enters a bound."""
+
+ESTIMATE_MARGIN = 1e-4
+"""Relative margin taken off a reduced-precision estimate so that it stays below the float64 norm: the
+float32 operator and the Ritz value's rounding are off by ~1e-6 relative, and the refinement's stop rule
+(``tol`` = 2e-3) does not feel 1e-4."""
+
+
+def _lanczos_estimates(structure: Structure, keys, steps: int, generator, device, rtol: float = 1e-6,
+                       dtype: torch.dtype = ESTIMATE_DTYPE) -> dict:
     """Estimates (from below) of every ``||S_k||`` by batched Lanczos on ``S_k^T S_k``: one forward and one
     adjoint sweep per step advance all chains together (like a power iteration, which converges much
     more slowly: after 15 power steps the 4C3F estimates were 1-3% low, enough to send the refinement
@@ -1094,11 +1108,14 @@ def _lanczos_estimates(structure: Structure, keys, steps: int, generator, device
     Three-term recurrence without reorthogonalization (two vectors per chain): lost orthogonality only
     duplicates converged Ritz values (Paige), and in exact arithmetic every Ritz value is at most
     ``lambda_max``. Used for ranking and stopping only, never as a bound. A chain stops once its top Ritz
-    value moves by less than ``rtol`` (relative)."""
+    value moves by less than ``rtol`` (relative). The sweeps run in ``dtype`` (a copy of the structure;
+    8C2F's 36 estimates took 28 s in float64); below float64 the result is lowered by :data:`ESTIMATE_MARGIN`."""
+    if dtype != torch.float64:
+        structure = structure.to(dtype)
     q, q_prev, alpha, beta, top = {}, {}, {}, {}, {}
     for k in keys:
         x = torch.randn(1, *structure.space_shape(*k)[0], generator=generator, dtype=torch.float64).to(device)
-        q[k] = x / x.norm()
+        q[k] = (x / x.norm()).to(dtype)
         alpha[k], beta[k], top[k] = [], [], 0.0
     active = list(keys)
     for _ in range(steps):
@@ -1107,12 +1124,12 @@ def _lanczos_estimates(structure: Structure, keys, steps: int, generator, device
         w = adjoint_sweep(structure, forward_sweep(structure, {k: q[k] for k in active}))
         for k in list(active):
             wk = w[k]
-            a = float((q[k] * wk).sum())
+            a = float((q[k].double() * wk.double()).sum())
             alpha[k].append(a)
             wk = wk - a * q[k]
             if k in q_prev:
                 wk = wk - beta[k][-1] * q_prev[k]
-            b = float(wk.norm())
+            b = float(wk.double().norm())
             n = len(alpha[k])
             T = torch.diag(torch.tensor(alpha[k], dtype=torch.float64))
             if n > 1:
@@ -1126,7 +1143,8 @@ def _lanczos_estimates(structure: Structure, keys, steps: int, generator, device
                 continue
             beta[k].append(b)
             q_prev[k], q[k] = q[k], wk / b
-    return {k: math.sqrt(max(top[k], 0.0)) for k in keys}
+    shrink = 1.0 if dtype == torch.float64 else 1.0 - ESTIMATE_MARGIN
+    return {k: math.sqrt(max(top[k], 0.0)) * shrink for k in keys}
 
 
 def _proved_inner_norms(structure, keys, objective, small, small_input, budget, tol, chunk, n_estimate, seed,
@@ -1231,7 +1249,7 @@ def _proved_inner_norms(structure, keys, objective, small, small_input, budget, 
     # 3. certify exactly the chains whose looseness costs most per predicted second, a shared side at a
     #    time, within the budget. Predicted seconds: the sweeps at each step's measured seconds per vector
     #    (_certificate_cost), scaled by how those predictions compared with the sweeps of the certificates
-    #    made so far, plus the factorization's flops at the Cholesky rate. Once a certificate has been made,
+    #    made so far, plus the factorization at the Cholesky rate of its (block) size. Once a certificate has been made,
     #    a chain predicted to take more than twice what is left is not started (its first block alone cost
     #    5-19 s on 8C2F, 2 CPU threads, before certified_chain_norm refused it)
     t_start = time.perf_counter()
@@ -1244,7 +1262,7 @@ def _proved_inner_norms(structure, keys, objective, small, small_input, budget, 
             _, ops, ins, _ = chains[k]
             cost[k] = _certificate_cost(ops, ins[-1], device)
         scale = swept[0] / swept[1] if swept[1] else 1.0
-        return cost[k][0] * scale + cost[k][1] * _gram_cost_unit(device)
+        return cost[k][0] * scale + cost[k][1]
 
     while budget > 0:
         left = budget - (time.perf_counter() - t_start)
@@ -1286,7 +1304,7 @@ def _proved_inner_norms(structure, keys, objective, small, small_input, budget, 
         logger.debug("exact S%s: %s in %.2fs (%.2fs predicted)", k, "certified" if val is not None else
                      "skipped (above max_side or the memory caps, or too slow)", took, predicted)
         if val is not None:
-            sweep = took - cost[k][1] * _gram_cost_unit(device)
+            sweep = took - cost[k][1]
             if sweep > 0 and cost[k][0] > 0:
                 swept[0] += sweep
                 swept[1] += cost[k][0]
