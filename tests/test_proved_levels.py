@@ -116,3 +116,21 @@ def test_dense_norm_bound_by_gram_certificate(torch_gen):
         true = float(torch.linalg.matrix_norm(w, ord=2))
         got = _dense_norm_bound(w)
         assert true <= got <= true * (1 + CERT_RTOL)
+
+
+
+def test_an_overflowing_float32_estimate_is_zero_not_nan(torch_gen):
+    import dataclasses
+    import math
+
+    from lipzoo.layers.operators import ScaleOp, compose
+
+    net, shape = _plain(0)
+    with torch.no_grad():
+        s = build_structure(net, shape)
+        huge = dataclasses.replace(s.blocks[1], W=compose(ScaleOp(1e25), s.blocks[1].W))  # ||S||^2 > float32 max
+        s = dataclasses.replace(s, blocks=[s.blocks[0], huge] + s.blocks[2:])
+        est32 = _lanczos_estimates(s, [(1, 0), (0, -1)], 20, torch_gen, None, dtype=torch.float32)
+        est64 = _lanczos_estimates(s, [(1, 0)], 20, torch_gen, None, dtype=torch.float64)
+    assert est32[(1, 0)] == 0.0 and est32[(0, -1)] > 0  # nothing estimated: the gains are over-stated, not NaN
+    assert math.isfinite(est64[(1, 0)]) and est64[(1, 0)] > 1e24

@@ -1130,6 +1130,10 @@ def _lanczos_estimates(structure: Structure, keys, steps: int, generator, device
             if k in q_prev:
                 wk = wk - beta[k][-1] * q_prev[k]
             b = float(wk.double().norm())
+            if not (math.isfinite(a) and math.isfinite(b)):  # overflow in a reduced precision: no estimate
+                top[k] = math.inf
+                active.remove(k)
+                continue
             n = len(alpha[k])
             T = torch.diag(torch.tensor(alpha[k], dtype=torch.float64))
             if n > 1:
@@ -1144,7 +1148,8 @@ def _lanczos_estimates(structure: Structure, keys, steps: int, generator, device
             beta[k].append(b)
             q_prev[k], q[k] = q[k], wk / b
     shrink = 1.0 if dtype == torch.float64 else 1.0 - ESTIMATE_MARGIN
-    return {k: math.sqrt(max(top[k], 0.0)) * shrink for k in keys}
+    # a non-finite Ritz value (float32 overflow on a huge operator) estimates nothing: 0 over-states the gains
+    return {k: math.sqrt(top[k]) * shrink if math.isfinite(top[k]) and top[k] > 0 else 0.0 for k in keys}
 
 
 def _proved_inner_norms(structure, keys, objective, small, small_input, budget, tol, chunk, n_estimate, seed,
