@@ -15,15 +15,15 @@ number returned here is a mathematically guaranteed upper bound, floating-point 
    rows, back through the chain to the small side without GEMM, or in between), chosen from the cost
    measured on the first block of the sweep and the GEMM rate measured at that moment.
 3. **Certified refinement where it pays.** Batched Lanczos (one forward and one adjoint sweep per step
-   for all remaining chains, in float32: :data:`ESTIMATE_DTYPE`) gives estimates ``sigma_k <= ||S_k||``; with the sensitivity ``dF/db_k`` of the
-   final bound, ``dF/db_k (b_k - sigma_k)`` bounds what an exact norm of ``S_k`` could gain (the recursion is
-   a polynomial with non-negative coefficients, so these first-order gains over-state the true ones); a
-   certified chain also tightens the longer chains that pass through it (:meth:`_Planner.record`), and
-   that counts in its gain. Chains are certified exactly in order of gain per predicted second
-   (:func:`_certificate_cost`: each step's measured seconds per vector, corrected by the certificates made
-   so far), with the chains sharing their small side when their Gram matrices fit in ``max_bytes``, each
-   only if its measured cost (the first block is timed) fits in what is left of ``budget`` seconds;
-   refinement stops when all possible direct gains together are below ``tol``.
+   for all remaining chains, in float32: :data:`ESTIMATE_DTYPE`) gives estimates ``sigma_k <= ||S_k||``;
+   with the sensitivity ``dF/db_k`` of the final bound, ``dF/db_k (b_k - sigma_k)`` bounds what an exact
+   norm of ``S_k`` could gain (the recursion is a polynomial with non-negative coefficients, so these
+   first-order gains over-state the true ones); a certified chain also tightens the longer chains that
+   pass through it (:meth:`_Planner.record`), and that counts in its gain. Chains are certified exactly in
+   order of gain per predicted second (:func:`_certificate_cost`: each step's measured seconds per vector,
+   corrected by the certificates made so far), with the chains sharing their small side when their Gram
+   matrices fit in ``max_bytes``, each only if its measured cost (the first blocks are timed) fits in what
+   is left of ``budget`` seconds; refinement stops when all possible direct gains together are below ``tol``.
    A chain certified alone whose factors are all local (convolutions, scalings, their sums and adjoints)
    goes through :mod:`lipzoo.bounds.banded`: sources whose Gram columns cannot meet share a probe vector,
    and the Gram matrix, block tridiagonal in row blocks, is factored block by block (6C2F's ``S_{2,0}``:
