@@ -275,8 +275,9 @@ def certified_block_lambda_max(diag: torch.Tensor, low: torch.Tensor, *,
 
 # ----------------------------------------------------------------------------- the certificate
 
-def _probe_block(plan: LocalPlan, start: int, stop: int, device) -> torch.Tensor:
-    """Probe vectors ``start..stop-1`` (class ``(c, a, b)`` in that order) as a ``(k, C, H, W)`` batch."""
+def _probe_block(plan: LocalPlan, start: int, stop: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probe vectors ``start..stop-1`` (class ``(c, a, b)`` in that order) as a ``(k, C, H, W)`` batch, and the
+    channel each one is non-zero in."""
     c, h, w = plan.shape
     ph, pw = plan.periods
     idx = torch.arange(start, stop)
@@ -285,7 +286,7 @@ def _probe_block(plan: LocalPlan, start: int, stop: int, device) -> torch.Tensor
     cols = (torch.arange(w)[None, :] % pw) == b[:, None]
     x = torch.zeros(stop - start, c, h, w, dtype=torch.float64)
     x[torch.arange(stop - start), ch] = (rows[:, :, None] & cols[:, None, :]).double()
-    return x.to(device)
+    return x.to(device), ch
 
 
 def _decode_into(plan: LocalPlan, start: int, y: torch.Tensor, diag: torch.Tensor, low: torch.Tensor) -> float:
@@ -351,8 +352,7 @@ def certified_local_norm(steps: list[_Step], plan: LocalPlan, *, chunk: int = 25
     pending: list = []
     for start in range(0, plan.probes, chunk):
         stop = min(start + chunk, plan.probes)
-        x = _probe_block(plan, start, stop, device)
-        channels = torch.arange(start, stop) // (plan.periods[0] * plan.periods[1])  # one per probe
+        x, channels = _probe_block(plan, start, stop, device)
         y, err = _run_tracked(steps, x, torch.zeros(stop - start, dtype=torch.float64, device=device), channels)
         pending.append((start, y, err))
         if diag is None:

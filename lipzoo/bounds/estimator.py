@@ -125,7 +125,8 @@ class LipLTEstimator(nn.Module):
     def _iteration_dtype(self, ref: torch.Tensor | None) -> torch.dtype | None:
         if self.iteration_dtype != "auto":
             return self.iteration_dtype
-        return torch.bfloat16 if ref is not None and ref.device.type == "cpu" and native_bfloat16(ref.device) else None
+        native = ref is not None and ref.device.type == "cpu" and native_bfloat16(ref.device)
+        return torch.bfloat16 if native else None
 
     def extra_repr(self) -> str:
         low = "" if self.iteration_dtype is None else f", iteration_dtype={self.iteration_dtype}"

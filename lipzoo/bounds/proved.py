@@ -95,10 +95,9 @@ def abs_norm_bound(op: LinearOperator, in_shape: Shape) -> float:
     ``|| |A| ||_2 <= ||A||_F <= sqrt(rank) ||A||_2``.
     """
     if isinstance(op, ComposeOp):
-        shapes = op._shapes(in_shape)
         out = 1.0
-        for i, f in enumerate(reversed(op.ops)):
-            out *= abs_norm_bound(f, shapes[i])
+        for f, shape in op.factors(in_shape):
+            out *= abs_norm_bound(f, shape)
         return out
     if isinstance(op, SumOp):
         return sum(abs_norm_bound(f, in_shape) for f in op.ops)
@@ -131,10 +130,9 @@ def rounding_model(op: LinearOperator, in_shape: Shape) -> tuple[float, float]:
     ``c_out k_h k_w`` for a (grouped) convolution, the larger side for anything else.
     """
     if isinstance(op, ComposeOp):
-        shapes = op._shapes(in_shape)
         theta, a = 1.0, 1.0
-        for i, f in enumerate(reversed(op.ops)):
-            th, af = rounding_model(f, shapes[i])
+        for f, shape in op.factors(in_shape):
+            th, af = rounding_model(f, shape)
             theta *= 1 + th
             a *= af
         return theta - 1, a
@@ -976,17 +974,17 @@ _STEP_MEMO: dict = {}
 
 
 def _step_seconds(step: _Step, device=None, batch: int = 8) -> float:
-    """Seconds per vector of one sweep step on ``device``, timed on ``batch`` random vectors after an untimed
-    call, memoized while a computation runs (like the factor bounds). A flop count misses how unequal the
-    rates are: on 2 CPU cores 8C2F's ``S_{1,-1}`` (a convolution from 3 channels on 64 x 64 pixels) swept at
-    ~20 GFLOP/s, its ``S_{7,5}`` (256 channels) at ~75; flop-based predictions of 8C2F's certificates ran
-    0.52-2.3x the seconds taken, these 0.65-1.5x (after the first certificate's correction)."""
+    """Seconds per vector of one sweep step on ``device``, timed on ``batch`` random vectors (after an untimed
+    call: :func:`_seconds_once`), memoized while a computation runs (like the factor bounds). A flop count
+    misses how unequal the rates are: on 2 CPU cores 8C2F's ``S_{1,-1}`` (a convolution from 3 channels on
+    64 x 64 pixels) swept at ~20 GFLOP/s, its ``S_{7,5}`` (256 channels) at ~75. Flop-based predictions of
+    8C2F's certificates ran 0.52-2.3x the seconds taken; these ran 0.65-1.5x after the first certificate's
+    correction, and 0.87-1.2x once factorizations were costed at their own size (:func:`_gram_cost_unit`)."""
     key = (id(step.op), step.in_shape, step.adjoint, _device_key(device))
     hit = _STEP_MEMO.get(key)
     if hit is None or hit[0] is not step.op:
         shape = step.op.out_shape(step.in_shape) if step.adjoint else step.in_shape
         x = torch.randn(batch, *shape, dtype=torch.float64, device=device)
-        step(x)  # allocations, kernel selection
         hit = (step.op, _seconds_once(torch.device(_device_key(device)), lambda: step(x)) / batch)
         _STEP_MEMO[key] = hit
     return hit[1]
@@ -1254,9 +1252,9 @@ def _proved_inner_norms(structure, keys, objective, small, small_input, budget, 
     # 3. certify exactly the chains whose looseness costs most per predicted second, a shared side at a
     #    time, within the budget. Predicted seconds: the sweeps at each step's measured seconds per vector
     #    (_certificate_cost), scaled by how those predictions compared with the sweeps of the certificates
-    #    made so far, plus the factorization at the Cholesky rate of its (block) size. Once a certificate has been made,
-    #    a chain predicted to take more than twice what is left is not started (its first block alone cost
-    #    5-19 s on 8C2F, 2 CPU threads, before certified_chain_norm refused it)
+    #    made so far, plus the factorization at the Cholesky rate of its (block) size. Once a certificate has
+    #    been made, a chain predicted to take more than twice what is left is not started (its first block
+    #    alone cost 5-19 s on 8C2F, 2 CPU threads, before certified_chain_norm refused it)
     t_start = time.perf_counter()
     tried: set = set()
     cost: dict = {}

@@ -247,10 +247,9 @@ class ComposeOp(LinearOperator):
         return self._shapes(in_shape)[-1]
 
     def norm_bound(self, in_shape):
-        shapes = self._shapes(in_shape)
         bound = torch.tensor(1.0, dtype=torch.float64)
-        for i, op in enumerate(reversed(self.ops)):
-            bound = bound * _f64(op.norm_bound(shapes[i])).to(bound.device) * (1 + _ULP)
+        for op, shape in self.factors(in_shape):
+            bound = bound * _f64(op.norm_bound(shape)).to(bound.device) * (1 + _ULP)
         return bound
 
 
