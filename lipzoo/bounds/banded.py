@@ -347,31 +347,29 @@ def certified_local_norm(steps: list[_Step], plan: LocalPlan, *, chunk: int = 25
     t0 = _now(device)
     deadline = _Deadline(math.ceil(plan.probes / chunk),
                          1.5 * plan.factor_flops() * _gram_cost_unit(device, plan.block_size), time_limit, device)
-    diag = low = None
-    sq_err = sq_norm = t_decode = 0.0
-    pending: list = []
-    for start in range(0, plan.probes, chunk):
-        stop = min(start + chunk, plan.probes)
+    blocks: list = []  # the diagonal and sub-diagonal blocks, once the deadline lets them be allocated
+    sums = {"sq_err": 0.0, "sq_norm": 0.0, "decode": 0.0}
+
+    def run(start, stop):
         x, channels = _probe_block(plan, start, stop, device)
-        y, err = _run_tracked(steps, x, torch.zeros(stop - start, dtype=torch.float64, device=device), channels)
-        pending.append((start, y, err))
-        if diag is None:
-            verdict = deadline.after_block()
-            if verdict == "stop":
-                return None
-            if verdict == "wait":
-                continue
-            m = plan.block_size
-            diag = torch.zeros(plan.blocks, m, m, dtype=torch.float64, device=device)
-            low = torch.zeros(max(plan.blocks - 1, 0), m, m, dtype=torch.float64, device=device)
+        return _run_tracked(steps, x, torch.zeros(stop - start, dtype=torch.float64, device=device), channels)
+
+    def allocate():
+        m = plan.block_size
+        blocks.append(torch.zeros(plan.blocks, m, m, dtype=torch.float64, device=device))
+        blocks.append(torch.zeros(max(plan.blocks - 1, 0), m, m, dtype=torch.float64, device=device))
+
+    def store(first, _, y, err):
         td = time.perf_counter()
-        for first, y, err in pending:
-            sq_err += float(err.double().square().sum())
-            sub = max(1, (1 << 21) // numel(plan.shape))  # bounds the index tensors of one scatter (~100 MB)
-            for i in range(0, y.shape[0], sub):
-                sq_norm += _decode_into(plan, first + i, y[i:i + sub], diag, low)
-        pending.clear()
-        t_decode += time.perf_counter() - td
+        sums["sq_err"] += float(err.double().square().sum())
+        sub = max(1, (1 << 21) // numel(plan.shape))  # bounds the index tensors of one scatter (~100 MB)
+        for i in range(0, y.shape[0], sub):
+            sums["sq_norm"] += _decode_into(plan, first + i, y[i:i + sub], *blocks)
+        sums["decode"] += time.perf_counter() - td
+
+    if not deadline.sweep(plan.probes, chunk, run, allocate, store):
+        return None
+    (diag, low), sq_err, sq_norm, t_decode = blocks, sums["sq_err"], sums["sq_norm"], sums["decode"]
     # ||G_hat - G||_F from the probes' bounds; the symmetrization rounds each entry once (relative u)
     err = math.sqrt(sq_err) * (1 + 1e-6) + 2 * U * math.sqrt(sq_norm) * (1 + 1e-6)
     t1 = time.perf_counter()

@@ -23,7 +23,8 @@ number returned here is a mathematically guaranteed upper bound, floating-point 
    order of gain per predicted second (:func:`_certificate_cost`: each step's measured seconds per vector,
    corrected by the certificates made so far), with the chains sharing their small side when their Gram
    matrices fit in ``max_bytes``, each only if its measured cost (the first blocks are timed) fits in what
-   is left of ``budget`` seconds; refinement stops when all possible direct gains together are below ``tol``.
+   is left of ``budget`` seconds; refinement stops when all possible direct gains together, or the distance
+   from the bound to the objective at the estimates (which no certificate can go below), are below ``tol``.
    A chain certified alone whose factors are all local (convolutions, scalings, their sums and adjoints)
    goes through :mod:`lipzoo.bounds.banded`: sources whose Gram columns cannot meet share a probe vector,
    and the Gram matrix, block tridiagonal in row blocks, is factored block by block (6C2F's ``S_{2,0}``:
@@ -580,6 +581,28 @@ class _Deadline:
             return "go"
         return "wait" if self.seen == 1 and self.blocks > 2 else "stop"
 
+    def sweep(self, total: int, chunk: int, run: Callable, allocate: Callable, store: Callable) -> bool:
+        """``store(start, stop, *run(start, stop))`` for the consecutive blocks of ``chunk`` of ``range(total)``,
+        after one ``allocate()`` once :meth:`after_block` says ``"go"`` (the blocks run while it waits are
+        kept). ``False``, with nothing allocated, when it says ``"stop"``."""
+        pending: list = []
+        decided = False
+        for start in range(0, total, chunk):
+            stop = min(start + chunk, total)
+            pending.append((start, stop, run(start, stop)))
+            if not decided:
+                verdict = self.after_block()
+                if verdict == "stop":
+                    return False
+                if verdict == "wait":
+                    continue
+                decided = True
+                allocate()
+            for a, b, out in pending:
+                store(a, b, *out)
+            pending.clear()
+        return True
+
 
 def certified_chain_norm(factors: list[LinearOperator], in_shape: Shape, *, chunk: int = 256,
                          time_limit: float = math.inf, generator: torch.Generator | None = None,
@@ -607,27 +630,19 @@ def certified_chain_norm(factors: list[LinearOperator], in_shape: Shape, *, chun
                                     device=device, max_bytes=local_max_bytes)
     if max_side is not None and n > max_side:
         return None
-    gram, col_err = None, torch.empty(n, dtype=torch.float64, device=device)
+    gram, col_err = [], torch.empty(n, dtype=torch.float64, device=device)
+
+    def store(a, b, y, err):
+        gram[0][a:b] = y.reshape(b - a, n)
+        col_err[a:b] = err
+
     deadline = _Deadline(math.ceil(n / chunk), 1.5 * n ** 3 / 3 * _gram_cost_unit(device, n), time_limit, device)
-    pending: list = []
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        e = _basis(start, stop, n, shape, device)
-        y, err = _run_tracked(steps, e, torch.zeros(stop - start, dtype=torch.float64, device=device),
-                              _basis_channels(start, stop, n, shape))
-        pending.append((start, stop, y, err))
-        if gram is None:
-            verdict = deadline.after_block()
-            if verdict == "stop":
-                return None
-            if verdict == "wait":
-                continue
-            gram = torch.empty(n, n, dtype=torch.float64, device=device)
-        for a, b, y, err in pending:
-            gram[a:b] = y.reshape(b - a, n)
-            col_err[a:b] = err
-        pending.clear()
-    return _certify_gram(gram, col_err, generator)
+    if not deadline.sweep(n, chunk, lambda a, b: _run_tracked(
+            steps, _basis(a, b, n, shape, device), torch.zeros(b - a, dtype=torch.float64, device=device),
+            _basis_channels(a, b, n, shape)),
+            lambda: gram.append(torch.empty(n, n, dtype=torch.float64, device=device)), store):
+        return None
+    return _certify_gram(gram[0], col_err, generator)
 
 
 def _transpose_steps(steps: list[_Step]) -> list[_Step]:
@@ -1055,8 +1070,9 @@ def proved_inner_norms(structure: Structure, keys, *, objective: Callable[[dict]
         small_input: the same for chains from the network's input (``S_{t,-1}``, one shared sweep): these
             are the longest products, and their split bounds the loosest (2-17x on a random 6C2F).
         budget: seconds to spend on certifying larger chains exactly, most useful first.
-        tol: stop refining once the possible gain of all remaining chains together (estimated from
-            Lanczos lower bounds, so over-stated) is below ``tol`` of the objective.
+        tol: stop refining once the bound is within ``tol`` (relative) of the objective at the estimates
+            from below of every norm, or the first-order gains of all remaining chains together are (both
+            over-state what certificates could still gain).
         chunk: identity-basis block size for Gram matrices.
         n_estimate: batched Lanczos steps (at most) for the estimates that rank and stop the certification.
         seed: seed of the Lanczos start vectors.
@@ -1173,6 +1189,13 @@ def _proved_inner_norms(structure, keys, objective, small, small_input, budget, 
                 # certified, and the split bound kept is no larger than the certificate: exact-grade too
                 result[k] = ProvedNorm(result[k].value, "exact", result[k].how, est[k])
 
+    def floor() -> float:
+        """The objective at the estimates (from below) of every norm: no certificate can bring the bound under
+        it, since each exact norm is at least its estimate and the recursion is monotone."""
+        with torch.no_grad():
+            return float(objective({k: torch.tensor(min(est[k], result[k].value), dtype=torch.float64)
+                                    for k in keys}))
+
     def gains() -> tuple[float, dict, dict]:
         """The final bound and, per chain not yet certified, upper bounds on what certifying it could gain:
         directly, and in total (with the other chains that contain it as a segment, :meth:`_Planner.record`).
@@ -1246,7 +1269,9 @@ def _proved_inner_norms(structure, keys, objective, small, small_input, budget, 
     update()
     if logger.isEnabledFor(logging.DEBUG):
         f0, gain, total = gains()
-        logger.debug("possible gains (relative to the bound %.6g), direct / with the chains through it: %s", f0,
+        logger.debug("bound %.6g, at the estimates %.6g; possible gains relative to the bound, direct / with the "
+                     "chains through it: %s",
+                     f0, floor(),
                      ", ".join(f"{k}: {g / max(f0, 1e-300):.1e} / {total[k] / max(f0, 1e-300):.1e}"
                                for k, g in sorted(gain.items(), key=lambda x: -total[x[0]])))
     # 3. certify exactly the chains whose looseness costs most per predicted second, a shared side at a
@@ -1272,7 +1297,7 @@ def _proved_inner_norms(structure, keys, objective, small, small_input, budget, 
         if left <= 0:
             break
         f, gain, total = gains()
-        if sum(gain.values()) <= tol * f:
+        if min(sum(gain.values()), f - floor()) <= tol * f:
             break  # even exact norms everywhere could not lower the bound by more than tol
         todo = sorted((k for k in gain if total[k] > 1e-4 * f and k not in tried),
                       key=lambda k: -total[k] / max(seconds(k), 1e-6))
@@ -1317,4 +1342,7 @@ def _proved_inner_norms(structure, keys, objective, small, small_input, budget, 
             update()
     bar.close()
     logger.debug("refinement %.2fs; total %.2fs", time.perf_counter() - t_start, time.perf_counter() - t_all)
+    if rest and logger.isEnabledFor(logging.DEBUG):
+        logger.debug("bound %.6g, at the estimates %.6g", float(objective({k: torch.tensor(
+            result[k].value, dtype=torch.float64) for k in keys})), floor())
     return result
