@@ -202,6 +202,10 @@ def test_bounds_json_naive_is_never_tighter(checkpoint, capsys):
     assert main(["bounds", str(checkpoint.dir)]) == 0
     printed = capsys.readouterr().out
     assert "naive" in printed and "liplt" in printed and f"{table['liplt']['L_ij']:.4g}" in printed
+    # the recursion at the norms' estimates from below: under the bound, and printed with it
+    below = table["liplt"]["L_ij_at_estimates"]
+    assert 0.9 * table["liplt"]["L_ij"] <= below <= table["liplt"]["L_ij"]
+    assert f"mean L_ij {below:.4g}" in printed
 
 
 def test_push_uploads_the_checkpoint_without_network(checkpoint, monkeypatch, capsys):

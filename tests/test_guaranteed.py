@@ -364,3 +364,39 @@ def test_a_slow_first_block_is_judged_again_on_the_second(monkeypatch):
     assert proved._Deadline(blocks=2, fixed=0.0, time_limit=1.0).after_block() == "stop"
     clock(0.0, 10.0)  # a single block: nothing left to save
     assert proved._Deadline(blocks=1, fixed=0.0, time_limit=1.0).after_block() == "go"
+
+
+@pytest.mark.parametrize("max_dense", [8, None])
+def test_the_recursion_at_the_estimates_brackets_the_exact_liplt_value(max_dense):
+    """``details["liplt_at_estimates"]`` is the recursion at every norm's estimate from below: the exact
+    LipLT value (dense float64 norms) lies between it and the guaranteed bound, and it is close to the exact
+    value even where the bound is loose (``max_dense=8``: split bounds only)."""
+    net, shape = _plain(2)
+    exact = lipschitz_bound(net, shape, norm="exact", cache=False).value  # each norm raised by EXACT_MARGIN
+    auto = lipschitz_bound(net, shape, norm="auto", max_dense=max_dense, cache=False)
+    below = torch.tensor(auto.details["liplt_at_estimates"]["pairwise"], dtype=torch.float64)
+    off = ~torch.eye(exact.shape[0], dtype=torch.bool)
+    assert (below[off] <= exact[off]).all() and (exact / (1 + EXACT_MARGIN) ** 8 <= auto.value).all()
+    assert (below[off] >= exact[off] * (1 - 1e-3)).all(), (below[off] / exact[off]).min()
+    if max_dense is not None:  # the split bounds are loose, and the bracket shows it
+        assert (auto.value[off] / below[off]).max() > 1.01
+
+
+def test_a_sweep_keeps_the_blocks_run_while_the_deadline_waits(monkeypatch):
+    from lipzoo.bounds import proved
+
+    def clock(*times):
+        it = iter(times)
+        monkeypatch.setattr(proved, "_now", lambda device=None: next(it))
+
+    stored, allocated = [], []
+    clock(0.0, 10.0, 11.0)  # "wait" after the first block, "go" after the second
+    d = proved._Deadline(blocks=3, fixed=0.0, time_limit=5.0)
+    assert d.sweep(7, 3, lambda a, b: (list(range(a, b)),), lambda: allocated.append(len(stored)),
+                   lambda a, b, x: stored.append((a, b, x)))
+    assert allocated == [0] and stored == [(0, 3, [0, 1, 2]), (3, 6, [3, 4, 5]), (6, 7, [6])]
+    clock(0.0, 10.0, 20.0)  # "wait", then "stop": nothing allocated, nothing stored
+    stored.clear(), allocated.clear()
+    d = proved._Deadline(blocks=3, fixed=0.0, time_limit=5.0)
+    assert not d.sweep(7, 3, lambda a, b: (None,), lambda: allocated.append(1), lambda *x: stored.append(x))
+    assert not allocated and not stored

@@ -181,6 +181,9 @@ def bounds_table(model: nn.Module, input_shape, *, norm: str = "auto", max_dense
         off = ~torch.eye(pair.shape[0], dtype=torch.bool)
         rows[method] = {"L_ij": float(pair[off].mean()), "L_i+L_j": float((pc[:, None] + pc[None, :])[off].mean()),
                         "sqrt2_L": float(2 ** 0.5 * glob), "guarantee": value["pairwise"][1]}
+        below = b["pairwise"].details.get("liplt_at_estimates") if method == "liplt" else None
+        if below is not None:  # the exact LipLT value lies between this and the bound
+            rows[method]["L_ij_at_estimates"] = float(torch.as_tensor(below["pairwise"], dtype=pair.dtype)[off].mean())
     return rows
 
 
