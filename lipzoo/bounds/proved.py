@@ -22,8 +22,9 @@ number returned here is a mathematically guaranteed upper bound, floating-point 
    pass through it (:meth:`_Planner.record`), and that counts in its gain. Chains are certified exactly in
    order of gain per predicted second (:func:`_certificate_cost`: each step's measured seconds per vector,
    corrected by the certificates made so far), one at a time, each only if its measured cost (the first
-   blocks are timed) fits in what is left of ``budget`` seconds; refinement stops when all possible direct gains together, or the distance
-   from the bound to the objective at the estimates (which no certificate can go below), are below ``tol``.
+   blocks are timed) fits in what is left of ``budget`` seconds; refinement stops when all possible direct
+   gains together, or the distance from the bound to the objective at the estimates (which no certificate
+   can go below), are below ``tol``.
    A chain certified alone whose factors are all local (convolutions, scalings, their sums and adjoints)
    goes through :mod:`lipzoo.bounds.banded`: sources whose Gram columns cannot meet share a probe vector,
    and the Gram matrix, block tridiagonal in row blocks, is factored block by block (6C2F's ``S_{2,0}``:
@@ -1027,13 +1028,15 @@ def memory_caps(device=None) -> tuple[int, float, float]:
     """``(max_side, max_bytes, local_max_bytes)`` of :func:`proved_inner_norms` on ``device``.
 
     On the CPU fixed sizes (a 16,384-dimensional Gram matrix is 2 GiB, and its factorization makes a copy;
-    1 GiB of group matrices; :data:`LOCAL_MAX_BYTES` of blocks), sized for a machine of 16-32 GB. On a CUDA
+    :data:`LOCAL_MAX_BYTES` of group matrices and of blocks), sized for a machine of 16-32 GB. With 1 GiB
+    for a group, lt-res-l's input-side group (8 chains, side 3,072) sent five of its chains back through
+    the network instead of keeping their rows for a GEMM: 211 s of return passes in a 324 s sweep. On a CUDA
     device shares of the memory free now: the dense path holds about five ``n x n`` matrices at its peak
     (the Gram matrix, its symmetrized and shifted copies, the factor, the identity), so ``n`` up to
     ``sqrt(free / 40)``; a group's matrices an eighth; a local chain's blocks a third (its factorization adds
     a few blocks). An allocation that fails all the same skips that certificate (the bound stays proved)."""
     if device is None or torch.device(device).type != "cuda":
-        return 16384, float(1 << 30), LOCAL_MAX_BYTES
+        return 16384, LOCAL_MAX_BYTES, LOCAL_MAX_BYTES
     free, _ = torch.cuda.mem_get_info(device)
     return math.isqrt(int(free) // 40), free / 8, free / 3
 
@@ -1232,7 +1235,7 @@ def _proved_inner_norms(structure, keys, objective, small, small_input, budget, 
         for key, val in (vals or {}).items():
             plan.record(key, val)
             done.add(key)
-        bar.update(len(vals or {}))
+            bar.update(1)
 
     update()
     logger.debug("proved split bounds of %d chains: %.2fs", len(keys), time.perf_counter() - t_all)
