@@ -94,9 +94,15 @@ def test_certified_chain_norm_refuses_a_side_above_max_side(torch_gen, monkeypat
 def test_apply_by_gemm_equals_the_operators_own_methods(torch_gen):
     """The CUDA path's batched-GEMM convolutions (run here on the CPU): forward and adjoint, nested in
     compositions, sums and adjoints, with stride, padding, dilation and groups; dense ones fall back."""
+    from lipzoo.layers.residual import _SameConvTransposeOp
+
     cases = list(_random_ops(torch_gen))
     c = Conv2dOp(torch.randn(2, 2, 3, 3, generator=torch_gen, dtype=torch.float64), padding=1)
     cases.append((SumOp([ScaleOp(0.5), compose(c, AdjointOp(c, (2, 7, 6)))]), (2, 7, 6)))
+    # a residual block's transposed convolution: the adjoint of the convolution it names (adjoint_of)
+    t = _SameConvTransposeOp(torch.randn(4, 3, 3, 3, generator=torch_gen, dtype=torch.float64), 1)
+    cases += [(t, (4, 6, 5)), (SumOp([ScaleOp(1.0), compose(ScaleOp(-0.5), t, Conv2dOp(t.weight, padding=1))]),
+                               (3, 6, 5))]
     for op, shape in cases:
         x = torch.randn(4, *shape, generator=torch_gen, dtype=torch.float64)
         y = op.forward(x)
@@ -107,7 +113,10 @@ def test_apply_by_gemm_equals_the_operators_own_methods(torch_gen):
 
 
 def test_abs_norm_and_rounding_model_dominate(torch_gen):
-    for op, shape in _random_ops(torch_gen):
+    from lipzoo.layers.residual import _SameConvTransposeOp
+
+    transposed = _SameConvTransposeOp(torch.randn(4, 3, 3, 3, generator=torch_gen, dtype=torch.float64), 1)
+    for op, shape in [*_random_ops(torch_gen), (transposed, (4, 6, 5))]:
         m = materialize(op, shape, dtype=torch.float64)
         assert abs_norm_bound(op, shape) >= float(torch.linalg.matrix_norm(m.abs(), ord=2)) * (1 - 1e-12)
         theta, a = rounding_model(op, shape)

@@ -87,6 +87,13 @@ def _gamma(n: int) -> float:
 
 # ----------------------------------------------------------------------------- rounding helpers
 
+def _as_known(op: LinearOperator, in_shape: Shape) -> LinearOperator:
+    """``op``, or the same map in known primitives when it says what it is: an operator with ``adjoint_of()``
+    (a residual block's transposed convolution) is the :class:`AdjointOp` of that convolution."""
+    conv = getattr(op, "adjoint_of", None)
+    return AdjointOp(conv(), tuple(op.out_shape(in_shape))) if conv is not None else op
+
+
 def abs_norm_bound(op: LinearOperator, in_shape: Shape) -> float:
     """A proved upper bound on ``|| |A| ||_2`` (entrywise absolute value of the matrix of ``op``).
 
@@ -95,6 +102,7 @@ def abs_norm_bound(op: LinearOperator, in_shape: Shape) -> float:
     tap ``(kh, kw)`` at most once, for any stride, padding or dilation). Operators of unknown type:
     ``|| |A| ||_2 <= ||A||_F <= sqrt(rank) ||A||_2``.
     """
+    op = _as_known(op, in_shape)
     if isinstance(op, ComposeOp):
         out = 1.0
         for f, shape in op.factors(in_shape):
@@ -132,6 +140,7 @@ def rounding_model(op: LinearOperator, in_shape: Shape) -> tuple[float, float]:
     ``gamma_m`` for the final additions. ``K`` is the longest such sum: ``c_in k_h k_w`` or
     ``c_out k_h k_w`` for a (grouped) convolution, the larger side for anything else.
     """
+    op = _as_known(op, in_shape)
     if isinstance(op, ComposeOp):
         theta, a = 1.0, 1.0
         for f, shape in op.factors(in_shape):
@@ -234,8 +243,9 @@ def apply_by_gemm(op: LinearOperator, x: torch.Tensor, in_shape: Shape, transpos
     unfolded at once (``F.unfold``; the padding's zeros contribute exact zero products), multiplied by the
     ``c_out x c_in k^2`` kernel matrix in one GEMM, and the adjoint folds ``W^T y`` back (``F.fold`` adds the
     overlapping windows). Every output entry is still a sum of at most ``max(c_in, c_out) k^2`` products in
-    some order, the model :func:`rounding_model` bounds. Compositions, sums and adjoints recurse; any other
-    operator uses its own methods. With groups, one GEMM per group (a batched product): cuDNN plays no
+    some order, the model :func:`rounding_model` bounds. Compositions, sums and adjoints recurse, and so does
+    an operator that names the convolution it is the adjoint of (``adjoint_of``); any other operator uses its
+    own methods. With groups, one GEMM per group (a batched product): cuDNN plays no
     part, also when this runs outside :func:`proved_inner_norms`' cuDNN-off context."""
     t = type(op)
     if t is Conv2dOp:
@@ -259,6 +269,8 @@ def apply_by_gemm(op: LinearOperator, x: torch.Tensor, in_shape: Shape, transpos
         return sum(apply_by_gemm(f, x, in_shape, transpose) for f in op.ops)
     if t is AdjointOp:
         return apply_by_gemm(op.op, x, op.base_in_shape, not transpose)
+    if hasattr(op, "adjoint_of"):
+        return apply_by_gemm(_as_known(op, in_shape), x, in_shape, transpose)
     if t is ScaleOp:
         return op.c * x
     return op.adjoint(x, in_shape) if transpose else op.forward(x)
