@@ -14,6 +14,7 @@ import torch
 
 import lipzoo
 from lipzoo.bounds import lipschitz_bounds
+from lipzoo.certify.report import format_table
 from lipzoo.cli import main
 from conftest import register_tiny, tiny_builder
 
@@ -498,6 +499,10 @@ def test_certify_method_best_is_never_looser_and_says_so(checkpoint, tmp_path, c
     assert (liplt["bound"]["method"], best["bound"]["method"]) == ("liplt", "best")
     assert best["bound"]["guaranteed"] and best["kind"] == "certified"
     assert best["bound"]["pairwise_mean"] <= liplt["bound"]["pairwise_mean"]
+    # the exact LipLT value lies between the recursion at the estimates and the LipLT bound
+    below = liplt["bound"]["pairwise_mean_at_estimates"]
+    assert 0.9 * liplt["bound"]["pairwise_mean"] <= below <= liplt["bound"]["pairwise_mean"]
+    assert f"estimates from below: {below:.4g}" in format_table(liplt)
     for key in liplt["metrics"]:
         if key.startswith("certified@"):
             assert best["metrics"][key] >= liplt["metrics"][key]

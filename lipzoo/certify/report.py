@@ -88,10 +88,15 @@ def certify(model: nn.Module, dataset: Dataset, eps_list: Sequence[str], *, inpu
                       progress=progress)
     summary = dict(result["summary"])
     pair = pairwise_constants(bound, bound.num_classes or 2, allow_estimate=True)  # checked by evaluate above
-    off = pair[~torch.eye(pair.shape[0], dtype=torch.bool)]
+    mask = ~torch.eye(pair.shape[0], dtype=torch.bool)
+    off = pair[mask]
+    # the recursion at the norms' estimates from below: the exact LipLT value lies between it and the bound
+    below = (bound.details.get("liplt_at_estimates") or {}).get("pairwise") if bound.mode == "pairwise" else None
     report = {"model": name, "num_samples": summary.pop("num_samples"), "metrics": summary, "kind": kind,
               "bound": {**bound.to_dict(),
                         "pairwise_mean": float(off.mean()), "pairwise_max": float(off.max()),
+                        **({"pairwise_mean_at_estimates": float(torch.as_tensor(below, dtype=pair.dtype)[mask].mean())}
+                           if below is not None else {}),
                         "seconds": round(bound_seconds, 2),
                         **({"budget": budget} if budget is not None else {})},
               "attack": None if attack is None else {  # the workers change the speed, not the verdicts
@@ -133,6 +138,9 @@ def format_table(report: dict[str, Any]) -> str:
              f"guarantee={report['bound']['guarantee']} "
              f"(guaranteed={report['bound']['guaranteed']}), mean L_ij={report['bound']['pairwise_mean']:.4g}",
              f"clean accuracy: {100 * m['clean']:.2f}%", ""]
+    below = report["bound"].get("pairwise_mean_at_estimates")
+    if below:
+        lines[1] += f" (LipLT at the norms' estimates from below: {below:.4g})"
     if kind == "probabilistic":
         lines[-1:] = [f"PROBABILISTIC: the bound holds except with probability "
                       f"{report['bound'].get('failure_probability', float('nan')):.3g} over random start vectors; "
