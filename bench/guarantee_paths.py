@@ -204,7 +204,7 @@ def main(argv=None) -> int:
             dt = time.perf_counter() - t0
             off = ~torch.eye(b.value.shape[0], dtype=torch.bool)
             val = float(b.value[off].mean())
-            below = float(torch.tensor(b.details["liplt_at_estimates"]["pairwise"])[off].mean())
+            below = float(b.liplt_at_estimates[off].mean())
             print(f"| {name} | {weights} | {est:.4f} | {iters} | {t_est:.1f} | {label} | {val:.4f} | {b.guarantee} "
                   f"| {val / est:.4f} | {dt:.1f} | {below:.4f} | {val / below:.4f} |", flush=True)
     return 0

@@ -384,6 +384,7 @@ def test_the_recursion_at_the_estimates_brackets_the_exact_liplt_value(max_dense
     exact = lipschitz_bound(net, shape, norm="exact", cache=False).value  # each norm raised by EXACT_MARGIN
     auto = lipschitz_bound(net, shape, norm="auto", max_dense=max_dense, cache=False)
     below = torch.tensor(auto.details["liplt_at_estimates"]["pairwise"], dtype=torch.float64)
+    assert torch.equal(auto.liplt_at_estimates, below)  # the property reads the same entry
     off = ~torch.eye(exact.shape[0], dtype=torch.bool)
     assert (below[off] <= exact[off]).all() and (exact / (1 + EXACT_MARGIN) ** 8 <= auto.value).all()
     assert (below[off] >= exact[off] * (1 - 1e-3)).all(), (below[off] / exact[off]).min()

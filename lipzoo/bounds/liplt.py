@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from lipzoo.bounds.norms import (EXACT_MARGIN, GUARANTEE_ORDER, NormResult, _tensor_of,
-                                 chain_norm, output_norms, round_cast, weakest_guarantee)
+                                 chain_norm, output_norms, round_cast, weakest_guarantee, with_margin)
 from lipzoo.bounds.eclipse import GUARANTEE as ECLIPSE_GUARANTEE
 from lipzoo.bounds.eclipse import eclipse_bound
 from lipzoo.bounds.lanczos import lanczos_inner_norms
@@ -159,6 +159,13 @@ class LipschitzBound:
     def num_classes(self) -> int | None:
         """``K`` for per-class / pairwise bounds, None for a global one."""
         return None if self.mode == "global" else int(self.__dict__["_value"].shape[0])
+
+    @property
+    def liplt_at_estimates(self) -> torch.Tensor | None:
+        """``details["liplt_at_estimates"]`` of this bound's mode as a float64 tensor shaped like ``value`` (the
+        exact LipLT value lies between it and the bound), or None where it was not computed."""
+        below = (self.details.get("liplt_at_estimates") or {}).get(self.mode)
+        return None if below is None else torch.as_tensor(below, dtype=torch.float64)
 
     def to_dict(self) -> dict:
         return {"method": self.method, "mode": self.mode, "norm": self.norm,
@@ -434,6 +441,12 @@ def _lipschitz_bounds(model, input_shape, *, method, modes, norm, max_dense, n_i
         elif method in ("liplt", "best"):
             inner_keys = [(t, j) for t in range(L) for j in range(-1, t)]
             rows = output_rows(structure, range(-1, L))
+            exact_out: dict = {}  # per mode, the output norms in float64 without margin: computed once
+
+            def final_norms(mode: str, margin: float) -> dict:
+                if mode not in exact_out:
+                    exact_out[mode] = {j: output_norms(r.double(), mode) for j, r in rows.items()}
+                return {j: with_margin(v, margin, rows[j].dtype) for j, v in exact_out[mode].items()}
             if norm == "power":
                 inner = _power_norms(structure, inner_keys, n_iter, gen)
                 kinds.append("estimate")
@@ -447,7 +460,7 @@ def _lipschitz_bounds(model, input_shape, *, method, modes, norm, max_dense, n_i
                                       "epsilon": {f"{t},{j}": x.epsilon for (t, j), x in lz.items()},
                                       "ritz_norm": {f"{t},{j}": x.estimate for (t, j), x in lz.items()}}
             elif norm == "auto":
-                final_global = {j: output_norms(r, "global", margin) for j, r in rows.items()}
+                final_global = final_norms("global", margin)
                 proved = proved_inner_norms(
                     structure, inner_keys, objective=lambda inner: liplt_recursion(structure, inner, final_global)[0],
                     # an explicit max_dense is a hard cap on materialization: no refinement beyond it
@@ -468,16 +481,14 @@ def _lipschitz_bounds(model, input_shape, *, method, modes, norm, max_dense, n_i
                     inner[(t, j)] = res.value
                     kinds.append(res.guarantee)
             for mode in modes:
-                final = {j: output_norms(r, mode, margin) for j, r in rows.items()}
-                values[mode], m = liplt_recursion(structure, inner, final)
+                values[mode], m = liplt_recursion(structure, inner, final_norms(mode, margin))
             details["inner"] = {f"{t},{j}": float(v) for (t, j), v in inner.items()}
             if norm == "auto":
                 details["inner_proofs"] = how
                 # each norm's estimate is from below (a Ritz value) and the recursion is monotone: the exact
                 # LipLT value lies between this and the bound, which tells how loose the bound can be
                 details["liplt_at_estimates"] = {
-                    mode: liplt_recursion(structure, below, {j: output_norms(r, mode, 0.0) for j, r in rows.items()}
-                                          )[0].tolist() for mode in modes}
+                    mode: liplt_recursion(structure, below, final_norms(mode, 0.0))[0].tolist() for mode in modes}
             if eclipse is not None:  # method="best": both are upper bounds, so is their minimum
                 details["liplt"] = {mode: values[mode].tolist() for mode in modes}
                 values = {mode: torch.minimum(values[mode], eclipse[mode].to(values[mode])) for mode in modes}

@@ -193,4 +193,10 @@ def output_norms(rows: torch.Tensor, mode: str, margin: float = 0.0, *, rho: flo
             fix = torch.zeros_like(val).index_put((idx[:, None], idx[None, :]), direct)
             val = torch.where(cancel, fix, val)
         val = torch.where(eye, torch.zeros_like(val), val)
-    return round_cast(val * (1 + margin), out_dtype, float("inf")) if margin else val.to(out_dtype)
+    return with_margin(val, margin, out_dtype)
+
+
+def with_margin(norms: torch.Tensor, margin: float, dtype: torch.dtype) -> torch.Tensor:
+    """``norms`` (float64) raised by the relative ``margin`` and cast to ``dtype``, never below (how
+    :func:`output_norms` applies its ``margin``: compute once with ``margin=0`` on float64 rows, then apply)."""
+    return round_cast(norms * (1 + margin), dtype, float("inf")) if margin else norms.to(dtype)

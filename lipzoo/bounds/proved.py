@@ -125,8 +125,8 @@ def abs_norm_bound(op: LinearOperator, in_shape: Shape) -> float:
         # the float64 sums above round down by at most a relative (n + 1) u; 1e-9 covers it
         return float((rows * cols).sqrt()) * (1 + 1e-9)
     n = min(numel(in_shape), numel(op.out_shape(in_shape)))
-    # memoized: a residual block's transposed convolution is such an operator, and its FFT bound was computed
-    # again for every step built on it (lt-res-m: 20 of the 125 s of its guaranteed bound)
+    # the memoized bound: a step is built on such an operator for every chain through it (a residual block's
+    # transposed convolution, before it named its convolution, cost lt-res-m 20 of its 125 s this way)
     return math.sqrt(n) * _norm_bound(op, in_shape)
 
 
@@ -169,18 +169,25 @@ def rounding_model(op: LinearOperator, in_shape: Shape) -> tuple[float, float]:
 _NB_MEMO: dict = {}
 
 
+def _memoized(memo: dict, op: LinearOperator, key: tuple, compute: Callable[[], float]) -> float:
+    """``compute()``, kept in ``memo`` under ``(id(op), *key)`` while a computation runs (the memos are cleared
+    by :func:`proved_inner_norms`); the operator is stored with it, so a recycled ``id`` never hits."""
+    hit = memo.get((id(op), *key))
+    if hit is None or hit[0] is not op:
+        hit = (op, compute())
+        memo[(id(op), *key)] = hit
+    return hit[1]
+
+
 def _norm_bound(op: LinearOperator, in_shape: Shape) -> float:
     """``op.norm_bound(in_shape) (1 + FACTOR_MARGIN)`` rounded up, memoized while a computation runs
     (FFT bounds of convolutions cost ~0.1-1 s each; the same factor appears in many chains)."""
-    key = (id(op), tuple(in_shape))
-    hit = _NB_MEMO.get(key)
-    if hit is None or hit[0] is not op:
+    def compute() -> float:
         if type(op) is DenseOp and min(op.weight.shape) > 64 and max(op.weight.shape) >= 1024:
-            hit = (op, _dense_norm_bound(op.weight))
-        else:
-            hit = (op, math.nextafter(float(op.norm_bound(in_shape)) * (1 + FACTOR_MARGIN), math.inf))
-        _NB_MEMO[key] = hit
-    return hit[1]
+            return _dense_norm_bound(op.weight)
+        return math.nextafter(float(op.norm_bound(in_shape)) * (1 + FACTOR_MARGIN), math.inf)
+
+    return _memoized(_NB_MEMO, op, (tuple(in_shape),), compute)
 
 
 def _dense_norm_bound(weight: torch.Tensor) -> float:
@@ -1003,14 +1010,12 @@ def _step_seconds(step: _Step, device=None, batch: int = 8) -> float:
     64 x 64 pixels) swept at ~20 GFLOP/s, its ``S_{7,5}`` (256 channels) at ~75. Flop-based predictions of
     8C2F's certificates ran 0.52-2.3x the seconds taken; these ran 0.65-1.5x after the first certificate's
     correction, and 0.87-1.2x once factorizations were costed at their own size (:func:`_gram_cost_unit`)."""
-    key = (id(step.op), step.in_shape, step.adjoint, _device_key(device))
-    hit = _STEP_MEMO.get(key)
-    if hit is None or hit[0] is not step.op:
+    def compute() -> float:
         shape = step.op.out_shape(step.in_shape) if step.adjoint else step.in_shape
         x = torch.randn(batch, *shape, dtype=torch.float64, device=device)
-        hit = (step.op, _seconds_once(torch.device(_device_key(device)), lambda: step(x)) / batch)
-        _STEP_MEMO[key] = hit
-    return hit[1]
+        return _seconds_once(torch.device(_device_key(device)), lambda: step(x)) / batch
+
+    return _memoized(_STEP_MEMO, step.op, (step.in_shape, step.adjoint, _device_key(device)), compute)
 
 
 def _useful_local_plan(steps: list[_Step], shape: Shape, n: int):

@@ -91,12 +91,11 @@ def certify(model: nn.Module, dataset: Dataset, eps_list: Sequence[str], *, inpu
     mask = ~torch.eye(pair.shape[0], dtype=torch.bool)
     off = pair[mask]
     # the recursion at the norms' estimates from below: the exact LipLT value lies between it and the bound
-    below = (bound.details.get("liplt_at_estimates") or {}).get("pairwise") if bound.mode == "pairwise" else None
+    below = bound.liplt_at_estimates if bound.mode == "pairwise" else None
     report = {"model": name, "num_samples": summary.pop("num_samples"), "metrics": summary, "kind": kind,
               "bound": {**bound.to_dict(),
                         "pairwise_mean": float(off.mean()), "pairwise_max": float(off.max()),
-                        **({"pairwise_mean_at_estimates": float(torch.as_tensor(below, dtype=pair.dtype)[mask].mean())}
-                           if below is not None else {}),
+                        **({"pairwise_mean_at_estimates": float(below[mask].mean())} if below is not None else {}),
                         "seconds": round(bound_seconds, 2),
                         **({"budget": budget} if budget is not None else {})},
               "attack": None if attack is None else {  # the workers change the speed, not the verdicts
@@ -189,9 +188,9 @@ def bounds_table(model: nn.Module, input_shape, *, norm: str = "auto", max_dense
         off = ~torch.eye(pair.shape[0], dtype=torch.bool)
         rows[method] = {"L_ij": float(pair[off].mean()), "L_i+L_j": float((pc[:, None] + pc[None, :])[off].mean()),
                         "sqrt2_L": float(2 ** 0.5 * glob), "guarantee": value["pairwise"][1]}
-        below = b["pairwise"].details.get("liplt_at_estimates") if method == "liplt" else None
+        below = b["pairwise"].liplt_at_estimates if method == "liplt" else None
         if below is not None:  # the exact LipLT value lies between this and the bound
-            rows[method]["L_ij_at_estimates"] = float(torch.as_tensor(below["pairwise"], dtype=pair.dtype)[off].mean())
+            rows[method]["L_ij_at_estimates"] = float(below[off].mean())
     return rows
 
 
