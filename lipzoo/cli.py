@@ -74,7 +74,9 @@ def _add_bound_options(p: argparse.ArgumentParser, power_note: str) -> None:
     p.add_argument("--bound-budget", type=_seconds, default=None, metavar="SECONDS",
                    help="seconds the guaranteed bound may spend tightening large operators exactly (default: the "
                         "library's, 300; it stops earlier once it cannot gain 0.2%%); every value is proved either way, "
-                        "a larger budget gives a tighter bound, and the result is cached by the weights' sha256")
+                        "a larger budget gives a tighter bound, and the result is cached by the weights' sha256; so "
+                        "is each chain certified on the way, so an interrupted run, or a later one with a larger "
+                        "budget, starts from them")
 
 
 def _probability(text: str) -> float:
@@ -299,6 +301,12 @@ def _cmd_bounds(args) -> int:
     if below:
         print(f"LipLT at every norm's estimate from below: mean L_ij {below:.4g}; the exact LipLT value lies between "
               f"this and the bound above ({table['liplt']['L_ij'] / below - 1:.2%} apart)")
+    chains = table["liplt"].get("chains")
+    if chains:
+        print(f"{chains['certified']} of {chains['total']} inner operators certified exactly"
+              + (f" ({chains['from_cache']} by an earlier run, from the cache)" if chains["from_cache"] else "")
+              + ("; a larger --bound-budget certifies more, starting from these" if chains["certified"] < chains["total"]
+                 else ""))
     return 0
 
 

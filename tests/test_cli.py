@@ -172,12 +172,16 @@ def test_certify_attack_all_audits_the_certified_points(checkpoint, tmp_path, mo
     assert "UNSOUND BOUND" in capsys.readouterr().err
 
 
-def test_the_command_line_caches_bounds_without_touching_the_environment(checkpoint, tmp_path, monkeypatch):
+def test_the_command_line_caches_bounds_without_touching_the_environment(checkpoint, tmp_path, monkeypatch, capsys):
     import os
 
     monkeypatch.setenv("LIPZOO_CACHE", str(tmp_path / "cache"))
     assert main(["bounds", str(checkpoint.dir), "--json"]) == 0
     assert list((tmp_path / "cache").glob("*.json"))  # `certify` after `bounds` reads these
+    assert list((tmp_path / "cache" / "chains").glob("*.json"))  # and a longer or resumed run starts from these
+    capsys.readouterr()
+    assert main(["bounds", str(checkpoint.dir), "--bound-budget", "900"]) == 0  # more time: computed again ...
+    assert "by an earlier run, from the cache" in capsys.readouterr().out  # ... from the chains certified before
     monkeypatch.delenv("LIPZOO_CACHE")
     monkeypatch.setattr("lipzoo.bounds.cache.cache_dir", lambda: tmp_path / "default")
     assert main(["bounds", str(checkpoint.dir), "--json"]) == 0
@@ -207,6 +211,10 @@ def test_bounds_json_naive_is_never_tighter(checkpoint, capsys):
     below = table["liplt"]["L_ij_at_estimates"]
     assert 0.9 * table["liplt"]["L_ij"] <= below <= table["liplt"]["L_ij"]
     assert f"mean L_ij {below:.4g}" in printed
+    chains = table["liplt"]["chains"]  # how many inner norms are certified, and how many came from the cache
+    proofs = b["pairwise"].details["inner_proofs"]
+    assert chains["total"] == len(proofs) and chains["certified"] == sum(p["guarantee"] == "exact" for p in proofs.values())
+    assert f"{chains['certified']} of {chains['total']} inner operators certified exactly" in printed
 
 
 def test_push_uploads_the_checkpoint_without_network(checkpoint, monkeypatch, capsys):

@@ -328,6 +328,93 @@ def test_a_bound_with_more_tightening_time_serves_smaller_budgets(tmp_path, monk
     assert json.loads(path.read_text())["bounds"]["pairwise"]["budget"] == 40.0
 
 
+def _no_certificates(*a, **k):
+    raise AssertionError("a chain was certified again")
+
+
+def test_known_certificates_are_taken_not_recomputed(monkeypatch):
+    import lipzoo.bounds.proved as proved
+
+    net, shape = _plain(0)
+    with torch.no_grad():
+        s = build_structure(net, shape)
+        keys = [(t, j) for t in range(s.depth) for j in range(-1, t)]
+        seen: dict = {}
+        first = proved_inner_norms(s, keys, objective=lambda inner: sum(inner.values()), small=0, small_input=None,
+                                   budget=30.0, chunk=16, progress=False,
+                                   on_certified=lambda k, v, e: seen.__setitem__(k, (v, e)))
+        assert len(seen) >= 2  # the refinement certified these one at a time, and reported each
+        for k, (v, e) in seen.items():
+            true = _dense_norm(compose(*s.chain(*k)), s.space_shape(*k)[0])
+            assert first[k].guarantee == "exact" and first[k].value <= v and e <= true * (1 + 1e-9) <= v * (1 + 1e-9)
+        monkeypatch.setattr(proved, "certified_chain_norm", _no_certificates)
+        monkeypatch.setattr(proved, "_group_gram", _no_certificates)
+        again = proved_inner_norms(s, keys, objective=lambda inner: sum(inner.values()), small=0, small_input=None,
+                                   budget=0.0, chunk=16, progress=False, known=seen, on_certified=_no_certificates)
+        for k in keys:  # each known norm serves as certified, and the chains through it at once
+            assert again[k].value <= first[k].value
+            assert again[k].value >= _dense_norm(compose(*s.chain(*k)), s.space_shape(*k)[0])
+            assert (again[k].guarantee == "exact") == (k in seen)
+            if k in seen:
+                assert again[k].value == seen[k][0] and again[k].estimate == seen[k][1]
+
+
+def test_an_interrupted_bound_resumes_from_its_certificates(tmp_path, monkeypatch):
+    import lipzoo.bounds.proved as proved
+
+    monkeypatch.setenv("LIPZOO_CACHE", str(tmp_path))
+    net, shape = _plain(1)
+    real, calls = proved._group_gram, []
+    monkeypatch.setattr(proved, "_group_gram", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    ref = lipschitz_bound(net, shape, cache=False)
+    sweeps = len(calls)
+    assert sweeps >= 2
+    calls.clear()
+
+    def interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(proved, "_group_gram", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        lipschitz_bound(net, shape)
+    assert not list(tmp_path.glob("*.json"))  # no bound was finished
+    (path,) = (tmp_path / "chains").glob("*.json")
+    kept = json.loads(path.read_text())["chains"]
+    assert kept
+    calls.clear()
+    monkeypatch.setattr(proved, "_group_gram", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    resumed = lipschitz_bound(net, shape)
+    assert sorted(resumed.details["certificates_reused"]) == sorted(kept)
+    assert len(calls) == sweeps - 1  # the first group's sweep is not run again
+    assert torch.allclose(resumed.value, ref.value, rtol=1e-12, atol=0) and resumed.guarantee == ref.guarantee
+    # the certificates belong to these weights only
+    with torch.no_grad():
+        net[1].weight.mul_(1.0001)
+    assert not lipschitz_bound(net, shape, mode="global").details["certificates_reused"]
+
+
+@pytest.mark.parametrize("garbage", ["{not json", json.dumps({"key": "other", "chains": {}}),
+                                     "KEY {\"0,-1\": [-1.0, 0.5]}", "KEY {\"0,-1\": [NaN, 0.5]}",
+                                     "KEY {\"zero\": [1.0, 0.5]}", "KEY {\"0,-1\": 1.0}"])
+def test_corrupt_certificates_are_ignored_with_a_warning(garbage, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("LIPZOO_CACHE", str(tmp_path))
+    net, shape = _plain(0)
+    ref = lipschitz_bound(net, shape, mode="global")
+    for path in tmp_path.glob("*.json"):
+        path.unlink()  # only the certificates are left
+    (path,) = (tmp_path / "chains").glob("*.json")
+    if garbage.startswith("KEY"):
+        garbage = '{"key": "%s", "chains": %s}' % (path.stem, garbage[4:])
+    path.write_text(garbage)
+    with caplog.at_level(logging.WARNING):
+        got = lipschitz_bound(net, shape, mode="global")
+    assert "cache" in caplog.text.lower() and not got.details["certificates_reused"]
+    assert torch.equal(got.value, ref.value)
+
+
 def test_cholesky_breakdown_needs_finite_positive_pivots(monkeypatch):
     """A solver that returns info == 0 with a NaN or non-positive pivot (LAPACK flags these, cuSOLVER and
     MAGMA need not) must not certify."""

@@ -14,6 +14,10 @@ Files live in ``$LIPZOO_CACHE`` (``~/.cache/lipzoo/bounds`` when a caller asks f
 setting it; the ``lipzoo`` command line sets that default); ``LIPZOO_CACHE=off`` disables the cache.
 The Python API uses the cache by default only when ``LIPZOO_CACHE`` is set (:func:`enabled_by_env`). A file that cannot be read or does not match its key is ignored with a warning and
 recomputed.
+
+Beside the finished bounds, ``chains/`` keeps every inner operator norm certified exactly on the way
+(:func:`store_certificates`), keyed by the weights, the input shape and the code only, so that an
+interrupted or budget-limited run leaves them to the next request.
 """
 
 from __future__ import annotations
@@ -21,13 +25,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
-__all__ = ["cache_dir", "enabled_by_env", "bound_key", "load_bounds", "store_bounds", "weights_sha256"]
+__all__ = ["cache_dir", "enabled_by_env", "bound_key", "load_bounds", "store_bounds", "weights_sha256",
+           "certificate_key", "load_certificates", "store_certificates"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,31 +91,83 @@ def bound_key(model: nn.Module, request: dict) -> str:
 
 def load_bounds(key: str) -> dict | None:
     """The records stored under ``key`` (``{mode: LipschitzBound.to_dict() + details}``), or None."""
+    return _load(key, "bounds")
+
+
+def store_bounds(key: str, bounds: dict) -> None:
+    """Store ``{mode: record}`` under ``key`` (atomic rename; failures only warn)."""
+    _store(key, "bounds", bounds)
+
+
+# Certified inner norms, one file per weights: a guaranteed bound that did not finish tightening (its time
+# budget ran out, or it was interrupted) leaves every chain it certified here, and the next request for
+# the same weights starts from them instead of certifying them again. A certificate is a fact about the
+# operator, not about the request: the key has no mode, budget, seed or device, so `lipzoo bounds` with
+# 300 s, then again with 300 s, spends the second 300 s on chains the first did not reach.
+_CHAINS = "chains"
+
+
+def certificate_key(model: nn.Module, input_shape) -> str:
+    """The key of the certified inner norms of ``model``'s LipLT operators on ``input_shape``."""
+    blob = json.dumps({"weights": weights_sha256(model), "code": _code_hash(), "kind": "liplt chain certificates",
+                       "input_shape": [str(s) for s in input_shape]}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def load_certificates(key: str) -> dict[tuple[int, int], tuple[float, float]]:
+    """``{(t, j): (certified norm, estimate from below)}`` stored under ``key`` (empty if none or corrupt)."""
+    data = _load(key, "chains", _CHAINS)
+    if data is None:
+        return {}
+    try:
+        out = {}
+        for name, (value, estimate) in data.items():
+            t, j = (int(x) for x in name.split(","))
+            value, estimate = float(value), float(estimate)
+            if not (math.isfinite(value) and value >= 0 and math.isfinite(estimate) and 0 <= estimate):
+                raise ValueError(f"{name}: norm {value!r}, estimate {estimate!r}")
+            out[(t, j)] = (value, estimate)
+        return out
+    except (AttributeError, TypeError, ValueError) as err:
+        logger.warning("Ignoring a corrupt certificate cache file for %s (%s); certifying again.", key[:12], err)
+        return {}
+
+
+def store_certificates(key: str, certificates: dict[tuple[int, int], tuple[float, float]]) -> None:
+    """Add ``{(t, j): (norm, estimate)}`` to what is stored under ``key``, keeping the smaller norm."""
+    merged = load_certificates(key)
+    for k, (value, estimate) in certificates.items():
+        old = merged.get(k)
+        merged[k] = (value, estimate) if old is None else (min(old[0], value), max(old[1], estimate))
+    _store(key, "chains", {f"{t},{j}": list(v) for (t, j), v in sorted(merged.items())}, _CHAINS)
+
+
+def _load(key: str, field: str, sub: str | None = None):
     folder = cache_dir()
     if folder is None:
         return None
-    path = folder / f"{key}.json"
+    path = (folder / sub if sub else folder) / f"{key}.json"
     if not path.exists():
         return None
     try:
         data = json.loads(path.read_text())
-        if data.get("key") != key or not isinstance(data.get("bounds"), dict):
-            raise ValueError("key mismatch or missing 'bounds'")
-        return data["bounds"]
+        if data.get("key") != key or not isinstance(data.get(field), dict):
+            raise ValueError(f"key mismatch or missing {field!r}")
+        return data[field]
     except (OSError, ValueError, TypeError, AttributeError) as err:
         logger.warning("Ignoring corrupt Lipschitz-bound cache file %s (%s); recomputing.", path, err)
         return None
 
 
-def store_bounds(key: str, bounds: dict) -> None:
-    """Store ``{mode: record}`` under ``key`` (atomic rename; failures only warn)."""
-    folder = cache_dir()
-    if folder is None:
+def _store(key: str, field: str, data: dict, sub: str | None = None) -> None:
+    root = cache_dir()
+    if root is None:
         return
+    folder = root / sub if sub else root
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{key}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps({"key": key, "bounds": bounds}))
+        tmp.write_text(json.dumps({"key": key, field: data}))
         os.replace(tmp, folder / f"{key}.json")
     except OSError as err:
         logger.warning("Could not write the Lipschitz-bound cache in %s (%s).", folder, err)

@@ -1074,7 +1074,8 @@ def proved_inner_norms(structure: Structure, keys, *, objective: Callable[[dict]
                        tol: float = 2e-3, chunk: int = 256,
                        n_estimate: int = 40, seed: int = 0, progress: bool | None = None, device=None,
                        max_side: int | None = None, max_bytes: float | None = None,
-                       local_max_bytes: float | None = None) -> dict:
+                       local_max_bytes: float | None = None, known: dict | None = None,
+                       on_certified: Callable[[tuple, float, float], None] | None = None) -> dict:
     """Guaranteed upper bounds ``{(t, j): ProvedNorm}`` on ``||S_{t,j}||`` for the given keys.
 
     Args:
@@ -1097,6 +1098,11 @@ def proved_inner_norms(structure: Structure, keys, *, objective: Callable[[dict]
         max_bytes: memory for the matrices of one certified group.
         local_max_bytes: memory for the blocks of one local chain.
             ``None`` (each of the three): :func:`memory_caps` of the device.
+        known: ``{key: (norm, estimate)}`` certified before for these very operators (same weights, same
+            accountant: :func:`lipzoo.bounds.cache.load_certificates`): each is taken as certified, it
+            serves the chains through it, and no time is spent on it again.
+        on_certified: called as ``on_certified(key, norm, estimate)`` right after each certificate, so a
+            caller can keep it (an interrupted run loses none of them).
     """
     keys = list(keys)
     if not keys:
@@ -1111,7 +1117,8 @@ def proved_inner_norms(structure: Structure, keys, *, objective: Callable[[dict]
         # cuDNN may pick FFT/Winograd convolutions, outside the rounding model: use the direct kernels
         with torch.backends.cudnn.flags(enabled=False):
             return _proved_inner_norms(structure, keys, objective, small, small_input, budget, tol, chunk,
-                                       n_estimate, seed, progress, device, max_side, max_bytes, local_max_bytes)
+                                       n_estimate, seed, progress, device, max_side, max_bytes, local_max_bytes,
+                                       known or {}, on_certified)
     finally:
         _NB_MEMO.clear()
         _STEP_MEMO.clear()
@@ -1182,7 +1189,7 @@ def _lanczos_estimates(structure: Structure, keys, steps: int, generator, device
 
 
 def _proved_inner_norms(structure, keys, objective, small, small_input, budget, tol, chunk, n_estimate, seed,
-                        progress, device, max_side, max_bytes, local_max_bytes):
+                        progress, device, max_side, max_bytes, local_max_bytes, known, on_certified):
     from tqdm.auto import tqdm
 
     gen = torch.Generator().manual_seed(seed)
@@ -1194,6 +1201,20 @@ def _proved_inner_norms(structure, keys, objective, small, small_input, budget, 
     chains = {k: plan.chain(*k) for k in keys}
     done: set = set()
     result: dict = {}
+
+    def certified(key, value: float, estimate: float, report: bool = True) -> None:
+        plan.record(key, value)
+        done.add(key)
+        est[key] = estimate
+        bar.update(1)
+        if report and on_certified is not None:
+            on_certified(key, value, estimate)
+
+    for key, (value, estimate) in known.items():
+        if key in chains:
+            certified(key, value, estimate, report=False)
+    if done:
+        logger.debug("%d of %d chains certified before (cache)", len(done), len(keys))
 
     def update():
         for k in keys:
@@ -1250,14 +1271,12 @@ def _proved_inner_norms(structure, keys, objective, small, small_input, budget, 
         logger.debug("exact group %s (%d operators, side %d): %s in %.2fs", name, len(ks), n,
                      "certified" if vals is not None else "out of memory, skipped", time.perf_counter() - t0)
         for key, val in (vals or {}).items():
-            plan.record(key, val)
-            done.add(key)
-            bar.update(1)
+            certified(key, val, est[key])
 
     update()
     logger.debug("proved split bounds of %d chains: %.2fs", len(keys), time.perf_counter() - t_all)
     # 1. every chain with a small side: certified exactly, one sweep per shared small side
-    for group in plan.groups(keys, small, small_input):
+    for group in plan.groups([k for k in keys if k not in done], small, small_input):
         # at most max_bytes of stored matrices per sweep: split a wide group into several sweeps
         name, ks, _, n, _ = group
         batch: list = []
@@ -1338,9 +1357,7 @@ def _proved_inner_norms(structure, keys, objective, small, small_input, budget, 
             if sweep > 0 and cost[k][0] > 0:
                 swept[0] += sweep
                 swept[1] += cost[k][0]
-            plan.record(k, val)
-            done.add(k)
-            bar.update(1)
+            certified(k, val, est[k])
             update()
     bar.close()
     logger.debug("refinement %.2fs; total %.2fs", time.perf_counter() - t_start, time.perf_counter() - t_all)

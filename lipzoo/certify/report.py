@@ -191,6 +191,10 @@ def bounds_table(model: nn.Module, input_shape, *, norm: str = "auto", max_dense
         below = b["pairwise"].liplt_at_estimates if method == "liplt" else None
         if below is not None:  # the exact LipLT value lies between this and the bound
             rows[method]["L_ij_at_estimates"] = float(below[off].mean())
+            proofs = b["pairwise"].details["inner_proofs"]
+            rows[method]["chains"] = {"certified": sum(p["guarantee"] == "exact" for p in proofs.values()),
+                                      "total": len(proofs),
+                                      "from_cache": len(b["pairwise"].details.get("certificates_reused", ()))}
     return rows
 
 
