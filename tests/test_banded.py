@@ -125,12 +125,58 @@ def test_block_certificate_rejects_non_finite_entries():
         certified_block_lambda_max(diag, torch.zeros(0, 3, 3, dtype=torch.float64))
 
 
-def test_time_and_memory_limits_refuse_before_allocating():
+def test_time_and_memory_limits_refuse_before_allocating(monkeypatch):
     factors, in_shape = [_conv(3, 3, 3, padding=1, seed=14), _conv(3, 2, 3, padding=1, seed=15)], (2, 30, 9)
     steps, shape, _ = gram_steps(factors, in_shape)
     plan = local_plan(steps, shape)
-    assert certified_local_norm(steps, plan, max_bytes=plan.bytes() - 1) is None
+    one_part = 8.0 * 6 * plan.block_size ** 2  # a diagonal block, its coupling, the carried factor, work space
+    assert plan.passes(plan.bytes()) == 1 and plan.passes(one_part) == plan.blocks and plan.passes(one_part - 1) == 0
+    allocated = []
+    real_zeros = torch.zeros
+    monkeypatch.setattr(torch, "zeros", lambda *a, **k: allocated.append(a) or real_zeros(*a, **k))
+    assert certified_local_norm(steps, plan, max_bytes=one_part - 1) is None
     assert certified_local_norm(steps, plan, chunk=8, time_limit=0.0) is None
+    assert certified_local_norm(steps, plan, chunk=8, time_limit=0.0, max_bytes=one_part) is None  # in parts too
+    assert not [a for a in allocated if len(a) == 3 and a[1:] == (plan.block_size, plan.block_size)]
+
+
+@pytest.mark.parametrize("parts", [2, 3, 8])
+def test_a_factorization_in_parts_certifies_the_same_norm(parts, caplog):
+    """Blocks that do not fit are factored in parts, one sweep of all probes each: the same certificate."""
+    import logging
+
+    factors, in_shape = [_conv(3, 3, 3, padding=1, seed=10), _conv(3, 2, 3, padding=1, seed=11)], (2, 30, 9)
+    steps, shape, _ = gram_steps(factors, in_shape)
+    plan = local_plan(steps, shape)
+    per = math.ceil(plan.blocks / parts)
+    budget = 8.0 * (2 * per + 4) * plan.block_size ** 2
+    assert plan.passes(budget) == parts
+    exact = _exact_norm(factors, in_shape)
+    whole = certified_local_norm(steps, plan, chunk=64)
+    with caplog.at_level(logging.DEBUG, logger="lipzoo.bounds.banded"):
+        got = certified_local_norm(steps, plan, chunk=64, max_bytes=budget)
+    assert f"in {parts} parts certified" in caplog.text
+    assert exact <= got <= exact * (1 + 1e-6) and got == pytest.approx(whole, rel=1e-9)
+
+
+def test_a_factorization_in_parts_refuses_a_sweep_that_differs(monkeypatch):
+    """The certificate's diagonal comes from the first sweep: a later sweep that differs gives no certificate."""
+    import lipzoo.bounds.banded as banded
+
+    factors, in_shape = [_conv(3, 3, 3, padding=1, seed=10), _conv(3, 2, 3, padding=1, seed=11)], (2, 30, 9)
+    steps, shape, _ = gram_steps(factors, in_shape)
+    plan = local_plan(steps, shape)
+    real, calls = banded._sweep_blocks, []
+
+    def drifting(*a, **k):
+        calls.append(1)
+        out = real(*a, **k)
+        if len(calls) >= 2:  # every sweep after the first (each shift tried sweeps again)
+            out[0].diagonal(dim1=1, dim2=2).mul_(1 + 1e-12)
+        return out
+
+    monkeypatch.setattr(banded, "_sweep_blocks", drifting)
+    assert certified_local_norm(steps, plan, chunk=64, max_bytes=8.0 * 6 * plan.block_size ** 2) is None
 
 
 def test_certificate_cost_follows_the_path_taken(monkeypatch):
@@ -154,6 +200,11 @@ def test_certificate_cost_follows_the_path_taken(monkeypatch):
     d = DenseOp(torch.randn(5, 7, dtype=torch.float64))
     assert proved._certificate_cost([d], (7,)) == (5 * 2.0, 5 ** 3 / 3 * 2.0)
     assert sizes == [plan.block_size, 5]  # each factorization at the rate of its own size
+    # blocks factored in parts: one sweep of the probes per part; none when not even one part fits
+    one_part = 8.0 * 6 * plan.block_size ** 2
+    assert proved._certificate_cost(factors, in_shape, local_max_bytes=one_part) == (
+        plan.blocks * plan.probes * 4.0, plan.factor_flops() * 2.0)
+    assert proved._certificate_cost(factors, in_shape, local_max_bytes=one_part - 1)[0] == math.inf
 
 
 @pytest.mark.parametrize("local", [True, False])

@@ -150,6 +150,22 @@ def test_proved_inner_norms_dominate_exact_norms(factory, small, budget):
                 assert all(p.guarantee == "exact" for p in got.values())
 
 
+def test_proved_inner_norms_with_blocks_factored_in_parts(caplog):
+    """Little memory for a local chain's blocks: factored in parts (one sweep each), still tight and sound."""
+    net, shape = _plain(0)  # its 4-block chains (the residual net's have at most 3: never in parts)
+    with torch.no_grad(), caplog.at_level(logging.DEBUG, logger="lipzoo.bounds"):
+        s = build_structure(net, shape)
+        keys = [(t, j) for t in range(s.depth) for j in range(-1, t)]
+        got = proved_inner_norms(s, keys, objective=lambda inner: sum(inner.values()), small=0, small_input=None,
+                                 budget=30.0, chunk=16, progress=False, local_max_bytes=5e4)
+        assert " parts certified" in caplog.text
+        for k in keys:
+            true = _dense_norm(compose(*s.chain(*k)), s.space_shape(*k)[0])
+            assert got[k].value >= true, (k, got[k])
+            if got[k].guarantee == "exact":
+                assert got[k].value <= true * (1 + CERT_RTOL), (k, got[k].value / true - 1)
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 @torch.no_grad()
 def test_a_certified_chain_tightens_every_longer_chain_through_it(seed):
@@ -435,10 +451,16 @@ def test_cholesky_breakdown_needs_finite_positive_pivots(monkeypatch):
         assert certified_lambda_max(a) >= 2.0
 
 
-def test_memory_caps_on_the_cpu_are_the_fixed_sizes():
+def test_memory_caps_on_the_cpu(monkeypatch):
+    from lipzoo.bounds import proved
     from lipzoo.bounds.proved import LOCAL_MAX_BYTES, memory_caps
 
-    assert memory_caps() == memory_caps("cpu") == (16384, LOCAL_MAX_BYTES, LOCAL_MAX_BYTES)
+    monkeypatch.setattr(proved, "_free_cpu_bytes", lambda: 20 * 2.0 ** 30)
+    assert memory_caps() == memory_caps("cpu") == (16384, LOCAL_MAX_BYTES, 10 * 2.0 ** 30)  # half what is free
+    monkeypatch.setattr(proved, "_free_cpu_bytes", lambda: 0.0)  # unknown, or little free: the fixed size
+    assert memory_caps("cpu") == (16384, LOCAL_MAX_BYTES, LOCAL_MAX_BYTES)
+    monkeypatch.undo()
+    assert 0 < proved._free_cpu_bytes() < 2.0 ** 50
 
 
 def test_a_slow_first_block_is_judged_again_on_the_second(monkeypatch):

@@ -173,6 +173,17 @@ class LocalPlan:
         """float64 memory of the diagonal and coupling blocks."""
         return 8.0 * (2 * self.blocks - 1) * self.block_size ** 2
 
+    def passes(self, max_bytes: float) -> int:
+        """Sweeps of all probes needed to factor within ``max_bytes`` (0: not even one block fits).
+
+        One pass holds all blocks when they fit. Otherwise each pass decodes ``k`` consecutive diagonal
+        blocks and their couplings to the block before, and carries the factorization on from the previous
+        pass's last factor: ``(2k + 4)`` blocks with the carried factor and the factorization's work space."""
+        if self.bytes() <= max_bytes:
+            return 1
+        k = int((max_bytes / (8.0 * self.block_size ** 2) - 4) // 2)
+        return math.ceil(self.blocks / k) if k >= 1 else 0
+
 
 def local_plan(steps: list[_Step], shape: Shape) -> LocalPlan | None:
     """The probing/blocking plan of the Gram operator ``steps`` on ``shape``, or ``None`` if not local."""
@@ -225,21 +236,31 @@ class _GramOperator:
         return x.reshape(q.shape[1], -1).T
 
 
-def _block_cholesky_succeeds(diag: torch.Tensor, low: torch.Tensor, tau: float) -> bool:
-    """Whether the float64 block Cholesky factorization of ``tau I - G`` runs to completion."""
+def _block_cholesky(diag: torch.Tensor, low: torch.Tensor, tau: float,
+                    factor: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Continue the float64 block Cholesky factorization of ``tau I - G`` over the diagonal blocks ``diag``:
+    ``low[i]`` couples ``diag[i + 1]`` to ``diag[i]``, or, after the last ``factor`` of an earlier part,
+    ``low[i]`` couples ``diag[i]`` to the block before it. The last factor, or ``None`` on a breakdown."""
     m = diag.shape[1]
     eye = torch.eye(m, dtype=diag.dtype, device=diag.device)
-    factor = None
+    shift = 0 if factor is not None else -1
     for k in range(diag.shape[0]):
         a = tau * eye - diag[k]
-        if k:
-            # coupling block of tau I - G is -E_{k-1}: X R_{k-1}^T = -E_{k-1}, then the Schur complement
-            x = torch.linalg.solve_triangular(factor.T, -low[k - 1], upper=True, left=False)
+        if factor is not None:
+            # coupling block of tau I - G is -E: X R_prev^T = -E, then the Schur complement
+            x = torch.linalg.solve_triangular(factor.T, -low[k + shift], upper=True, left=False)
             a = a - x @ x.T
+            del x
         factor = _cholesky(a)
+        del a
         if factor is None:
-            return False
-    return True
+            return None
+    return factor
+
+
+def _block_cholesky_succeeds(diag: torch.Tensor, low: torch.Tensor, tau: float) -> bool:
+    """Whether the float64 block Cholesky factorization of ``tau I - G`` runs to completion."""
+    return _block_cholesky(diag, low, tau) is not None
 
 
 def certified_block_lambda_max(diag: torch.Tensor, low: torch.Tensor, *,
@@ -289,13 +310,17 @@ def _probe_block(plan: LocalPlan, start: int, stop: int, device) -> tuple[torch.
     return x.to(device), ch
 
 
-def _decode_into(plan: LocalPlan, start: int, y: torch.Tensor, diag: torch.Tensor, low: torch.Tensor) -> float:
+def _decode_into(plan: LocalPlan, start: int, y: torch.Tensor, diag: torch.Tensor, low: torch.Tensor,
+                 first: int = 0) -> float:
     """Scatter the columns held by probe results ``y`` (probes ``start, ...``) into the symmetrized blocks
     (each entry ``G_hat[r, q]`` adds half to ``(r, q)`` and half to ``(q, r)``: ``(G_hat + G_hat^T) / 2``).
-    Returns the sum of squares of the decoded entries (``||G_hat||_F^2`` over these columns).
+    Returns the sum of squares of the entries held (``||G_hat||_F^2`` over these columns).
 
-    Vectorized over all ``(probe, row)`` pairs: rows outside every source's box carry the value 0 to a
-    valid slot (adding an exact 0 changes nothing)."""
+    ``diag`` holds the diagonal blocks ``first, first + 1, ...`` and ``low`` the coupling blocks ``low[j]``
+    (block ``j + 1`` to block ``j``) for ``j = max(first - 1, 0), ...``: a pass of a factorization in parts
+    (:meth:`LocalPlan.passes`); entries of other blocks are left out. Vectorized over all ``(probe, row)``
+    pairs: rows outside every source's box carry the value 0 to a valid slot (adding an exact 0 changes
+    nothing)."""
     c, h, w = plan.shape
     ph, pw = plan.periods
     br, m = plan.block_rows, plan.block_size
@@ -325,12 +350,17 @@ def _decode_into(plan: LocalPlan, start: int, y: torch.Tensor, diag: torch.Tenso
     # index_add_: atomic adds on CUDA, in no fixed order, which changes nothing here: every entry receives
     # its two halves and otherwise exact zeros (index_put_(accumulate=True) sorts the indices on CUDA first:
     # 74 of the 79 s of 8C2F's S(6,3) on an H100; on the CPU index_add_ is faster as well)
-    on = torch.where(d == 0, half, 0.0).reshape(-1)
-    diag.view(-1).index_add_(0, (jb * mm + ii * m + ji).expand_as(half).reshape(-1), on)
-    diag.view(-1).index_add_(0, (jb * mm + ji * m + ii).expand_as(half).reshape(-1), on)
+    nd, lo = diag.shape[0], max(first - 1, 0)
+    held = (jb >= first) & (jb < first + nd)
+    on = torch.where((d == 0) & held, half, 0.0).reshape(-1)
+    jd = (jb - first).clamp(0, max(nd - 1, 0))
+    diag.view(-1).index_add_(0, (jd * mm + ii * m + ji).expand_as(half).reshape(-1), on)
+    diag.view(-1).index_add_(0, (jd * mm + ji * m + ii).expand_as(half).reshape(-1), on)
     if low.numel():
-        off = torch.where(d.abs() == 1, half, 0.0).reshape(-1)
-        slot = torch.where(d == 1, jb * mm + ii * m + ji, torch.where(d == -1, ib * mm + ji * m + ii, 0))
+        j = torch.minimum(ib, jb)  # the coupling block of the pair of blocks
+        jl = (j - lo).clamp(0, low.shape[0] - 1)
+        off = torch.where((d.abs() == 1) & (j >= lo) & (j < lo + low.shape[0]), half, 0.0).reshape(-1)
+        slot = torch.where(d == 1, jl * mm + ii * m + ji, torch.where(d == -1, jl * mm + ji * m + ii, 0))
         low.view(-1).index_add_(0, slot.expand_as(half).reshape(-1), off)
     return float(vals.square().sum())
 
@@ -340,45 +370,139 @@ def certified_local_norm(steps: list[_Step], plan: LocalPlan, *, chunk: int = 25
                          info: dict | None = None) -> float | None:
     """Proved ``sqrt(lambda_max)`` of the Gram operator ``steps`` (``S^T S`` or ``S S^T`` on ``plan.shape``).
 
-    Returns ``None`` without allocating the blocks when they need more than ``max_bytes``, or when the cost
-    measured on the first blocks of probes predicts more than ``time_limit`` seconds (:class:`_Deadline`)."""
-    if plan.bytes() > max_bytes:
+    When all blocks do not fit in ``max_bytes``, the factorization runs in parts (:meth:`LocalPlan.passes`),
+    each part after a sweep of all probes that keeps only its blocks; the sweeps' rounding bounds all add
+    up (each entry factored comes from one of them). Returns ``None`` without allocating any block when not
+    even one part fits, or when the cost measured on the first blocks of probes predicts more than
+    ``time_limit`` seconds (:class:`_Deadline`: every sweep and one factorization)."""
+    passes = plan.passes(max_bytes)
+    if passes == 0:
         return None
+    if passes > 1:
+        return _certified_in_parts(steps, plan, passes, chunk=chunk, time_limit=time_limit, generator=generator,
+                                   device=device, info=info)
     t0 = _now(device)
     deadline = _Deadline(math.ceil(plan.probes / chunk),
                          1.5 * plan.factor_flops() * _gram_cost_unit(device, plan.block_size), time_limit, device)
-    blocks: list = []  # the diagonal and sub-diagonal blocks, once the deadline lets them be allocated
     sums = {"sq_err": 0.0, "sq_norm": 0.0, "decode": 0.0}
-
-    def run(start, stop):
-        x, channels = _probe_block(plan, start, stop, device)
-        return _run_tracked(steps, x, torch.zeros(stop - start, dtype=torch.float64, device=device), channels)
-
-    def allocate():
-        m = plan.block_size
-        blocks.append(torch.zeros(plan.blocks, m, m, dtype=torch.float64, device=device))
-        blocks.append(torch.zeros(max(plan.blocks - 1, 0), m, m, dtype=torch.float64, device=device))
-
-    def store(first, _, y, err):
-        td = time.perf_counter()
-        sums["sq_err"] += float(err.double().square().sum())
-        sub = max(1, (1 << 21) // numel(plan.shape))  # bounds the index tensors of one scatter (~100 MB)
-        for i in range(0, y.shape[0], sub):
-            sums["sq_norm"] += _decode_into(plan, first + i, y[i:i + sub], *blocks)
-        sums["decode"] += time.perf_counter() - td
-
-    if not deadline.sweep(plan.probes, chunk, run, allocate, store):
+    blocks = _sweep_blocks(steps, plan, 0, plan.blocks, chunk, deadline, sums, device)
+    if blocks is None:
         return None
-    (diag, low), sq_err, sq_norm, t_decode = blocks, sums["sq_err"], sums["sq_norm"], sums["decode"]
-    # ||G_hat - G||_F from the probes' bounds; the symmetrization rounds each entry once (relative u)
-    err = math.sqrt(sq_err) * (1 + 1e-6) + 2 * U * math.sqrt(sq_norm) * (1 + 1e-6)
+    diag, low = blocks
     t1 = time.perf_counter()
     # the shifts' starting point from Lanczos on the operator itself: one sweep per step, much less memory
     # traffic than a product with the blocks (0.08 s each for 6 blocks of 3072). 128 steps: after 64, 6C2F's
     # S_{2,0} was still 5e-8 below, so the first shift (1e-7) failed and cost a whole factorization (4 s)
     estimate = _lanczos_top(_GramOperator(steps, plan.shape, device), 128, generator, with_progress=True)
-    lam = certified_block_lambda_max(diag, low, generator=generator, info=info, estimate=estimate) + err
+    lam = certified_block_lambda_max(diag, low, generator=generator, info=info, estimate=estimate) + _gram_error(sums)
     logger.debug("  local chain: %d probes for side %d (%.2fs, decoding %.2fs), %d blocks of %d certified in %.2fs",
-                 plan.probes, numel(plan.shape), t1 - t0 - t_decode, t_decode, plan.blocks, plan.block_size,
-                 time.perf_counter() - t1)
+                 plan.probes, numel(plan.shape), t1 - t0 - sums["decode"], sums["decode"], plan.blocks,
+                 plan.block_size, time.perf_counter() - t1)
+    return math.nextafter(math.sqrt(lam) * (1 + 2 * U), math.inf)
+
+
+def _gram_error(sums: dict) -> float:
+    """``||G_hat - G||_F`` from the probes' bounds; the symmetrization rounds each entry once (relative u)."""
+    return math.sqrt(sums["sq_err"]) * (1 + 1e-6) + 2 * U * math.sqrt(sums["sq_norm"]) * (1 + 1e-6)
+
+
+def _sweep_blocks(steps, plan: LocalPlan, first: int, stop: int, chunk: int, deadline: _Deadline | None, sums: dict,
+                  device, diagonal: torch.Tensor | None = None):
+    """Every probe through ``steps``, keeping the diagonal blocks ``first .. stop - 1`` and their couplings to
+    the block before (:func:`_decode_into`); the probes' squared error bounds and norms added to ``sums``, and
+    when ``diagonal`` is given, ``G_hat``'s diagonal added to it (each entry from its own probe). ``None``,
+    with nothing allocated, when ``deadline`` refuses."""
+    blocks: list = []
+    m = plan.block_size
+
+    def run(start, end):
+        x, channels = _probe_block(plan, start, end, device)
+        return _run_tracked(steps, x, torch.zeros(end - start, dtype=torch.float64, device=device), channels)
+
+    def allocate():
+        blocks.append(torch.zeros(stop - first, m, m, dtype=torch.float64, device=device))
+        blocks.append(torch.zeros(max(stop - max(first, 1), 0), m, m, dtype=torch.float64, device=device))
+
+    def store(start, _, y, err):
+        td = time.perf_counter()
+        sums["sq_err"] += float(err.double().square().sum())
+        if diagonal is not None:  # a probe is 1 exactly at its sources: y x is G_hat_qq there, 0 elsewhere
+            diagonal.add_((y * _probe_block(plan, start, start + y.shape[0], device)[0]).sum(0).reshape(-1))
+        sub = max(1, (1 << 21) // numel(plan.shape))  # bounds the index tensors of one scatter (~100 MB)
+        for i in range(0, y.shape[0], sub):
+            sums["sq_norm"] += _decode_into(plan, start + i, y[i:i + sub], *blocks, first=first)
+        sums["decode"] += time.perf_counter() - td
+
+    if deadline is None:
+        allocate()
+        for start in range(0, plan.probes, chunk):
+            end = min(start + chunk, plan.probes)
+            store(start, end, *run(start, end))
+    elif not deadline.sweep(plan.probes, chunk, run, allocate, store):
+        return None
+    return blocks[0], blocks[1]
+
+
+def _block_diagonal_entries(diag: torch.Tensor) -> torch.Tensor:
+    """The diagonal of the blocks in the side's order (``_decode_into``'s order: blocks, then in-block)."""
+    return diag.diagonal(dim1=1, dim2=2).reshape(-1)
+
+
+def _certified_in_parts(steps, plan: LocalPlan, passes: int, *, chunk, time_limit, generator, device, info):
+    """:func:`certified_local_norm` with the factorization in ``passes`` parts, one sweep of all probes each.
+
+    The shifted Cholesky certificate of :func:`lipzoo.bounds.proved._certify_by_shifts` needs ``G_hat``'s
+    diagonal before the first factorization: it comes from the first sweep (each ``G_hat_qq`` read where its
+    probe is 1), and every later sweep's blocks must hold exactly those values (else the attempt fails: the
+    certificate would be about another matrix). A failed shift repeats every sweep."""
+    nb, m = plan.blocks, plan.block_size
+    per = math.ceil(nb / passes)
+    parts = [(k, min(k + per, nb)) for k in range(0, nb, per)]
+    t0 = _now(device)
+    deadline = _Deadline(math.ceil(plan.probes / chunk) * len(parts),
+                         1.5 * plan.factor_flops() * _gram_cost_unit(device, m), time_limit, device)
+    sums = {"sq_err": 0.0, "sq_norm": 0.0, "decode": 0.0}
+    n = numel(plan.shape)
+    order = torch.zeros(n, dtype=torch.float64, device=device)  # G_hat_qq in the (c, h, w) order of the side
+    held = [_sweep_blocks(steps, plan, *parts[0], chunk, deadline, sums, device, diagonal=order)]
+    if held[0] is None:
+        return None
+    # the same entries in the blocks' order (h, c, w) within blocks of block_rows image rows
+    c, h, w = plan.shape
+    grid = torch.zeros(c, plan.block_rows * nb, w, dtype=torch.float64, device=device)  # whole blocks
+    grid[:, :h] = order.reshape(c, h, w)
+    diagonal = grid.reshape(c, nb, plan.block_rows, w).permute(1, 2, 0, 3).reshape(-1)
+    sweeps = [1]
+
+    def factors(tau: float) -> bool:
+        factor = None
+        for i, (first, stop) in enumerate(parts):
+            blocks = held.pop() if held else None
+            if blocks is None:
+                blocks = _sweep_blocks(steps, plan, first, stop, chunk, None, sums, device)
+                sweeps[0] += 1
+            diag, low = blocks
+            if not torch.equal(_block_diagonal_entries(diag), diagonal[first * m:stop * m]):
+                logger.debug("    a sweep's diagonal differs from the first's: no certificate from this one")
+                return False
+            factor = _block_cholesky(diag, low, tau, factor)
+            del blocks, diag, low
+            if factor is None:
+                return False
+        return True
+
+    t1 = time.perf_counter()
+    lam, moved = _lanczos_top(_GramOperator(steps, plan.shape, device), 128, generator, with_progress=True)
+    lam = max(lam, float(diagonal.max().clamp_min(0)))
+    if info is not None:
+        info["ritz"] = lam * (1 - 1e-6)
+    top = _certify_by_shifts(diagonal, lam, factors, lambda: math.inf, deltas=(1e-7, 1e-5, 1e-3, 1e-2, 0.1),
+                             start_delta=min(2 * moved, 1e-3), what=f"{nb} blocks of {m} in {len(parts)} parts")
+    held.clear()
+    if not math.isfinite(top):
+        return None
+    lam = top + _gram_error(sums)
+    logger.debug("  local chain: %d probes for side %d (%d sweeps in %.2fs, decoding %.2fs), %d blocks of %d in %d "
+                 "parts certified in %.2fs", plan.probes, n, sweeps[0], time.perf_counter() - t0 - sums["decode"],
+                 sums["decode"], nb, m, len(parts), time.perf_counter() - t1)
     return math.nextafter(math.sqrt(lam) * (1 + 2 * U), math.inf)

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -69,7 +70,8 @@ __all__ = ["FACTOR_MARGIN", "LOCAL_MAX_BYTES", "abs_norm_bound", "certified_lamb
 U = 2.0 ** -53  # unit roundoff of float64
 
 LOCAL_MAX_BYTES = 4 * 2.0 ** 30
-"""Memory for the blocks of a local chain's Gram matrix (:mod:`lipzoo.bounds.banded`)."""
+"""Memory for the blocks of a local chain's Gram matrix (:mod:`lipzoo.bounds.banded`) on the CPU, at least
+(half the memory free when the chain is planned, where the system says)."""
 
 FACTOR_MARGIN = 1e-9
 """Relative margin on a factor's own ``norm_bound`` (FFT/polyphase bound of a convolution, dense norms).
@@ -1028,24 +1030,32 @@ def _useful_local_plan(steps: list[_Step], shape: Shape, n: int):
     return plan if plan is not None and (plan.probes < n or plan.blocks > 1) else None
 
 
-def _certificate_cost(factors: list[LinearOperator], in_shape: Shape, device=None) -> tuple[float, float]:
+def _certificate_cost(factors: list[LinearOperator], in_shape: Shape, device=None,
+                      local_max_bytes: float = LOCAL_MAX_BYTES) -> tuple[float, float]:
     """``(sweep seconds, factorization seconds)`` of :func:`certified_chain_norm` on this chain: the probes
-    (local path) or the identity vectors of the smaller side (dense path) through the Gram operator, at the
-    seconds per vector of each step (:func:`_step_seconds`), and the block or dense Cholesky factorization
-    at the rate of its (block) size."""
+    (local path; once per part when its blocks are factored in parts within ``local_max_bytes``, infinite when
+    not even one part fits) or the identity vectors of the smaller side (dense path) through the Gram
+    operator, at the seconds per vector of each step (:func:`_step_seconds`), and the block or dense Cholesky
+    factorization at the rate of its (block) size."""
     steps, shape, n = gram_steps(factors, in_shape)
-    per_vector = sum(_step_seconds(st, device) for st in steps)
     plan = _useful_local_plan(steps, shape, n)
+    passes = plan.passes(local_max_bytes) if plan is not None else 1
+    if passes == 0:
+        return math.inf, 0.0
+    per_vector = sum(_step_seconds(st, device) for st in steps)
     if plan is not None:
-        return plan.probes * per_vector, plan.factor_flops() * _gram_cost_unit(device, plan.block_size)
+        return passes * plan.probes * per_vector, plan.factor_flops() * _gram_cost_unit(device, plan.block_size)
     return n * per_vector, n ** 3 / 3 * _gram_cost_unit(device, n)
 
 
 def memory_caps(device=None) -> tuple[int, float, float]:
     """``(max_side, max_bytes, local_max_bytes)`` of :func:`proved_inner_norms` on ``device``.
 
-    On the CPU fixed sizes (a 16,384-dimensional Gram matrix is 2 GiB, and its factorization makes a copy;
-    :data:`LOCAL_MAX_BYTES` of group matrices and of blocks), sized for a machine of 16-32 GB. With 1 GiB
+    On the CPU fixed sizes for the dense path and groups (a 16,384-dimensional Gram matrix is 2 GiB, and its
+    factorization makes a copy; :data:`LOCAL_MAX_BYTES` of group matrices), sized for a machine of 16-32 GB,
+    and half the memory free now for a local chain's blocks (at least :data:`LOCAL_MAX_BYTES`): blocks that
+    do not fit are factored in parts, one sweep of the probes each (:meth:`lipzoo.bounds.banded.LocalPlan.passes`),
+    and 8C2F's ``S_{4,2}`` (7.1 GB of blocks) is one part instead of four on a machine with 21 GB free. With 1 GiB
     for a group, lt-res-l's input-side group (8 chains, side 3,072) sent five of its chains back through
     the network instead of keeping their rows for a GEMM: 211 s of return passes in a 324 s sweep. On a CUDA
     device shares of the memory free now: the dense path holds about five ``n x n`` matrices at its peak
@@ -1053,9 +1063,17 @@ def memory_caps(device=None) -> tuple[int, float, float]:
     ``sqrt(free / 40)``; a group's matrices an eighth; a local chain's blocks a third (its factorization adds
     a few blocks). An allocation that fails all the same skips that certificate (the bound stays proved)."""
     if device is None or torch.device(device).type != "cuda":
-        return 16384, LOCAL_MAX_BYTES, LOCAL_MAX_BYTES
+        return 16384, LOCAL_MAX_BYTES, max(LOCAL_MAX_BYTES, _free_cpu_bytes() / 2)
     free, _ = torch.cuda.mem_get_info(device)
     return math.isqrt(int(free) // 40), free / 8, free / 3
+
+
+def _free_cpu_bytes() -> float:
+    """Memory free now, where the system says (POSIX ``sysconf``), else 0."""
+    try:
+        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return 0.0
 
 
 def _out_of_memory_is_none(fn, *args, **kwargs):
@@ -1318,7 +1336,7 @@ def _proved_inner_norms(structure, keys, objective, small, small_input, budget, 
     def seconds(k) -> float:
         if k not in cost:
             _, ops, ins, _ = chains[k]
-            cost[k] = _certificate_cost(ops, ins[-1], device)
+            cost[k] = _certificate_cost(ops, ins[-1], device, local_max_bytes)
         scale = swept[0] / swept[1] if swept[1] else 1.0
         return cost[k][0] * scale + cost[k][1]
 
