@@ -19,6 +19,8 @@ weights), in one run:
     # 8C2F on a CPU, resumed: each round a new request that starts from the chains the earlier rounds
     # certified (the certificate cache; as when a run is interrupted and started again)
     python bench/guarantee_paths.py --models 8c2f --budget 300 --rounds 6 --estimate 8c2f=1.7325
+    # or the default 300 s, then a long run that starts from what it certified
+    python bench/guarantee_paths.py --models 8c2f --budget 300 3300 --carry --estimate 8c2f=1.7325
     # side by side with another checkout (e.g. `git worktree add /tmp/old HEAD~3`), alternating per model:
     python bench/guarantee_paths.py --models crm-mnist-4c3f 4c3f --compare /tmp/old --threads 1
 
@@ -171,6 +173,9 @@ def main(argv=None) -> int:
                    help="run each guaranteed bound this many times, each from the chains certified by the "
                         "rounds before it (a fresh certificate cache per model, the finished bound removed "
                         "between rounds)")
+    p.add_argument("--carry", action="store_true",
+                   help="the budgets run one after the other on one certificate cache per model, each from the "
+                        "chains the runs before it certified (their times are the runs' own)")
     p.add_argument("--debug-log", metavar="FILE", help="write the DEBUG log of lipzoo.bounds (phases, certificates) here")
     p.add_argument("--estimate", nargs="+", default=[], metavar="MODEL=VALUE",
                    help="a converged estimate measured before (same seed), instead of running it again "
@@ -207,28 +212,36 @@ def main(argv=None) -> int:
         runs = [(f"auto, budget {b:g}s", {"budget": b}) for b in args.budget]
         if args.max_dense:
             runs.append((f"auto, max_dense={args.max_dense}", {"max_dense": args.max_dense}))
+        carried = tempfile.TemporaryDirectory() if args.carry else None
+        total = 0.0
         for label, kw in runs:
             before = os.environ.get("LIPZOO_CACHE")
-            with tempfile.TemporaryDirectory() as cache:
-                total = 0.0
+            with tempfile.TemporaryDirectory() as fresh:
+                cache = carried.name if carried else fresh
+                if not carried:
+                    total = 0.0
                 for r in range(1, args.rounds + 1):
                     for stale in Path(cache).glob("*.json"):
                         stale.unlink()  # the finished bound: the next round is a new request
                     os.environ["LIPZOO_CACHE"] = cache
                     t0 = time.perf_counter()
-                    b = lipschitz_bound(model, shape, norm="auto", cache=args.rounds > 1, device=args.device, **kw)
+                    b = lipschitz_bound(model, shape, norm="auto", cache=args.rounds > 1 or args.carry,
+                                        device=args.device, **kw)
                     dt = time.perf_counter() - t0
                     total += dt
                     off = ~torch.eye(b.value.shape[0], dtype=torch.bool)
                     val = float(b.value[off].mean())
                     below = float(b.liplt_at_estimates[off].mean())
-                    path = label if args.rounds == 1 else f"{label}, round {r} ({total:.0f} s in all)"
+                    path = (f"{label}, round {r} ({total:.0f} s in all)" if args.rounds > 1 else
+                            f"{label}, after the runs above ({total:.0f} s in all)" if carried and total > dt else label)
                     print(f"| {name} | {weights} | {est:.4f} | {iters} | {t_est:.1f} | {path} | {val:.4f} "
                           f"| {b.guarantee} | {val / est:.4f} | {dt:.1f} | {below:.4f} | {val / below:.4f} |", flush=True)
             if before is None:
                 os.environ.pop("LIPZOO_CACHE", None)
             else:
                 os.environ["LIPZOO_CACHE"] = before
+        if carried:
+            carried.cleanup()
     return 0
 
 
