@@ -17,7 +17,8 @@ vectors of the smaller side through ``S^T S`` and factors an ``n x n`` matrix (`
 3. **Block-tridiagonal certificate**: ordered row-block-major (blocks of ``B`` image rows, ``B`` at least
    the largest reach), ``G`` is block tridiagonal. ``tau I - G`` is factored block by block
    (Cholesky of each Schur complement, triangular solves for the coupling blocks), ``nb (m^3/3 + 2 m^3)``
-   flops for ``nb`` blocks of ``m`` rows instead of ``(nb m)^3 / 3``.
+   flops for ``nb`` blocks of ``m`` rows instead of ``(nb m)^3 / 3``. Blocks that do not fit in memory are
+   factored in parts (:meth:`LocalPlan.passes`), each decoded from its own sweep of all probes.
 
 Rounding: every probe result has a proved error bound (:func:`lipzoo.bounds.proved._run_tracked`); the
 decoded columns of a probe are disjoint pieces of its result, so ``||G_hat - G||_F^2 <= sum_K d_K^2``, and
@@ -241,15 +242,16 @@ def _block_cholesky(diag: torch.Tensor, low: torch.Tensor, tau: float,
     """Continue the float64 block Cholesky factorization of ``tau I - G`` over the diagonal blocks ``diag``:
     ``low[i]`` couples ``diag[i + 1]`` to ``diag[i]``, or, after the last ``factor`` of an earlier part,
     ``low[i]`` couples ``diag[i]`` to the block before it. The last factor, or ``None`` on a breakdown."""
-    m = diag.shape[1]
-    eye = torch.eye(m, dtype=diag.dtype, device=diag.device)
     shift = 0 if factor is not None else -1
     for k in range(diag.shape[0]):
-        a = tau * eye - diag[k]
+        a = diag[k].neg()
+        a.diagonal().add_(tau)  # tau I - D, each entry rounded as in tau * eye - D (off the diagonal: exact)
         if factor is not None:
-            # coupling block of tau I - G is -E: X R_prev^T = -E, then the Schur complement
-            x = torch.linalg.solve_triangular(factor.T, -low[k + shift], upper=True, left=False)
-            a = a - x @ x.T
+            # the coupling block of tau I - G is -E: X R_prev^T = -E, then the Schur complement A - X X^T; X is
+            # solved from E instead (negation is exact, and X X^T the same bits), in place: fewer m x m blocks
+            x = torch.linalg.solve_triangular(factor.T, low[k + shift], upper=True, left=False)
+            factor = None
+            a.addmm_(x, x.T, alpha=-1)
             del x
         factor = _cholesky(a)
         del a
@@ -502,7 +504,7 @@ def _certified_in_parts(steps, plan: LocalPlan, passes: int, *, chunk, time_limi
     if not math.isfinite(top):
         return None
     lam = top + _gram_error(sums)
-    logger.debug("  local chain: %d probes for side %d (%d sweeps in %.2fs, decoding %.2fs), %d blocks of %d in %d "
-                 "parts certified in %.2fs", plan.probes, n, sweeps[0], time.perf_counter() - t0 - sums["decode"],
-                 sums["decode"], nb, m, len(parts), time.perf_counter() - t1)
+    logger.debug("  local chain: %d probes for side %d, %d blocks of %d in %d parts certified in %.2fs: %d sweeps of "
+                 "the probes (the first %.2fs; decoding %.2fs in all) and the factorizations", plan.probes, n, nb, m,
+                 len(parts), time.perf_counter() - t0, sweeps[0], t1 - t0, sums["decode"])
     return math.nextafter(math.sqrt(lam) * (1 + 2 * U), math.inf)

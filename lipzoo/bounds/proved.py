@@ -29,7 +29,8 @@ number returned here is a mathematically guaranteed upper bound, floating-point 
    goes through :mod:`lipzoo.bounds.banded`: sources whose Gram columns cannot meet share a probe vector,
    and the Gram matrix, block tridiagonal in row blocks, is factored block by block (6C2F's ``S_{2,0}``:
    3,136 probes instead of 16,384 sweeps and 6 factorizations of 3,072 instead of one of 16,384), with
-   no cap on its side other than the blocks' memory (:data:`LOCAL_MAX_BYTES`).
+   no cap on its side: blocks that do not fit in memory (:func:`memory_caps`) are factored in parts, one
+   sweep of the probes each.
 4. **Exact certificates**: the Gram matrix ``G`` of the smaller side is formed in float64, a Lanczos
    estimate ``lam`` of its top eigenvalue is computed, and ``tau I - G`` with ``tau = lam (1 + delta)`` is
    shown positive definite by a Cholesky factorization that runs to completion
@@ -1069,7 +1070,15 @@ def memory_caps(device=None) -> tuple[int, float, float]:
 
 
 def _free_cpu_bytes() -> float:
-    """Memory free now, where the system says (POSIX ``sysconf``), else 0."""
+    """Memory available now: Linux's ``MemAvailable`` (free memory and the page cache it can reclaim), else
+    POSIX ``sysconf``'s free pages, else 0."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (AttributeError, ValueError, OSError):

@@ -56,8 +56,8 @@ start)
 checks)
     # issue 12's GPU figures, most important first; each part writes its own file under $OUT as it goes,
     # so a part that runs out of time leaves the others. CHECK_PARTS picks the parts (default all four),
-    # CHECK_MODELS / GUARANTEE_MODELS / GUARANTEE_BUDGET what they run (defaults sized for one ~8-minute
-    # command on an H100).
+    # CHECK_MODELS / GUARANTEE_MODELS / GUARANTEE_BUDGET (one or more budgets) what they run, GUARANTEE_ARGS
+    # more flags of bench/guarantee_paths.py (defaults sized for one ~8-minute command on an H100).
     cd "$SRC"
     parts=" ${CHECK_PARTS:-tests accountant train guarantee} "
     models="${CHECK_MODELS:-4c3f 6c2f 8c2f}"
@@ -70,7 +70,7 @@ checks)
         --models $models 2>&1 | tee "$OUT/train_step.txt"
     [[ $parts == *" guarantee "* ]] && LIPZOO_CACHE=off timeout "${GUARANTEE_TIMEOUT:-300}" "$PY" bench/guarantee_paths.py \
         --device "$DEVICE" --models ${GUARANTEE_MODELS:-4c3f 6c2f crm-mnist-4c3f crm-cifar10-6c2f lt-res-s 8c2f} \
-        --budget "${GUARANTEE_BUDGET:-60}" --max-iter 400 --debug-log "$OUT/guarantee_debug.log" 2>&1 \
+        --budget ${GUARANTEE_BUDGET:-60} --max-iter 400 --debug-log "$OUT/guarantee_debug.log" ${GUARANTEE_ARGS:-} 2>&1 \
         | tee "$OUT/guarantee.txt"
     true
     ;;
