@@ -102,8 +102,9 @@ def store_bounds(key: str, bounds: dict) -> None:
 # Certified inner norms, one file per weights: a guaranteed bound that did not finish tightening (its time
 # budget ran out, or it was interrupted) leaves every chain it certified here, and the next request for
 # the same weights starts from them instead of certifying them again. A certificate is a fact about the
-# operator, not about the request: the key has no mode, budget, seed or device, so `lipzoo bounds` with
-# 300 s, then again with 300 s, spends the second 300 s on chains the first did not reach.
+# operator, not about the request: the key has no mode, budget, seed or device, so `lipzoo bounds
+# --bound-budget 3300` after a 300 s run spends its time on the chains the first did not reach, and a run
+# that was interrupted continues where it stopped when started again.
 _CHAINS = "chains"
 
 

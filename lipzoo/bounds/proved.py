@@ -71,8 +71,8 @@ __all__ = ["FACTOR_MARGIN", "LOCAL_MAX_BYTES", "abs_norm_bound", "certified_lamb
 U = 2.0 ** -53  # unit roundoff of float64
 
 LOCAL_MAX_BYTES = 4 * 2.0 ** 30
-"""Memory for the blocks of a local chain's Gram matrix (:mod:`lipzoo.bounds.banded`) on the CPU, at least
-(half the memory free when the chain is planned, where the system says)."""
+"""Memory for the blocks of a local chain's Gram matrix (:mod:`lipzoo.bounds.banded`) on the CPU: this, or
+half the memory available when that is more (:func:`memory_caps`); and for a group's matrices."""
 
 FACTOR_MARGIN = 1e-9
 """Relative margin on a factor's own ``norm_bound`` (FFT/polyphase bound of a convolution, dense norms).
@@ -1054,9 +1054,10 @@ def memory_caps(device=None) -> tuple[int, float, float]:
 
     On the CPU fixed sizes for the dense path and groups (a 16,384-dimensional Gram matrix is 2 GiB, and its
     factorization makes a copy; :data:`LOCAL_MAX_BYTES` of group matrices), sized for a machine of 16-32 GB,
-    and half the memory free now for a local chain's blocks (at least :data:`LOCAL_MAX_BYTES`): blocks that
-    do not fit are factored in parts, one sweep of the probes each (:meth:`lipzoo.bounds.banded.LocalPlan.passes`),
-    and 8C2F's ``S_{4,2}`` (7.1 GB of blocks) is one part instead of four on a machine with 21 GB free. With 1 GiB
+    and half the memory available now for a local chain's blocks (at least :data:`LOCAL_MAX_BYTES`): blocks
+    that do not fit are factored in parts, one sweep of the probes each
+    (:meth:`lipzoo.bounds.banded.LocalPlan.passes`), and 8C2F's ``S_{4,2}`` (7.1 GB of blocks) is one part
+    instead of four on a machine with 21 GB free. With 1 GiB
     for a group, lt-res-l's input-side group (8 chains, side 3,072) sent five of its chains back through
     the network instead of keeping their rows for a GEMM: 211 s of return passes in a 324 s sweep. On a CUDA
     device shares of the memory free now: the dense path holds about five ``n x n`` matrices at its peak
