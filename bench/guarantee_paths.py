@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -204,44 +205,37 @@ def main(argv=None) -> int:
     print("| model | weights | estimate (mean L_ij) | iters | est. s | path | guaranteed | guarantee | ratio | s "
           "| at the estimates | guaranteed / at the estimates |")
     print("|---|---|---:|---:|---:|---|---:|---|---:|---:|---:|---:|")
-    for name in args.models:
-        model, shape, weights = _model(name, args.seed)
-        t0 = time.perf_counter()
-        est, iters = _estimate(args, name, model, shape)
-        t_est = time.perf_counter() - t0
-        runs = [(f"auto, budget {b:g}s", {"budget": b}) for b in args.budget]
-        if args.max_dense:
-            runs.append((f"auto, max_dense={args.max_dense}", {"max_dense": args.max_dense}))
-        carried = tempfile.TemporaryDirectory() if args.carry else None
-        total = 0.0
-        for label, kw in runs:
-            before = os.environ.get("LIPZOO_CACHE")
-            with tempfile.TemporaryDirectory() as fresh:
-                cache = carried.name if carried else fresh
-                if not carried:
+    cached = args.rounds > 1 or args.carry
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["LIPZOO_CACHE"] = cache  # this script's own folder; only --rounds and --carry use it
+        for name in args.models:
+            model, shape, weights = _model(name, args.seed)
+            t0 = time.perf_counter()
+            est, iters = _estimate(args, name, model, shape)
+            t_est = time.perf_counter() - t0
+            runs = [(f"auto, budget {b:g}s", {"budget": b}) for b in args.budget]
+            if args.max_dense:
+                runs.append((f"auto, max_dense={args.max_dense}", {"max_dense": args.max_dense}))
+            total = 0.0
+            for label, kw in runs:
+                if not args.carry:  # each budget from no certificate
+                    shutil.rmtree(Path(cache) / "chains", ignore_errors=True)
                     total = 0.0
                 for r in range(1, args.rounds + 1):
                     for stale in Path(cache).glob("*.json"):
                         stale.unlink()  # the finished bound: the next round is a new request
-                    os.environ["LIPZOO_CACHE"] = cache
                     t0 = time.perf_counter()
-                    b = lipschitz_bound(model, shape, norm="auto", cache=args.rounds > 1 or args.carry,
-                                        device=args.device, **kw)
+                    b = lipschitz_bound(model, shape, norm="auto", cache=cached, device=args.device, **kw)
                     dt = time.perf_counter() - t0
                     total += dt
                     off = ~torch.eye(b.value.shape[0], dtype=torch.bool)
                     val = float(b.value[off].mean())
                     below = float(b.liplt_at_estimates[off].mean())
                     path = (f"{label}, round {r} ({total:.0f} s in all)" if args.rounds > 1 else
-                            f"{label}, after the runs above ({total:.0f} s in all)" if carried and total > dt else label)
+                            f"{label}, after the runs above ({total:.0f} s in all)" if total > dt else label)
                     print(f"| {name} | {weights} | {est:.4f} | {iters} | {t_est:.1f} | {path} | {val:.4f} "
-                          f"| {b.guarantee} | {val / est:.4f} | {dt:.1f} | {below:.4f} | {val / below:.4f} |", flush=True)
-            if before is None:
-                os.environ.pop("LIPZOO_CACHE", None)
-            else:
-                os.environ["LIPZOO_CACHE"] = before
-        if carried:
-            carried.cleanup()
+                          f"| {b.guarantee} | {val / est:.4f} | {dt:.1f} | {below:.4f} | {val / below:.4f} |",
+                          flush=True)
     return 0
 
 

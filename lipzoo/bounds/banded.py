@@ -413,41 +413,34 @@ def _sweep_blocks(steps, plan: LocalPlan, first: int, stop: int, chunk: int, dea
     """Every probe through ``steps``, keeping the diagonal blocks ``first .. stop - 1`` and their couplings to
     the block before (:func:`_decode_into`); the probes' squared error bounds and norms added to ``sums``, and
     when ``diagonal`` is given, ``G_hat``'s diagonal added to it (each entry from its own probe). ``None``,
-    with nothing allocated, when ``deadline`` refuses."""
+    with nothing allocated, when ``deadline`` refuses (``None``: no time limit)."""
     blocks: list = []
     m = plan.block_size
 
     def run(start, end):
         x, channels = _probe_block(plan, start, end, device)
-        return _run_tracked(steps, x, torch.zeros(end - start, dtype=torch.float64, device=device), channels)
+        y, err = _run_tracked(steps, x, torch.zeros(end - start, dtype=torch.float64, device=device), channels)
+        return y, err, (x if diagonal is not None else None)
 
     def allocate():
         blocks.append(torch.zeros(stop - first, m, m, dtype=torch.float64, device=device))
         blocks.append(torch.zeros(max(stop - max(first, 1), 0), m, m, dtype=torch.float64, device=device))
 
-    def store(start, _, y, err):
+    def store(start, _, y, err, x):
         td = time.perf_counter()
         sums["sq_err"] += float(err.double().square().sum())
-        if diagonal is not None:  # a probe is 1 exactly at its sources: y x is G_hat_qq there, 0 elsewhere
-            diagonal.add_((y * _probe_block(plan, start, start + y.shape[0], device)[0]).sum(0).reshape(-1))
+        if x is not None:  # a probe is 1 exactly at its sources: y x is G_hat_qq there, 0 elsewhere
+            diagonal.add_((y * x).sum(0).reshape(-1))
         sub = max(1, (1 << 21) // numel(plan.shape))  # bounds the index tensors of one scatter (~100 MB)
         for i in range(0, y.shape[0], sub):
             sums["sq_norm"] += _decode_into(plan, start + i, y[i:i + sub], *blocks, first=first)
         sums["decode"] += time.perf_counter() - td
 
     if deadline is None:
-        allocate()
-        for start in range(0, plan.probes, chunk):
-            end = min(start + chunk, plan.probes)
-            store(start, end, *run(start, end))
-    elif not deadline.sweep(plan.probes, chunk, run, allocate, store):
+        deadline = _Deadline(1, 0.0, math.inf, device)  # says "go" after the first block
+    if not deadline.sweep(plan.probes, chunk, run, allocate, store):
         return None
     return blocks[0], blocks[1]
-
-
-def _block_diagonal_entries(diag: torch.Tensor) -> torch.Tensor:
-    """The diagonal of the blocks in the side's order (``_decode_into``'s order: blocks, then in-block)."""
-    return diag.diagonal(dim1=1, dim2=2).reshape(-1)
 
 
 def _certified_in_parts(steps, plan: LocalPlan, passes: int, *, chunk, time_limit, generator, device, info):
@@ -478,13 +471,13 @@ def _certified_in_parts(steps, plan: LocalPlan, passes: int, *, chunk, time_limi
 
     def factors(tau: float) -> bool:
         factor = None
-        for i, (first, stop) in enumerate(parts):
+        for first, stop in parts:
             blocks = held.pop() if held else None
             if blocks is None:
                 blocks = _sweep_blocks(steps, plan, first, stop, chunk, None, sums, device)
                 sweeps[0] += 1
             diag, low = blocks
-            if not torch.equal(_block_diagonal_entries(diag), diagonal[first * m:stop * m]):
+            if not torch.equal(diag.diagonal(dim1=1, dim2=2).reshape(-1), diagonal[first * m:stop * m]):
                 logger.debug("    a sweep's diagonal differs from the first's: no certificate from this one")
                 return False
             factor = _block_cholesky(diag, low, tau, factor)

@@ -82,10 +82,11 @@ def weights_sha256(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def bound_key(model: nn.Module, request: dict) -> str:
-    """The cache key of a bound of ``model`` for ``request`` (JSON-serialisable options)."""
-    blob = json.dumps({"weights": weights_sha256(model), "code": _code_hash(), **request}, sort_keys=True,
-                      default=str)
+def bound_key(model: nn.Module, request: dict, *, weights: str | None = None) -> str:
+    """The cache key of a bound of ``model`` for ``request`` (JSON-serialisable options); ``weights``: the
+    model's :func:`weights_sha256` when the caller has it already."""
+    blob = json.dumps({"weights": weights or weights_sha256(model), "code": _code_hash(), **request},
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -108,11 +109,10 @@ def store_bounds(key: str, bounds: dict) -> None:
 _CHAINS = "chains"
 
 
-def certificate_key(model: nn.Module, input_shape) -> str:
+def certificate_key(model: nn.Module, input_shape, *, weights: str | None = None) -> str:
     """The key of the certified inner norms of ``model``'s LipLT operators on ``input_shape``."""
-    blob = json.dumps({"weights": weights_sha256(model), "code": _code_hash(), "kind": "liplt chain certificates",
-                       "input_shape": [str(s) for s in input_shape]}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return bound_key(model, {"kind": "liplt chain certificates", "input_shape": [str(s) for s in input_shape]},
+                     weights=weights)
 
 
 def load_certificates(key: str) -> dict[tuple[int, int], tuple[float, float]]:

@@ -337,12 +337,14 @@ def lipschitz_bounds(model: nn.Module, input_shape, *, method: str = "liplt", mo
         raise ValueError(f"norm='lanczos' bounds the LipLT operators: use method='liplt' or 'best', not {method!r}.")
     if n_iter is None:
         n_iter = LANCZOS_STEPS if norm == "lanczos" else 200
-    key = hit = None
+    key = hit = on_certified = None
+    known: dict = {}
     from lipzoo.bounds import cache as _cache
 
     if cache is None:
         cache = _cache.enabled_by_env()
     if cache and isinstance(input_shape, (tuple, list, torch.Size)):  # a bad shape raises below, uncached
+        sha = _cache.weights_sha256(model)
 
         # The budget is not part of the key: every cached value is proved, so a bound computed with at
         # least the requested tightening time serves any request (`lipzoo bounds --bound-budget 1500`
@@ -353,7 +355,7 @@ def lipschitz_bounds(model: nn.Module, input_shape, *, method: str = "liplt", mo
                    "seed": "fresh" if seed is None else seed, "sdp_t": sdp_t,
                    "device": torch.device(device).type if device is not None else _model_device(model),
                    **({"failure_probability": failure_probability} if norm == "lanczos" else {})}
-        key = _cache.bound_key(model, request)
+        key = _cache.bound_key(model, request, weights=sha)
         hit = _cache.load_bounds(key)
         wanted = budget if norm == "auto" else 0.0
         parsed = {}
@@ -365,15 +367,14 @@ def lipschitz_bounds(model: nn.Module, input_shape, *, method: str = "liplt", mo
                 del hit[m]
         if all(m in parsed and parsed[m][1] >= wanted for m in modes):
             return {m: parsed[m][0] for m in modes}
-    known, on_certified = {}, None
-    if cache and norm == "auto" and method in ("liplt", "best") and isinstance(input_shape, (tuple, list, torch.Size)):
-        # certificates of single chains outlive the request: a run cut short by its budget or an interrupt
-        # leaves them for the next, which spends its time on the chains not yet certified
-        cert_key = _cache.certificate_key(model, input_shape)
-        known = _cache.load_certificates(cert_key)
+        if norm == "auto" and method in ("liplt", "best"):
+            # certificates of single chains outlive the request: a run cut short by its budget or an interrupt
+            # leaves them for the next, which spends its time on the chains not yet certified
+            cert_key = _cache.certificate_key(model, input_shape, weights=sha)
+            known = _cache.load_certificates(cert_key)
 
-        def on_certified(k, value, estimate):
-            _cache.store_certificates(cert_key, {k: (value, estimate)})
+            def on_certified(k, value, estimate):
+                _cache.store_certificates(cert_key, {k: (value, estimate)})
     if seed is None:
         seed = int.from_bytes(os.urandom(8), "little") >> 1
     out = _lipschitz_bounds(model, input_shape, method=method, modes=modes, norm=norm, max_dense=max_dense,
@@ -413,7 +414,7 @@ def _bound_from_record(record, dtype: torch.dtype = torch.float64) -> LipschitzB
 
 
 def _lipschitz_bounds(model, input_shape, *, method, modes, norm, max_dense, n_iter, dtype, device, seed, sdp_t,
-                      budget, progress, failure_probability, known=None, on_certified=None) -> dict[str, LipschitzBound]:
+                      budget, progress, failure_probability, known, on_certified) -> dict[str, LipschitzBound]:
     # Guaranteed norms are always computed in float64, whatever ``dtype`` asks for: EXACT_MARGIN is
     # sized for float64 rounding (a float32 exact norm came out 8e-6 low, above a 1e-6 margin). The
     # value is then rounded *up* to ``dtype``. ``dtype`` is the computation dtype of ``norm="power"``.
@@ -496,7 +497,7 @@ def _lipschitz_bounds(model, input_shape, *, method, modes, norm, max_dense, n_i
             details["inner"] = {f"{t},{j}": float(v) for (t, j), v in inner.items()}
             if norm == "auto":
                 details["inner_proofs"] = how
-                details["certificates_reused"] = sorted(f"{t},{j}" for (t, j) in (known or {}) if (t, j) in proved)
+                details["certificates_reused"] = sorted(f"{t},{j}" for (t, j) in known if (t, j) in proved)
                 # each norm's estimate is from below (a Ritz value) and the recursion is monotone: the exact
                 # LipLT value lies between this and the bound, which tells how loose the bound can be
                 details["liplt_at_estimates"] = {
