@@ -371,8 +371,8 @@ def test_known_certificates_are_taken_not_recomputed(monkeypatch):
             assert again[k].value <= first[k].value
             assert again[k].value >= _dense_norm(compose(*s.chain(*k)), s.space_shape(*k)[0])
             assert (again[k].guarantee == "exact") == (k in seen)
-            if k in seen:
-                assert again[k].value == seen[k][0] and again[k].estimate == seen[k][1]
+            if k in seen:  # the certificate as stored, with this run's own estimate from below
+                assert again[k].value == seen[k][0] and again[k].estimate <= seen[k][0] * (1 + 1e-9)
 
 
 def test_an_interrupted_bound_resumes_from_its_certificates(tmp_path, monkeypatch):

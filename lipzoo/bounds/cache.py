@@ -1,46 +1,62 @@
-"""On-disk cache of Lipschitz bounds, keyed by what they were computed from.
+"""On-disk cache of Lipschitz bounds: every entry is a claim that a later run checks before using it.
 
 A guaranteed bound of a convolutional network costs seconds to minutes; ``lipzoo certify`` after
 ``lipzoo bounds`` (or a second certification of the same weights) should not pay it twice. The key
 is the sha256 of
 
-* the weights: every parameter and buffer of the model (name, dtype, shape, bytes), and the module
-  tree's ``repr`` (strides, paddings, activations: what the structure is built from);
-* the request: input shape, method, mode, norm path and its options, dtype, device type;
-* the code: the lipzoo version and the sha256 of the accountant's source files, so a changed
-  accountant never serves a bound computed by an older one.
+* what the accountant bounds: the :func:`lipzoo.bounds.fingerprint.structure_fingerprint` of the structure
+  built from the model (every operator's type and every number that defines it, the slopes derived at
+  this call, the input shape). It is computed after ``build_structure``, so every acceptance check has
+  run before any lookup: a module the accountant refuses is refused with or without a cache;
+* the request: method, mode, norm path and its options, dtype, device type;
+* the code: :func:`lipzoo.bounds.fingerprint.code_hash`, the sha256 of every source file of the package.
+
+Nothing read from disk is trusted as it stands (:func:`lipzoo.bounds.liplt.lipschitz_bounds` and
+:func:`lipzoo.bounds.proved.proved_inner_norms` check each entry):
+
+* every file carries an HMAC-SHA256 of its payload under a per-user key kept outside the cache folder
+  (:func:`_secret`): a file edited by hand (even with a recomputed checksum), copied from another
+  machine, truncated or half-written is rejected (with a warning) and recomputed;
+* and in case the key is known to whoever wrote the file: a stored bound below what this run's own
+  estimates from below prove (the LipLT recursion at Lanczos
+  estimates of every inner norm, gradient norms at sample points) is a corrupt entry: dropped and
+  recomputed; a stored certified inner norm below this run's Lanczos estimate of it, likewise;
+* writes go to a unique temporary file renamed into place (atomic: no reader sees half a file); the
+  read-merge-write of the certificate files holds an exclusive lock, so two processes writing the same
+  entry lose nothing.
 
 Files live in ``$LIPZOO_CACHE`` (``~/.cache/lipzoo/bounds`` when a caller asks for the cache without
 setting it; the ``lipzoo`` command line sets that default); ``LIPZOO_CACHE=off`` disables the cache.
-The Python API uses the cache by default only when ``LIPZOO_CACHE`` is set (:func:`enabled_by_env`). A file that cannot be read or does not match its key is ignored with a warning and
-recomputed.
+The Python API uses the cache by default only when ``LIPZOO_CACHE`` is set (:func:`enabled_by_env`).
 
 Beside the finished bounds, ``chains/`` keeps every inner operator norm certified exactly on the way
-(:func:`store_certificates`), keyed by the weights, the input shape and the code only, so that an
-interrupted or budget-limited run leaves them to the next request.
+(:func:`store_certificates`), keyed by the structure and the code only, so that an interrupted or
+budget-limited run leaves them to the next request.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import hmac
 import json
 import logging
 import math
 import os
+import tempfile
 from pathlib import Path
 
-import torch
-from torch import nn
+from lipzoo.bounds.fingerprint import code_hash
 
-__all__ = ["cache_dir", "enabled_by_env", "bound_key", "load_bounds", "store_bounds", "weights_sha256",
-           "certificate_key", "load_certificates", "store_certificates"]
+try:  # POSIX: an exclusive lock around read-merge-write
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: atomic renames only (a concurrent merge may lose an entry)
+    fcntl = None
+
+__all__ = ["cache_dir", "enabled_by_env", "bound_key", "load_bounds", "store_bounds", "certificate_key",
+           "load_certificates", "store_certificates", "drop_certificates"]
 
 logger = logging.getLogger(__name__)
-
-_SOURCES = ("bounds/liplt.py", "bounds/norms.py", "bounds/proved.py", "bounds/banded.py", "bounds/sweep.py",
-            "bounds/structure.py", "layers/operators.py", "layers/state.py", "layers/torch_modules.py", "layers/lt.py",
-            "layers/residual.py", "layers/activations.py")
-_CODE_HASH: str | None = None
 
 
 def cache_dir() -> Path | None:
@@ -56,37 +72,10 @@ def enabled_by_env() -> bool:
     return os.environ.get("LIPZOO_CACHE") is not None and cache_dir() is not None
 
 
-def _code_hash() -> str:
-    global _CODE_HASH
-    if _CODE_HASH is None:
-        import lipzoo
-
-        root = Path(lipzoo.__file__).parent
-        h = hashlib.sha256(str(getattr(lipzoo, "__version__", "?")).encode())
-        for rel in _SOURCES:
-            p = root / rel
-            h.update(rel.encode())
-            h.update(p.read_bytes() if p.exists() else b"-")
-        _CODE_HASH = h.hexdigest()
-    return _CODE_HASH
-
-
-def weights_sha256(model: nn.Module) -> str:
-    """sha256 of the module tree's ``repr`` and of every parameter and buffer (name, dtype, shape, bytes)."""
-    h = hashlib.sha256(repr(model).encode())
-    tensors = list(model.named_parameters()) + list(model.named_buffers())
-    for name, t in sorted(tensors, key=lambda kv: kv[0]):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def bound_key(model: nn.Module, request: dict, *, weights: str | None = None) -> str:
-    """The cache key of a bound of ``model`` for ``request`` (JSON-serialisable options); ``weights``: the
-    model's :func:`weights_sha256` when the caller has it already."""
-    blob = json.dumps({"weights": weights or weights_sha256(model), "code": _code_hash(), **request},
-                      sort_keys=True, default=str)
+def bound_key(fingerprint: str, request: dict) -> str:
+    """The cache key of a bound of the structure with :func:`~lipzoo.bounds.fingerprint.structure_fingerprint`
+    ``fingerprint`` for ``request`` (JSON-serialisable options)."""
+    blob = json.dumps({"structure": fingerprint, "code": code_hash(), **request}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -109,10 +98,10 @@ def store_bounds(key: str, bounds: dict) -> None:
 _CHAINS = "chains"
 
 
-def certificate_key(model: nn.Module, input_shape, *, weights: str | None = None) -> str:
-    """The key of the certified inner norms of ``model``'s LipLT operators on ``input_shape``."""
-    return bound_key(model, {"kind": "liplt chain certificates", "input_shape": [str(s) for s in input_shape]},
-                     weights=weights)
+def certificate_key(fingerprint: str) -> str:
+    """The key of the certified inner norms of the LipLT operators of the structure ``fingerprint`` (which
+    holds the input shape)."""
+    return bound_key(fingerprint, {"kind": "liplt chain certificates"})
 
 
 def load_certificates(key: str) -> dict[tuple[int, int], tuple[float, float]]:
@@ -135,12 +124,54 @@ def load_certificates(key: str) -> dict[tuple[int, int], tuple[float, float]]:
 
 
 def store_certificates(key: str, certificates: dict[tuple[int, int], tuple[float, float]]) -> None:
-    """Add ``{(t, j): (norm, estimate)}`` to what is stored under ``key``, keeping the smaller norm."""
-    merged = load_certificates(key)
-    for k, (value, estimate) in certificates.items():
-        old = merged.get(k)
-        merged[k] = (value, estimate) if old is None else (min(old[0], value), max(old[1], estimate))
-    _store(key, "chains", {f"{t},{j}": list(v) for (t, j), v in sorted(merged.items())}, _CHAINS)
+    """Add ``{(t, j): (norm, estimate)}`` to what is stored under ``key``, keeping the smaller norm (both are
+    proved; the lock makes the read-merge-write of two processes safe)."""
+    with _locked(key, _CHAINS):
+        merged = load_certificates(key)
+        for k, (value, estimate) in certificates.items():
+            old = merged.get(k)
+            merged[k] = (value, estimate) if old is None else (min(old[0], value), max(old[1], estimate))
+        _store(key, "chains", {f"{t},{j}": list(v) for (t, j), v in sorted(merged.items())}, _CHAINS)
+
+
+def drop_certificates(key: str, keys) -> None:
+    """Remove the entries ``keys`` (found corrupt by a later run) from what is stored under ``key``."""
+    with _locked(key, _CHAINS):
+        kept = {k: v for k, v in load_certificates(key).items() if k not in set(keys)}
+        _store(key, "chains", {f"{t},{j}": list(v) for (t, j), v in sorted(kept.items())}, _CHAINS)
+
+
+def _secret() -> bytes:
+    """This user's key for the cache's HMACs: ``$LIPZOO_CACHE_SECRET`` (a file), else
+    ``$XDG_CONFIG_HOME/lipzoo/cache-secret`` (``~/.config/...``), created with 32 random bytes and mode 0600 on
+    first use. It lives outside the cache folder, so a cache copied from elsewhere or edited (even with a
+    recomputed checksum) is rejected; where it cannot be written, a key for this process only is used."""
+    global _SECRET
+    if _SECRET is None:
+        env = os.environ.get("LIPZOO_CACHE_SECRET")
+        config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+        path = Path(env).expanduser() if env else config / "lipzoo" / "cache-secret"
+        try:
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(os.urandom(32))
+            _SECRET = path.read_bytes()
+            if len(_SECRET) < 16:
+                raise OSError(f"{path} holds fewer than 16 bytes")
+        except OSError as err:
+            logger.warning("No key for the bound cache (%s); entries written now serve this process only.", err)
+            _SECRET = os.urandom(32)
+    return _SECRET
+
+
+_SECRET: bytes | None = None
+
+
+def _digest(payload) -> str:
+    """HMAC-SHA256 of the payload under this user's :func:`_secret`."""
+    return hmac.new(_secret(), json.dumps(payload, sort_keys=True).encode(), hashlib.sha256).hexdigest()
 
 
 def _load(key: str, field: str, sub: str | None = None):
@@ -154,6 +185,9 @@ def _load(key: str, field: str, sub: str | None = None):
         data = json.loads(path.read_text())
         if data.get("key") != key or not isinstance(data.get(field), dict):
             raise ValueError(f"key mismatch or missing {field!r}")
+        if not hmac.compare_digest(str(data.get("hmac")), _digest(data[field])):
+            raise ValueError("its content does not match the HMAC it was written with (edited, damaged or "
+                             "written with another key)")
         return data[field]
     except (OSError, ValueError, TypeError, AttributeError) as err:
         logger.warning("Ignoring corrupt Lipschitz-bound cache file %s (%s); recomputing.", path, err)
@@ -165,10 +199,41 @@ def _store(key: str, field: str, data: dict, sub: str | None = None) -> None:
     if root is None:
         return
     folder = root / sub if sub else root
+    tmp = None
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{key}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps({"key": key, field: data}))
+        fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".tmp", dir=folder)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"key": key, field: data, "hmac": _digest(data)}, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, folder / f"{key}.json")
+        tmp = None
     except OSError as err:
         logger.warning("Could not write the Lipschitz-bound cache in %s (%s).", folder, err)
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def _locked(key: str, sub: str):
+    """An exclusive lock on ``key`` in ``sub`` (no lock without a cache folder or without ``fcntl``)."""
+    root = cache_dir()
+    if root is None or fcntl is None:
+        yield
+        return
+    folder = root / sub
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(folder / f".{key}.lock", "a+")
+    except OSError:
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1103,7 +1103,8 @@ def proved_inner_norms(structure: Structure, keys, *, objective: Callable[[dict]
                        n_estimate: int = 40, seed: int = 0, progress: bool | None = None, device=None,
                        max_side: int | None = None, max_bytes: float | None = None,
                        local_max_bytes: float | None = None, known: dict | None = None,
-                       on_certified: Callable[[tuple, float, float], None] | None = None) -> dict:
+                       on_certified: Callable[[tuple, float, float], None] | None = None,
+                       on_corrupt: Callable[[list], None] | None = None) -> dict:
     """Guaranteed upper bounds ``{(t, j): ProvedNorm}`` on ``||S_{t,j}||`` for the given keys.
 
     Args:
@@ -1127,10 +1128,13 @@ def proved_inner_norms(structure: Structure, keys, *, objective: Callable[[dict]
         local_max_bytes: memory for the blocks of one local chain.
             ``None`` (each of the three): :func:`memory_caps` of the device.
         known: ``{key: (norm, estimate)}`` certified before for these very operators (same weights, same
-            accountant: :func:`lipzoo.bounds.cache.load_certificates`): each is taken as certified, it
-            serves the chains through it, and no time is spent on it again.
+            accountant: :func:`lipzoo.bounds.cache.load_certificates`). A claim, checked first: one below this
+            run's own Lanczos estimate of that norm (from below) is corrupt, dropped (``on_corrupt(keys)``) and
+            certified again; each other is taken as certified, serves the chains through it, and no time is
+            spent on it again.
         on_certified: called as ``on_certified(key, norm, estimate)`` right after each certificate, so a
             caller can keep it (an interrupted run loses none of them).
+        on_corrupt: called with the keys of ``known`` entries found below their estimates.
     """
     keys = list(keys)
     if not keys:
@@ -1146,7 +1150,7 @@ def proved_inner_norms(structure: Structure, keys, *, objective: Callable[[dict]
         with torch.backends.cudnn.flags(enabled=False):
             return _proved_inner_norms(structure, keys, objective, small, small_input, budget, tol, chunk,
                                        n_estimate, seed, progress, device, max_side, max_bytes, local_max_bytes,
-                                       known or {}, on_certified)
+                                       known or {}, on_certified, on_corrupt)
     finally:
         _NB_MEMO.clear()
         _STEP_MEMO.clear()
@@ -1217,7 +1221,7 @@ def _lanczos_estimates(structure: Structure, keys, steps: int, generator, device
 
 
 def _proved_inner_norms(structure, keys, objective, small, small_input, budget, tol, chunk, n_estimate, seed,
-                        progress, device, max_side, max_bytes, local_max_bytes, known, on_certified):
+                        progress, device, max_side, max_bytes, local_max_bytes, known, on_certified, on_corrupt):
     from tqdm.auto import tqdm
 
     gen = torch.Generator().manual_seed(seed)
@@ -1238,9 +1242,21 @@ def _proved_inner_norms(structure, keys, objective, small, small_input, budget, 
         if report and on_certified is not None:
             on_certified(key, value, estimate)
 
-    for key, (value, estimate) in known.items():
-        if key in chains:
-            certified(key, value, estimate, report=False)
+    known = {k: v for k, v in known.items() if k in chains}
+    if known:
+        # a stored certificate is a claim: this run's own estimate from below (its own generator, so the rest of
+        # the run draws what it would draw without a cache) must not exceed it
+        check = _lanczos_estimates(structure, list(known), n_estimate, torch.Generator().manual_seed(seed + 7919),
+                                   device)
+        corrupt = sorted(k for k, (value, _) in known.items() if not value >= check[k])
+        if corrupt:
+            logger.warning("Ignoring %d stored certificate(s) below this run's estimate of the norm (corrupt cache "
+                           "entries %s); certifying them again.", len(corrupt), ", ".join(f"S{k}" for k in corrupt))
+            if on_corrupt is not None:
+                on_corrupt(corrupt)
+        for key, (value, _) in known.items():
+            if key not in corrupt:
+                certified(key, value, check[key], report=False)
     if done:
         logger.debug("%d of %d chains certified before (cache)", len(done), len(keys))
 

@@ -162,9 +162,14 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, config: A
     if card is not None:
         meta = meta.replace(extra={**meta.extra, "card": dict(card)})
         json.dumps(dict(card), allow_nan=False)
+    tensors = _storage_tensors(model, storage_dtype)
+    if meta.results is not None:  # results that name a bound must name these very weights and structure
+        twin = build_model(meta)
+        twin.load_state_dict({k: tensors[k].to(v.dtype) if v.is_floating_point() else tensors[k]
+                              for k, v in twin.state_dict().items()}, strict=True)
+        _check_bound_owner(meta.results.bound, twin.eval(), meta.input_shape, "save_pretrained")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = _storage_tensors(model, storage_dtype)
     # One metadata key only: safetensors writes its metadata map in hash order, so several keys make
     # the bytes (and the sha256) differ between two saves of the same tensors. Version and storage
     # dtype live in config.json.
@@ -175,6 +180,20 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, config: A
     _write_config_and_card(directory, meta)
     logger.info("Saved %s checkpoint to %s (sha256 %s)", meta.architecture, directory, meta.sha256)
     return directory
+
+
+def _check_bound_owner(record: Mapping[str, Any] | None, model: nn.Module, input_shape, where: str) -> None:
+    """Refuse results whose bound record names another model's fingerprint (one line naming both)."""
+    named = (record or {}).get("fingerprint")
+    if named is None:
+        return
+    from lipzoo.bounds.fingerprint import model_fingerprint
+
+    mine = model_fingerprint(model, tuple(input_shape))
+    if mine.digest != named:
+        raise ValueError(f"{where}: the results' bound belongs to another model "
+                         f"({(record or {}).get('model_summary') or named[:12]}), not to this one ({mine.summary}); "
+                         "certify this model and attach that report.")
 
 
 def _write_config_and_card(directory: Path, meta: Metadata) -> None:
@@ -205,6 +224,7 @@ def attach_results(directory: str | os.PathLike, report: Mapping[str, Any]) -> M
     if named is not None and named != sha:
         raise ValueError(f"attach_results: the report was measured on weights with sha256 {named}, but "
                          f"{directory / WEIGHTS_NAME} has sha256 {sha}; certify this folder and attach that report.")
+    _check_bound_owner(report.get("bound"), _load_directory(directory), meta.input_shape, "attach_results")
     results = Results.from_report(report, sha)
     trained = (meta.training or {}).get("epochs_trained")
     if results.epochs_trained is None and trained is not None:  # the weights' own training record
