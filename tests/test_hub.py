@@ -761,3 +761,30 @@ def _parent_numbers_absent(text: str) -> bool:
     results = zoo.get_metadata("crm-mnist-4c3f").results
     numbers = [results.clean] + [v for r in results.per_eps.values() for v in (r.certified, r.pgd) if v is not None]
     return not any(f"{100 * v:.2f}" in text for v in numbers)
+
+
+def test_results_whose_bound_names_another_model_are_refused(saved, tmp_path):
+    """attach_results and save_pretrained refuse a bound of another model (issue 22): one line naming both."""
+    from lipzoo.bounds import lipschitz_bound
+
+    model, directory = saved
+    own = lipschitz_bound(model, (4,), cache=False)
+    twin = make_model()
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.mul_(0.01)  # a 100x smaller twin: same structure, other weights
+    foreign = lipschitz_bound(twin, (4,), cache=False)
+    assert own.fingerprint != foreign.fingerprint
+    report = make_report()
+    with pytest.raises(ValueError, match=r"another model \(.*fingerprint.*\), not to this one \(.*fingerprint"):
+        attach_results(directory, {**report, "bound": {**report["bound"], **foreign.to_dict()}})
+    meta = attach_results(directory, {**report, "bound": {**report["bound"], **own.to_dict()}})
+    assert meta.results.bound["fingerprint"] == own.fingerprint
+    config = read_config(directory)
+    save_pretrained(model, tmp_path / "same", config=config)  # the same weights: the results stay
+    assert read_config(tmp_path / "same")["metrics"]["bound"]["fingerprint"] == own.fingerprint
+    forged = json.loads(json.dumps(config))
+    forged["metrics"]["bound"]["fingerprint"] = foreign.fingerprint
+    with pytest.raises(ValueError, match="save_pretrained: the results' bound belongs to another model"):
+        save_pretrained(model, tmp_path / "forged", config=forged)
+    assert not (tmp_path / "forged").exists()  # refused before anything is written

@@ -32,13 +32,14 @@ from lipzoo.bounds.eclipse import GUARANTEE as ECLIPSE_GUARANTEE
 from lipzoo.bounds.eclipse import eclipse_bound
 from lipzoo.bounds.lanczos import lanczos_inner_norms
 from lipzoo.bounds.proved import proved_inner_norms
+from lipzoo.bounds.fingerprint import structure_fingerprint
 from lipzoo.bounds.structure import Structure, build_structure, numel
 from lipzoo.layers.operators import DiagonalOp, compose
 from lipzoo.bounds.sweep import adjoint_sweep, forward_sweep, power_iteration, row_norms
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LipschitzBound", "lipschitz_bound", "lipschitz_bounds", "output_norms", "liplt_recursion"]
+__all__ = ["LipschitzBound", "check_bound_for", "lipschitz_bound", "lipschitz_bounds", "output_norms", "liplt_recursion"]
 
 MODES = ("global", "per_class", "pairwise")
 METHODS = ("liplt", "naive", "lt_sdp", "eclipse", "best")
@@ -136,8 +137,13 @@ class LipschitzBound:
     layer_bounds: tuple = ()
     details: Mapping = field(default_factory=dict)
     failure_probability: float | None = None
+    fingerprint: str | None = None
+    model_summary: str | None = None
 
     def __post_init__(self):
+        # Built through the constructor (by hand, from a stored record, by dataclasses.replace): not vouched
+        # for. Only the accountant marks the bounds it computed or checked (_vouch); see `trusted`.
+        object.__setattr__(self, "_vouched", False)
         if self.guarantee not in GUARANTEE_ORDER:
             raise ValueError(f"guarantee must be one of {tuple(GUARANTEE_ORDER)}, got {self.guarantee!r}.")
         if self.mode not in MODES:
@@ -156,6 +162,14 @@ class LipschitzBound:
         object.__setattr__(self, "details", _freeze(self.details))
 
     @property
+    def trusted(self) -> bool:
+        """Whether lipzoo's accountant computed this bound in this process (:func:`lipschitz_bound`, or a cache
+        entry it checked), for the model named by :attr:`fingerprint`. A bound built by hand or from a record
+        (:meth:`from_dict`) is not: where a certificate is required it is refused, whatever its ``guarantee``
+        says (:func:`lipzoo.certify.evaluate`, :func:`check_bound_for`)."""
+        return self.__dict__.get("_vouched", False)
+
+    @property
     def num_classes(self) -> int | None:
         """``K`` for per-class / pairwise bounds, None for a global one."""
         return None if self.mode == "global" else int(self.__dict__["_value"].shape[0])
@@ -171,21 +185,24 @@ class LipschitzBound:
         return {"method": self.method, "mode": self.mode, "norm": self.norm,
                 "guaranteed": self.guaranteed, "guarantee": self.guarantee,
                 "failure_probability": self.failure_probability,
-                "value": self.__dict__["_value"].tolist(), "layer_bounds": list(self.layer_bounds)}
+                "value": self.__dict__["_value"].tolist(), "layer_bounds": list(self.layer_bounds),
+                "fingerprint": self.fingerprint, "model_summary": self.model_summary}
 
     @classmethod
     def from_dict(cls, record: Mapping) -> "LipschitzBound":
         """A bound from :meth:`to_dict` output (e.g. the ``bound`` stored with a checkpoint).
 
-        This trusts the record: its ``guarantee`` is only as good as whatever computed and stored
-        it. Recompute with :func:`lipschitz_bound` for an independent certificate.
+        The result is not :attr:`trusted`: a record is a claim, so consumers of certificates refuse it
+        (use it with ``allow_estimate=True`` to get radii labelled ``estimated``). Recompute with
+        :func:`lipschitz_bound` for a certificate.
         """
         return cls(value=torch.tensor(record["value"], dtype=torch.float64),
                    guaranteed=record.get("guaranteed", record.get("guarantee", "estimate") in PROVED),
                    failure_probability=record.get("failure_probability"),
                    guarantee=record.get("guarantee", "estimate"), method=record.get("method", "liplt"),
                    mode=record.get("mode", "pairwise"), norm=record.get("norm", "auto"),
-                   layer_bounds=record.get("layer_bounds", ()))
+                   layer_bounds=record.get("layer_bounds", ()), fingerprint=record.get("fingerprint"),
+                   model_summary=record.get("model_summary"))
 
 
 def output_rows(structure: Structure, sources) -> dict:
@@ -254,8 +271,11 @@ def _single_norm(op, in_shape, norm: str, max_dense: int | None, n_iter: int, ge
         ref = _reference_tensor(Structure([], op, tuple(in_shape), op.out_shape(in_shape)))
         x = (x / x.norm()).to(ref.device, ref.dtype if ref.numel() else torch.float64)
         for _ in range(n_iter):
-            x = op.adjoint(op.forward(x), in_shape)
-            x = x / x.norm().clamp_min(1e-30)
+            # normalized after each side (not after A^T A): weights of 1e-160 would underflow A^T A x to 0
+            y = op.forward(x)
+            y = y / y.norm() if bool(y.norm() > 0) else y
+            x = op.adjoint(y, in_shape)
+            x = x / x.norm() if bool(x.norm() > 0) else x
         return NormResult(op.forward(x).norm(), "estimate")
     limit = (SMALL_DENSE if max_dense is None else max_dense) if norm == "auto" else 10**12
     return chain_norm([op], in_shape, max_dense=limit)
@@ -337,62 +357,202 @@ def lipschitz_bounds(model: nn.Module, input_shape, *, method: str = "liplt", mo
         raise ValueError(f"norm='lanczos' bounds the LipLT operators: use method='liplt' or 'best', not {method!r}.")
     if n_iter is None:
         n_iter = LANCZOS_STEPS if norm == "lanczos" else 200
-    key = hit = on_certified = None
+    # Every acceptance check runs here, before any cache lookup: a refused module is refused with or without
+    # a cache, and the key is the fingerprint of what the accountant bounds (not of the module's repr).
+    net, structure = _prepare(model, input_shape, norm=norm, dtype=dtype, device=device, modes=modes)
+    fp = structure_fingerprint(structure)
+    key = hit = on_certified = on_corrupt = None
     known: dict = {}
     from lipzoo.bounds import cache as _cache
 
     if cache is None:
         cache = _cache.enabled_by_env()
-    if cache and isinstance(input_shape, (tuple, list, torch.Size)):  # a bad shape raises below, uncached
-        sha = _cache.weights_sha256(model)
-
+    if cache and not fp.cacheable:
+        logger.info("Not caching this bound: an operator's class is defined outside lipzoo and its source cannot "
+                    "be read, so the cache key could not follow a change of its code.")
+    if cache and fp.cacheable:
         # The budget is not part of the key: every cached value is proved, so a bound computed with at
         # least the requested tightening time serves any request (`lipzoo bounds --bound-budget 1500`
         # then a plain `lipzoo certify` reuses the tight bound).
-        request = {"input_shape": [str(s) for s in input_shape], "method": method, "norm": norm,
-                   "max_dense": max_dense, "n_iter": n_iter, "dtype": str(dtype),
+        request = {"method": method, "norm": norm, "max_dense": max_dense, "n_iter": n_iter, "dtype": str(dtype),
                    # a bound from fresh start vectors serves any later request for fresh ones
                    "seed": "fresh" if seed is None else seed, "sdp_t": sdp_t,
                    "device": torch.device(device).type if device is not None else _model_device(model),
                    **({"failure_probability": failure_probability} if norm == "lanczos" else {})}
-        key = _cache.bound_key(model, request, weights=sha)
+        key = _cache.bound_key(fp.digest, request)
         hit = _cache.load_bounds(key)
         wanted = budget if norm == "auto" else 0.0
         parsed = {}
         for m, record in list((hit or {}).items()):
             try:
-                parsed[m] = (_bound_from_record(record, dtype), float(record.get("budget", 0.0)))
+                parsed[m] = (_bound_from_record(record, dtype, fp), float(record.get("budget", 0.0)))
             except (AttributeError, KeyError, TypeError, ValueError) as err:
                 logger.warning("Ignoring a malformed Lipschitz-bound cache entry (%s); recomputing.", err)
                 del hit[m]
+        if parsed:
+            # a stored bound is a claim: one below what this run proves from below is corrupt
+            floors = _floors(net, structure, list(parsed), method=method, norm=norm, seed=seed or 0)
+            for m in list(parsed):
+                why = _below_floor(parsed[m][0], floors.get(m))
+                if why:
+                    logger.warning("Ignoring a corrupt Lipschitz-bound cache entry (%s bound %s); recomputing.",
+                                   m, why)
+                    del parsed[m], hit[m]
         if all(m in parsed and parsed[m][1] >= wanted for m in modes):
-            return {m: parsed[m][0] for m in modes}
+            return {m: _vouch(parsed[m][0]) for m in modes}
         if norm == "auto" and method in ("liplt", "best"):
             # certificates of single chains outlive the request: a run cut short by its budget or an interrupt
-            # leaves them for the next, which spends its time on the chains not yet certified
-            cert_key = _cache.certificate_key(model, input_shape, weights=sha)
+            # leaves them for the next, which checks them and spends its time on the chains not yet certified
+            cert_key = _cache.certificate_key(fp.digest)
             known = _cache.load_certificates(cert_key)
 
             def on_certified(k, value, estimate):
                 _cache.store_certificates(cert_key, {k: (value, estimate)})
+
+            def on_corrupt(ks):
+                for k in ks:
+                    del known[k]
+                _cache.drop_certificates(cert_key, ks)
     if seed is None:
         seed = int.from_bytes(os.urandom(8), "little") >> 1
-    out = _lipschitz_bounds(model, input_shape, method=method, modes=modes, norm=norm, max_dense=max_dense,
-                            n_iter=n_iter, dtype=dtype, device=device, seed=seed, sdp_t=sdp_t, budget=budget,
+    out = _lipschitz_bounds(net, structure, method=method, modes=modes, norm=norm, max_dense=max_dense,
+                            n_iter=n_iter, dtype=dtype, seed=seed, sdp_t=sdp_t, budget=budget,
                             progress=progress, failure_probability=failure_probability, known=known,
-                            on_certified=on_certified)
+                            on_certified=on_certified, on_corrupt=on_corrupt, fingerprint=fp)
     if key is not None:
         stored = dict(hit or {})
         for m, b in out.items():
             new = {**b.to_dict(), "details": _thaw(b.details), "budget": wanted}
-            old = stored.get(m)  # well-formed (checked above)
+            old = stored.get(m)  # well-formed and above this run's floor (checked above)
             if old is not None and _record_mean(old) < _record_mean(new):
                 # the earlier bound (less time) came out tighter: keep it, valid for this budget too
                 new = {**old, "budget": max(wanted, float(old.get("budget", 0.0)))}
             stored[m] = new
         _cache.store_bounds(key, stored)
-        out = {m: _bound_from_record(stored[m], dtype) for m in modes}
+        out = {m: _vouch(_bound_from_record(stored[m], dtype, fp)) for m in modes}
     return out
+
+
+def _vouch(bound: LipschitzBound) -> LipschitzBound:
+    """Mark a bound this accountant computed (or a cache entry it checked) as :attr:`LipschitzBound.trusted`."""
+    object.__setattr__(bound, "_vouched", True)
+    return bound
+
+
+def check_bound_for(bound: LipschitzBound, model: nn.Module, input_shape, *, where: str = "certify",
+                    allow_untrusted: bool = False) -> None:
+    """Refuse ``bound`` for ``model`` on inputs of ``input_shape`` unless it is this model's certificate.
+
+    Raises ``ValueError`` (one line naming both) when the bound records the fingerprint of another structure
+    or weights, and, unless ``allow_untrusted``, when it is not :attr:`LipschitzBound.trusted` (built by
+    hand or from a stored record). ``allow_untrusted`` is for consumers that label everything ``estimated``.
+    """
+    if not isinstance(bound, LipschitzBound):
+        raise TypeError(f"{where}: bound must be a lipzoo.LipschitzBound, got {type(bound).__name__}.")
+    if not bound.trusted and not allow_untrusted:
+        raise ValueError(f"{where}: this {bound.guarantee} bound was not computed by lipzoo.lipschitz_bound (built by "
+                         "hand or from a stored record), so it is not a certificate; compute the model's bound with "
+                         "lipzoo.lipschitz_bound, or pass allow_estimate=True to get radii labelled 'estimated'.")
+    if bound.fingerprint is None:
+        if allow_untrusted:
+            return
+        raise ValueError(f"{where}: the bound names no model (no fingerprint); compute it with lipzoo.lipschitz_bound.")
+    from lipzoo.bounds.fingerprint import model_fingerprint
+
+    mine = model_fingerprint(model, input_shape)
+    if mine.digest != bound.fingerprint:
+        raise ValueError(f"{where}: the bound belongs to another model ({bound.model_summary or bound.fingerprint[:12]}), "
+                         f"not to this one ({mine.summary}); compute this model's bound with lipzoo.lipschitz_bound.")
+
+
+def _prepare(model: nn.Module, input_shape, *, norm: str, dtype: torch.dtype, device, modes) -> tuple:
+    """The working copy of ``model`` and its structure: every acceptance check of the accountant runs here.
+
+    Guaranteed norms are always computed in float64, whatever ``dtype`` asks for: EXACT_MARGIN is sized for
+    float64 rounding (a float32 exact norm came out 8e-6 low, above a 1e-6 margin); the value is then rounded
+    *up* to ``dtype``, which is the computation dtype of ``norm="power"`` only. The copy keeps the caller's
+    train/eval mode: build_structure refuses the modules whose train-mode forward differs (batch norm,
+    dropout), instead of silently bounding eval mode."""
+    work_dtype = dtype if norm == "power" else torch.float64
+    net = copy.deepcopy(model).to(dtype=work_dtype)
+    if device is not None:
+        net = net.to(device)
+    with torch.no_grad():
+        structure = build_structure(net, input_shape)
+    if any(mode != "global" for mode in modes) and len(structure.output_shape) != 1:
+        raise ValueError(f"modes {tuple(modes)} need a model with (B, K) outputs; this one gives "
+                         f"{structure.output_shape}. Use mode='global'.")
+    return net, structure
+
+
+_FLOOR_RTOL = 1e-6
+"""Relative slack under which a stored bound is compared with this run's floor: the floor's own rounding
+(float32 Lanczos estimates are lowered by ESTIMATE_MARGIN = 1e-4 already; gradient norms in float64 are off by
+~1e-13), so only a bound genuinely below what the run proves from below is called corrupt."""
+
+
+def _floors(net: nn.Module, structure: Structure, modes, *, method: str, norm: str, seed: int,
+            steps: int = 20, points: int = 4) -> dict:
+    """What this run proves from below about every mode's value, cheaply: the Lipschitz constant is at least
+    the norm of the gradient of each logit difference at any point (``points`` seeded random inputs, float64);
+    and for ``liplt`` / ``naive`` (both at least the exact LipLT value, Theorem 3) the LipLT recursion at
+    Lanczos estimates from below of every inner norm (``steps`` batched steps). Empty for estimates."""
+    if norm == "power":
+        return {}
+    from lipzoo.bounds.proved import _lanczos_estimates
+
+    gen = torch.Generator().manual_seed(int(seed) + 7919)
+    ref = _reference_tensor(structure)
+    floors = {m: v for m, v in _gradient_floors(net, structure, modes, gen, points).items()}
+    if method in ("liplt", "naive") and norm != "lanczos":
+        keys = [(t, j) for t in range(structure.depth) for j in range(-1, t)]
+        with torch.no_grad():
+            est = _lanczos_estimates(structure, keys, steps, gen, ref.device) if keys else {}
+            inner = {k: torch.tensor(v, dtype=torch.float64) for k, v in est.items()}
+            rows = output_rows(structure, range(-1, structure.depth))
+            for m in modes:
+                final = {j: output_norms(r.double(), m) for j, r in rows.items()}
+                below = liplt_recursion(structure, inner, final)[0].detach().cpu().double()
+                floors[m] = torch.maximum(floors[m], below) if m in floors else below
+    return floors
+
+
+def _gradient_floors(net: nn.Module, structure: Structure, modes, gen, points: int) -> dict:
+    """Per mode, the largest gradient norm of the bounded quantity at ``points`` random inputs (float64)."""
+    ref = _reference_tensor(structure)
+    x = torch.rand(points, *structure.input_shape, generator=gen, dtype=torch.float64).to(ref.device)
+    with torch.enable_grad():
+        x.requires_grad_(True)
+        z = net(x.to(ref.dtype) if ref.numel() else x).double().reshape(points, -1)
+        k = z.shape[1]
+        jac = torch.stack([torch.autograd.grad(z[:, i].sum(), x, retain_graph=i + 1 < k)[0].reshape(points, -1)
+                           for i in range(k)], 1)  # (points, K, n)
+    jac = jac.detach().cpu()
+    out = {}
+    for m in modes:
+        if m == "global":
+            out[m] = torch.linalg.matrix_norm(jac, 2).max()
+        elif m == "per_class":
+            out[m] = jac.norm(dim=2).max(0).values
+        else:
+            out[m] = (jac[:, :, None, :] - jac[:, None, :, :]).norm(dim=3).max(0).values
+    return out
+
+
+def _below_floor(bound: LipschitzBound, floor) -> str | None:
+    """Why ``bound`` cannot be right (it is below ``floor`` somewhere), or None."""
+    if floor is None or not bound.guaranteed and bound.guarantee != "probabilistic":
+        return None
+    value = bound.value.double()
+    floor = torch.as_tensor(floor, dtype=torch.float64).reshape(value.shape) * (1 - _FLOOR_RTOL)
+    bad = value < floor
+    if bound.mode == "pairwise":
+        bad &= ~torch.eye(value.shape[0], dtype=torch.bool)
+    if not bool(bad.any()):
+        return None
+    i = int(bad.reshape(-1).nonzero()[0])
+    return (f"{value.reshape(-1)[i].item():.6g} at entry {i} is below {floor.reshape(-1)[i].item():.6g}, which this "
+            "run proves from below")
 
 
 def _record_mean(record: dict) -> float:
@@ -404,32 +564,22 @@ def _model_device(model: nn.Module) -> str:
     return t.device.type if t is not None else "cpu"
 
 
-def _bound_from_record(record, dtype: torch.dtype = torch.float64) -> LipschitzBound:
+def _bound_from_record(record, dtype: torch.dtype, fp) -> LipschitzBound:
     """A cached bound, its value in the requested ``dtype``: the record holds the values that were
-    returned in that dtype (the key includes it), so the conversion is exact."""
+    returned in that dtype (the key includes it), so the conversion is exact. It names the structure it was
+    looked up for (the key is that structure's fingerprint); not vouched for until checked."""
     return LipschitzBound(value=torch.tensor(record["value"], dtype=dtype), guaranteed=record["guaranteed"],
                           guarantee=record["guarantee"], method=record["method"], mode=record["mode"],
                           norm=record["norm"], layer_bounds=record["layer_bounds"], details=record["details"],
-                          failure_probability=record.get("failure_probability"))
+                          failure_probability=record.get("failure_probability"), fingerprint=fp.digest,
+                          model_summary=fp.summary)
 
 
-def _lipschitz_bounds(model, input_shape, *, method, modes, norm, max_dense, n_iter, dtype, device, seed, sdp_t,
-                      budget, progress, failure_probability, known, on_certified) -> dict[str, LipschitzBound]:
-    # Guaranteed norms are always computed in float64, whatever ``dtype`` asks for: EXACT_MARGIN is
-    # sized for float64 rounding (a float32 exact norm came out 8e-6 low, above a 1e-6 margin). The
-    # value is then rounded *up* to ``dtype``. ``dtype`` is the computation dtype of ``norm="power"``.
-    work_dtype = dtype if norm == "power" else torch.float64
-    net = copy.deepcopy(model).to(dtype=work_dtype)
-    if device is not None:
-        net = net.to(device)
-    # The copy keeps the caller's train/eval mode: build_structure refuses the modules whose
-    # train-mode forward differs (batch norm, dropout), instead of silently bounding eval mode.
+def _lipschitz_bounds(net, structure, *, method, modes, norm, max_dense, n_iter, dtype, seed, sdp_t, budget,
+                      progress, failure_probability, known, on_certified, on_corrupt,
+                      fingerprint) -> dict[str, LipschitzBound]:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        structure = build_structure(net, input_shape)
-        if any(mode != "global" for mode in modes) and len(structure.output_shape) != 1:
-            raise ValueError(f"modes {modes} need a model with (B, K) outputs; this one gives "
-                             f"{structure.output_shape}. Use mode='global'.")
         margin = 0.0 if norm == "power" else EXACT_MARGIN
         L = structure.depth
         kinds: list[str] = []
@@ -479,7 +629,7 @@ def _lipschitz_bounds(model, input_shape, *, method, modes, norm, max_dense, n_i
                     small_input=SMALL_INPUT if max_dense is None else max_dense,
                     budget=budget if max_dense is None else 0.0, seed=seed,
                     progress=progress, device=_reference_tensor(structure).device, known=known,
-                    on_certified=on_certified)
+                    on_certified=on_certified, on_corrupt=on_corrupt)
                 inner = {k: torch.tensor(p.value, dtype=torch.float64) for k, p in proved.items()}
                 kinds.extend(p.guarantee for p in proved.values())
                 how = {f"{t},{j}": {"bound": p.value, "estimate": p.estimate, "guarantee": p.guarantee, "how": p.how}
@@ -519,12 +669,36 @@ def _lipschitz_bounds(model, input_shape, *, method, modes, norm, max_dense, n_i
             for mode in modes:
                 values[mode] = output_norms(r, mode, margin) * total
     guarantee = weakest_guarantee(kinds + ["exact"])
+    _check_representable(structure, values)
     values = {mode: round_cast(v.detach(), dtype, float("inf")).cpu() for mode, v in values.items()}
-    return {mode: LipschitzBound(value=values[mode], guaranteed=guarantee in PROVED,
-                                 failure_probability=fail if guarantee == "probabilistic" else None,
-                                 guarantee=guarantee, method=method, mode=mode, norm=norm,
-                                 layer_bounds=[round_cast(torch.as_tensor(x).detach(), torch.float64, float("inf")).item()
-                                               for x in m], details=details) for mode in modes}
+    return {mode: _vouch(LipschitzBound(
+        value=values[mode], guaranteed=guarantee in PROVED, failure_probability=fail if guarantee == "probabilistic"
+        else None, guarantee=guarantee, method=method, mode=mode, norm=norm,
+        layer_bounds=[round_cast(torch.as_tensor(x).detach(), torch.float64, float("inf")).item() for x in m],
+        details=details, fingerprint=fingerprint.digest, model_summary=fingerprint.summary)) for mode in modes}
+
+
+def _check_representable(structure: Structure, values: dict) -> None:
+    """Refuse a bound of 0 that is an underflow: float64 cannot represent a Lipschitz constant under ~5e-324,
+    and sweeps through tiny weights lose it to zero. 0 is accepted only for a network that is exactly constant
+    by construction (an operator on every path to the output holds only zeros)."""
+    for mode, v in values.items():
+        v = v.detach().double().cpu()
+        if mode == "pairwise":
+            v = v[~torch.eye(v.shape[0], dtype=torch.bool)]
+        if bool((v > 0).all()) or _has_zero_operator(structure):
+            continue
+        raise ValueError(f"the {mode} Lipschitz bound underflowed to 0 for a network that is not constant by "
+                         "construction: its constant lies below float64's range (~5e-324); scale the weights up "
+                         "(the bound scales with them).")
+
+
+def _has_zero_operator(structure: Structure) -> bool:
+    from lipzoo.layers.torch_modules import _operator_values
+
+    ops = [b.W for b in structure.blocks] + [structure.output]
+    return any(torch.is_tensor(v) and v.numel() and not bool(v.any()) or not torch.is_tensor(v) and v == 0
+               for op in ops for _, v in _operator_values(op))
 
 
 def _layerwise(structure, layer_bound):
@@ -546,7 +720,9 @@ def _naive_layer(norm, max_dense, n_iter, gen):
         w = _single_norm(blk.W, blk.x_shape, norm, max_dense, n_iter, gen)
         g = _single_norm(blk.G, blk.y_shape, norm, max_dense, n_iter, gen) if blk.G is not None else None
         h = _single_norm(blk.H, blk.x_shape, norm, max_dense, n_iter, gen) if blk.H is not None else None
-        lk = blk.slope * w.value * (g.value if g is not None else 1.0) + (h.value if h is not None else 0.0)
+        from lipzoo.bounds.norms import mul_up  # products of tiny norms must not round to 0
+        wg = mul_up(w.value, g.value) if g is not None else w.value
+        lk = mul_up(wg, abs(blk.slope)) + (h.value if h is not None else 0.0)
         return lk, [r.guarantee for r in (w, g, h) if r is not None]
     return bound
 
@@ -569,27 +745,38 @@ def _sdp_layer(norm, max_dense, n_iter, gen, choice):
         if choice in ("sn", "best") or n_y > max_dense:
             g = _single_norm(blk.G, blk.y_shape, norm, max_dense, n_iter, gen).value if blk.G is not None else 1.0
             w = _single_norm(blk.W, blk.x_shape, norm, max_dense, n_iter, gen)
-            candidates.append(g * w.value)
+            candidates.append(mul_up(w.value, g))
             kinds.append(w.guarantee)
         if choice != "sn" and n_y <= max_dense:
-            for t in _dense_T(blk, choice):
-                sq = DiagonalOp(t.sqrt().reshape(blk.y_shape))
+            for t_sqrt in _dense_T(blk, choice):
+                sq = DiagonalOp(t_sqrt.reshape(blk.y_shape))
                 r = _single_norm(compose(sq, blk.W), blk.x_shape, norm, max_dense, n_iter, gen)
                 candidates.append(r.value)
                 kinds.append(r.guarantee)
-        return hhat.value + blk.d * torch.stack([torch.as_tensor(c).to(hhat.value) for c in candidates]).min(), kinds
+        best = torch.stack([torch.as_tensor(c).to(hhat.value) for c in candidates]).min()
+        return hhat.value + mul_up(best, blk.d), kinds
+    from lipzoo.bounds.norms import mul_up  # products of tiny norms must not round to 0
     return bound
 
 
 def _dense_T(blk, choice):
-    """Diagonal(s) ``T >= G^T G`` of the AOL / SLL kind, as vectors over the pre-activation space."""
+    """Square roots ``sqrt(T)`` of diagonal(s) ``T >= G^T G`` of the AOL / SLL kind, as vectors over the
+    pre-activation space.
+
+    ``G`` is scaled by a power of two ``2**-e`` (largest entry in ``[0.5, 1)``) before its Gram matrix is
+    formed, and ``sqrt(T)`` scaled back by ``2**e`` (exact): ``G`` with entries 1e-160 would give a Gram of
+    zeros and ``T = 0``, and entries 1e160 an infinite one.
+    """
+    from lipzoo.bounds.norms import ldexp, pow2_exponent
     ref = _reference_tensor(Structure([blk], None, blk.x_shape, blk.next_shape))
     n_y = numel(blk.y_shape)
     if blk.G is None:
         return [torch.ones(n_y, dtype=ref.dtype, device=ref.device)]
     eye = torch.eye(n_y, dtype=ref.dtype, device=ref.device).reshape(n_y, *blk.y_shape)
     cols = blk.G.forward(eye).reshape(n_y, -1)  # row i = G e_i
-    gram = (cols @ cols.T).abs()  # |G^T G|
+    e = pow2_exponent(cols)
+    cols = ldexp(cols, -e)
+    gram = (cols @ cols.T).abs()  # |G^T G| 2**-2e
     out = []
     if choice in ("aol", "best"):
         out.append(gram.sum(1))
@@ -600,7 +787,8 @@ def _dense_T(blk, choice):
             q = q / q.norm()
         q = q.clamp_min(torch.finfo(q.dtype).tiny)
         out.append((gram @ q) / q)
-    return out
+    # scaled back after the square root: sqrt(T) 2**e is representable wherever G's entries are
+    return [ldexp(t.sqrt(), e) for t in out]
 
 
 def _check_choice(name, value, choices):

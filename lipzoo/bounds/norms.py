@@ -15,11 +15,12 @@ Three ways to get ``||A||_2`` for a matrix-free chain ``A = F_1 F_2 ... F_r``:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from lipzoo.bounds.structure import materialize, numel
+from lipzoo.bounds.structure import numel
 from lipzoo.layers.operators import ComposeOp, LinearOperator, compose
 
 Shape = tuple[int, ...]
@@ -45,7 +46,8 @@ def exact_margin(dtype: torch.dtype, rows: int, cols: int) -> float:
 GUARANTEE_ORDER = {"exact": 0, "proved": 1, "probabilistic": 2, "estimate": 3}
 
 __all__ = ["NormResult", "exact_norm", "chain_norm", "output_norms", "round_cast", "EXACT_MARGIN", "exact_margin",
-           "weakest_guarantee", "DIRECT_PAIRS_MAX_CLASSES"]
+           "weakest_guarantee", "DIRECT_PAIRS_MAX_CLASSES", "materialize_scaled", "ldexp", "ldexp_up", "mul_up",
+           "pow2_exponent"]
 
 
 @dataclass
@@ -60,13 +62,113 @@ def weakest_guarantee(kinds) -> str:
 
 
 def exact_norm(op: LinearOperator, in_shape: Shape, *, chunk: int = 256) -> torch.Tensor:
-    """``||op||_2`` from the dense matrix, plus :data:`EXACT_MARGIN`. Use float64 operators."""
+    """``||op||_2`` from the dense matrix, plus :data:`EXACT_MARGIN`. Use float64 operators.
+
+    The dense matrix is formed with power-of-two rescaling after every factor
+    (:func:`materialize_scaled`), so its Gram matrix neither underflows (weights ~1e-82 per layer
+    gave a Gram of subnormals and a bound 24% below the true norm) nor overflows (weights ~1e160 made
+    ``eigvalsh`` fail); the norm of the scaled matrix is scaled back exactly (:func:`ldexp_up`).
+    """
     ref = _tensor_of(op)
     dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float64
-    m = materialize(op, in_shape, dtype=dtype, device=None if ref is None else ref.device, chunk=chunk)
+    m, e = materialize_scaled(op, in_shape, dtype=dtype, device=None if ref is None else ref.device, chunk=chunk)
     gram = m @ m.T
     top = torch.linalg.eigvalsh(gram)[-1].clamp_min(0)
-    return top.sqrt() * (1 + exact_margin(m.dtype, *m.shape))
+    return ldexp_up(top.sqrt() * (1 + exact_margin(m.dtype, *m.shape)), e)
+
+
+def pow2_exponent(t: torch.Tensor) -> int:
+    """``e`` with ``max|t| = f 2**e``, ``0.5 <= f < 1`` (``0`` for an all-zero, empty or non-finite ``t``)."""
+    if t.numel() == 0:
+        return 0
+    m = float(t.detach().abs().max())
+    return math.frexp(m)[1] if m != 0 and math.isfinite(m) else 0
+
+
+def ldexp(x: torch.Tensor, e: int) -> torch.Tensor:
+    """``x * 2**e``, in steps that are normal floats of ``x``'s dtype: exact wherever the result is a normal float."""
+    e = int(e)
+    limit = math.frexp(torch.finfo(x.dtype).max)[1] - 2 if x.is_floating_point() else 1000
+    while e:
+        step = max(-limit, min(limit, e))
+        x = x * math.ldexp(1.0, step)
+        e -= step
+    return x
+
+
+def ldexp_up(x: torch.Tensor, e: int) -> torch.Tensor:
+    """:func:`ldexp`, never below ``x 2**e``: a result that lands below the smallest normal float (where the
+    scaling rounds) is raised by one ulp, so a positive ``x`` never becomes ``0``; an overflow gives ``inf``."""
+    out = ldexp(x, e)
+    return _raise_subnormal(out, x > 0)
+
+
+def _raise_subnormal(out: torch.Tensor, positive) -> torch.Tensor:
+    """``out`` raised by one ulp where it is below the smallest normal float and ``positive`` holds (it may have
+    been rounded down, to 0 included, by a product or scaling there; relative margins cover normal floats only)."""
+    tiny = torch.finfo(out.dtype).tiny
+    d = out.detach()
+    low = (d < tiny) & positive
+    step = torch.nextafter(d, torch.full_like(d, math.inf)) - d
+    return out + torch.where(low, step, torch.zeros_like(d))  # differentiable: the ulp is a constant
+
+
+def _pow2_tensor(k: torch.Tensor) -> torch.Tensor:
+    """``2.0 ** k`` in float64 for integer ``k`` in ``[-1022, 1023]``, built from its bits (exact, no host sync)."""
+    return ((k.to(torch.int64) + 1023) << 52).view(torch.float64)
+
+
+def _ldexp_tensor(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """``x * 2**k`` for a float64 ``x`` and an integer tensor ``|k| <= 2044``, in two exact power-of-two steps."""
+    half = torch.div(k, 2, rounding_mode="floor")
+    return x * _pow2_tensor(half) * _pow2_tensor(k - half)
+
+
+def mul_up(a: torch.Tensor, b) -> torch.Tensor:
+    """``a * b`` for non-negative bounds, raised by one ulp where the product falls below the smallest normal float
+    (a product of two positive bounds that underflows to 0 would claim a constant network)."""
+    a = torch.as_tensor(a)
+    b = torch.as_tensor(b, dtype=a.dtype, device=a.device)
+    return _raise_subnormal(a * b, (a > 0) & (b > 0))
+
+
+def materialize_scaled(op: LinearOperator, in_shape: Shape, *, dtype=torch.float64, device=None,
+                       chunk: int = 256) -> tuple[torch.Tensor, int]:
+    """``(M, e)`` with ``M 2**e`` the matrix :func:`lipzoo.bounds.structure.materialize` returns and
+    ``max|M|`` in ``[0.5, 1)``.
+
+    The identity basis goes through the factors of ``op`` one at a time and is rescaled by a power of
+    two after each, so no intermediate underflows or overflows (a chain of three layers with weights
+    1e-130 would otherwise be all zeros). Powers of two make every rescaling exact. Chunks are
+    brought to the largest chunk's exponent at the end; entries more than ``2**1074`` below the
+    largest one may round to zero there, far below any norm margin.
+    """
+    factors = op.ops if isinstance(op, ComposeOp) else [op]
+    shapes = [tuple(in_shape)]
+    for f in reversed(factors):
+        shapes.append(f.out_shape(shapes[-1]))  # shapes[i]: the input shape of factors[-1 - i]
+    r = len(factors)
+    n_in, n_out = numel(shapes[0]), numel(shapes[-1])
+    if n_in <= n_out:
+        small, start = n_in, shapes[0]
+        steps = [f.forward for f in reversed(factors)]
+    else:
+        small, start = n_out, shapes[-1]
+        steps = [(lambda y, f=f, s=shapes[r - 1 - j]: f.adjoint(y, s)) for j, f in enumerate(factors)]
+    rows, exps = [], []
+    for begin in range(0, small, chunk):
+        idx = torch.arange(begin, min(begin + chunk, small), device=device)
+        x = torch.zeros(len(idx), small, dtype=dtype, device=device)
+        x[torch.arange(len(idx), device=device), idx] = 1.0
+        x, e = x.reshape(len(idx), *start), 0
+        for step in steps:
+            x = step(x)
+            k = pow2_exponent(x)
+            x, e = ldexp(x, -k), e + k
+        rows.append(x.reshape(len(idx), -1))
+        exps.append(e if bool((x != 0).any()) else None)  # an all-zero chunk sets no scale
+    top = max((e for e in exps if e is not None), default=0)
+    return torch.cat([x if e is None else ldexp(x, e - top) for x, e in zip(rows, exps)], 0), top
 
 
 def _tensor_of(op: LinearOperator) -> torch.Tensor | None:
@@ -104,7 +206,7 @@ def chain_norm(factors: list[LinearOperator], in_shape: Shape, *, max_dense: int
     cut = min(interior, key=lambda i: numel(shapes[i]))
     left = chain_norm(factors[:cut], shapes[cut], max_dense=max_dense, chunk=chunk)
     right = chain_norm(factors[cut:], in_shape, max_dense=max_dense, chunk=chunk)
-    return NormResult(left.value * right.value, weakest_guarantee([left.guarantee, right.guarantee, "proved"]))
+    return NormResult(mul_up(left.value, right.value), weakest_guarantee([left.guarantee, right.guarantee, "proved"]))
 
 
 def round_cast(value: torch.Tensor, dtype: torch.dtype, toward: float) -> torch.Tensor:
@@ -161,6 +263,21 @@ def output_norms(rows: torch.Tensor, mode: str, margin: float = 0.0, *, rho: flo
     out_dtype = rows.dtype
     r = rows.to(torch.float64)
     k, n = r.shape
+    # Rows are scaled by a power of two so that their largest entry is in [0.5, 1) (every formula below
+    # squares entries: rows of 1e-180 gave squares of 0 and a pairwise bound 24% below the true one) and the
+    # norms scaled back exactly; a tensor exponent, so the training estimator does not wait for the device.
+    top = r.detach().abs().amax() if r.numel() else r.new_zeros(())
+    expo = torch.frexp(top).exponent.to(torch.int64)
+    expo = torch.where(torch.isfinite(top) & (top > 0), expo, torch.zeros_like(expo))
+    r = _ldexp_tensor(r, -expo)
+    val = _output_norms_scaled(r, mode, rho)
+    val = _raise_subnormal(_ldexp_tensor(val, expo), val > 0)
+    return with_margin(val, margin, out_dtype)
+
+
+def _output_norms_scaled(r: torch.Tensor, mode: str, rho: float) -> torch.Tensor:
+    """:func:`output_norms` of float64 rows whose largest entry is at most 1 in magnitude, without margin."""
+    k, n = r.shape
     u = _unit_roundoff(torch.float64)
     gamma = 2 * (n + 8) * u
     if mode == "per_class":
@@ -193,7 +310,7 @@ def output_norms(rows: torch.Tensor, mode: str, margin: float = 0.0, *, rho: flo
             fix = torch.zeros_like(val).index_put((idx[:, None], idx[None, :]), direct)
             val = torch.where(cancel, fix, val)
         val = torch.where(eye, torch.zeros_like(val), val)
-    return with_margin(val, margin, out_dtype)
+    return val
 
 
 def with_margin(norms: torch.Tensor, margin: float, dtype: torch.dtype) -> torch.Tensor:

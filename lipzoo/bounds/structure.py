@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from lipzoo.layers.operators import LinearOperator, ScaleOp, SumOp, compose
-from lipzoo.layers.torch_modules import check_declared_forward, check_hooks, check_sequential, module_state
+from lipzoo.layers.torch_modules import (check_declared_forward, check_finite_weights, check_hooks, check_sequential,
+                                         check_state_weights, module_state)
 
 Shape = tuple[int, ...]
 
@@ -127,14 +128,27 @@ def _check_input_shape(input_shape) -> Shape:
 
 
 def build_structure(model: nn.Module, input_shape) -> Structure:
-    """Compose the modules of ``model`` into blocks of eq. (14) for inputs of ``input_shape``."""
+    """Compose the modules of ``model`` into blocks of eq. (14) for inputs of ``input_shape``.
+
+    Every module's weights are checked before its state is used (no norm is computed here): an empty
+    layer (``nn.Linear(4, 0)``), a NaN / inf parameter or buffer, or a state weight above
+    :data:`lipzoo.layers.torch_modules.MAX_WEIGHT_MAGNITUDE` raises a one-line ``ValueError`` naming
+    the module by its path in ``model`` (:func:`~lipzoo.layers.torch_modules.check_finite_weights`,
+    :func:`~lipzoo.layers.torch_modules.check_state_weights`).
+    """
     shape = _check_input_shape(input_shape)
     blocks: list[Block] = []
     pending: LinearOperator | None = None  # affine maps not yet attached to a block
     pending_in: Shape = shape  # the shape pending acts on
     current: Shape = shape  # shape after pending
-    for module in flatten_modules(model):
+    paths = {id(m): n for n, m in model.named_modules()}
+    modules = flatten_modules(model)
+    names = [paths.get(id(m)) or None for m in modules]
+    check_finite_weights(modules, names)  # before any state: NaN / inf / empty weights, named
+    states = []
+    for module, name in zip(modules, names):
         state = module_state(module)
+        states.append((state, module, name))
         if state.is_linear:
             lin = state.as_linear()
             try:
@@ -156,6 +170,7 @@ def build_structure(model: nn.Module, input_shape) -> Structure:
                              f"(from input_shape={shape}): {err}") from err
         blocks.append(Block(W, H, state.G, state.alpha, state.beta, pending_in, y_shape, next_shape))
         pending, pending_in, current = None, next_shape, next_shape
+    check_state_weights(states)  # still before any norm: non-finite or absurd operator weights, named
     if not blocks and pending is None:
         raise TypeError(f"Model {type(model).__name__} has no layers to bound.")
     return Structure(blocks, pending, shape, current)

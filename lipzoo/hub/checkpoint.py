@@ -17,6 +17,7 @@ Provenance rules (enforced here, so callers need no special care):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import json
 import logging
@@ -27,7 +28,7 @@ from typing import Any, Mapping
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from lipzoo.hub.card import render_card
@@ -163,19 +164,20 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, config: A
         meta = meta.replace(extra={**meta.extra, "card": dict(card)})
         json.dumps(dict(card), allow_nan=False)
     tensors = _storage_tensors(model, storage_dtype)
-    if meta.results is not None:  # results that name a bound must name these very weights and structure
+    # One metadata key only: safetensors writes its metadata map in hash order, so several keys make
+    # the bytes (and the sha256) differ between two saves of the same tensors. Version and storage
+    # dtype live in config.json.
+    blob = save(tensors, metadata={"format": "pt"})
+    meta = meta.for_weights(hashlib.sha256(blob).hexdigest(), zoo_weights=zoo.published_sha256())
+    if meta.results is not None:  # results kept for these weights: their bound must name this very model
         twin = build_model(meta)
         twin.load_state_dict({k: tensors[k].to(v.dtype) if v.is_floating_point() else tensors[k]
                               for k, v in twin.state_dict().items()}, strict=True)
         _check_bound_owner(meta.results.bound, twin.eval(), meta.input_shape, "save_pretrained")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    # One metadata key only: safetensors writes its metadata map in hash order, so several keys make
-    # the bytes (and the sha256) differ between two saves of the same tensors. Version and storage
-    # dtype live in config.json.
     weights = directory / WEIGHTS_NAME
-    _replace_write(weights, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
-    meta = meta.for_weights(file_sha256(weights), zoo_weights=zoo.published_sha256())
+    _replace_write(weights, lambda p: p.write_bytes(blob))
     meta = meta.replace(storage_dtype=storage_dtype, lipzoo_version=_lipzoo_version())
     _write_config_and_card(directory, meta)
     logger.info("Saved %s checkpoint to %s (sha256 %s)", meta.architecture, directory, meta.sha256)

@@ -18,6 +18,8 @@ naming the module and the reason. See ``docs/bounds.md`` ("What the accountant a
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.modules.module as torch_module
 import torch.nn.utils.parametrize as parametrize
@@ -30,7 +32,24 @@ from lipzoo.layers.operators import DiagonalOp, ScaleOp
 from lipzoo.layers.state import LipschitzState, UnsupportedModule
 
 __all__ = ["module_state", "SUPPORTED_TORCH_MODULES", "check_hooks", "check_declared_forward",
-           "check_sequential"]
+           "check_sequential", "check_finite_weights", "check_state_weights", "MAX_WEIGHT_MAGNITUDE"]
+
+MAX_WEIGHT_MAGNITUDE = 2.0 ** 64
+"""Largest magnitude (~1.8e19) of an entry of the operators a module's state hands the accountant.
+
+The rule: every weight the bound multiplies (the tensors and scalars of the state's ``W``, ``H``,
+``G``: a Linear / Conv weight, a batch-norm scale ``weight / sqrt(running_var + eps)``, ...) must be
+at most ``2**64`` in magnitude, else the module is refused before any norm is computed. Why this
+limit: an operator with ``N <= 2**48`` entries of at most ``2**64`` has a norm of at most
+``2**64 N <= 2**112`` (each entry adds at most its magnitude to ``||A||_2``), and its square (which
+Gram-based computations form) at most ``2**224``, far from float64's ``2**1024``, so no single
+operator norm, Gram matrix or per-layer product can overflow and come out ``inf``/NaN inside an
+eigensolver; the bound multiplies one such norm per layer, so it stays finite for networks of up to
+nine layers even at that extreme, which a trained network never is (float32/bfloat16 training
+overflows on the squares of weights beyond ``2**64``; trained weights are below ``2**10``). A
+deeper network at the extreme gets ``inf``, still a true upper bound. There is no lower limit: tiny
+weights (1e-160) are bounded soundly, the norm computations rescale by powers of two.
+"""
 
 SUPPORTED_TORCH_MODULES = (
     "nn.Conv2d (any padding_mode; padding='same' only with non-zero modes), nn.Linear, nn.Flatten(1), "
@@ -56,6 +75,96 @@ def _short(module: nn.Module) -> str:
 
 
 # -- acceptance checks -------------------------------------------------------------------------------
+
+def _one_line(module: nn.Module, name: str | None) -> str:
+    """``module '0.1' (Linear(in_features=4, ...))``: the module's path (when known) and its repr on one line."""
+    text = " ".join(repr(module).split())
+    text = text if len(text) <= 200 else f"{text[:200]}...)"
+    return f"module {name!r} ({text})" if name else text
+
+
+def check_finite_weights(module, name=None) -> None:
+    """Refuse a module with an empty parameter (a zero-width ``nn.Linear(4, 0)`` or ``Conv2d``) or a non-finite
+    (NaN / inf) entry in any floating parameter or buffer, itself or of its submodules.
+
+    Raises a one-line ``ValueError`` naming the module (``name``: its path in the model) and the tensor,
+    before any state or norm is computed: a NaN weight makes every output NaN, and an empty layer maps
+    everything to an empty vector (``max()`` of nothing failed deep inside the norm computation).
+    ``module`` may be a list of modules (``name`` then a list of names): they are checked with one host
+    sync in all (the training estimator builds the structure every step); the first bad one is named.
+    """
+    modules = list(module) if isinstance(module, (list, tuple)) else [module]
+    names = list(name) if isinstance(name, (list, tuple)) else [name] * len(modules)
+    floating = []
+    for mod, mname in zip(modules, names):
+        tensors = [("parameter", n, t) for n, t in mod.named_parameters()]
+        tensors += [("buffer", n, t) for n, t in mod.named_buffers()]
+        for kind, tname, t in tensors:
+            if kind == "parameter" and t.numel() == 0:
+                raise ValueError(f"Cannot bound the Lipschitz constant of {_one_line(mod, mname)}: its {kind} "
+                                 f"{tname!r} is empty (shape {tuple(t.shape)}), a layer without inputs or outputs.")
+        floating += [(mod, mname, kind, n, t) for kind, n, t in tensors
+                     if (t.is_floating_point() or t.is_complex()) and t.numel()]
+    if not floating:
+        return
+    dev = floating[0][-1].device
+    flags = torch.stack([torch.isfinite(t.detach()).all().to(dev) for *_, t in floating]).cpu()
+    if bool(flags.all()):
+        return
+    mod, mname, kind, tname, t = floating[int((~flags).nonzero()[0])]
+    bad = int((~torch.isfinite(t.detach())).sum())
+    raise ValueError(f"Cannot bound the Lipschitz constant of {_one_line(mod, mname)}: its {kind} {tname!r} has "
+                     f"{bad} non-finite (NaN or inf) entr{'y' if bad == 1 else 'ies'} of {t.numel()}.")
+
+
+def _operator_values(op, path: str = "") -> list:
+    """``(where, tensor or number)`` for every weight an operator (tree) holds."""
+    out = []
+    if op is None:
+        return out
+    for attr in ("weight", "scale", "c"):
+        v = getattr(op, attr, None)
+        if torch.is_tensor(v) or isinstance(v, (int, float)) and not isinstance(v, bool):
+            out.append((f"{path}{type(op).__name__}.{attr}", v))
+    for i, sub in enumerate(getattr(op, "ops", None) or []):
+        out += _operator_values(sub, f"{path}{type(op).__name__}[{i}].")
+    if getattr(op, "op", None) is not None:
+        out += _operator_values(op.op, f"{path}{type(op).__name__}.")
+    return out
+
+
+def check_state_weights(state, module=None, name=None) -> None:
+    """Refuse a state whose operators hold an empty, non-finite or absurdly large weight
+    (magnitude above :data:`MAX_WEIGHT_MAGNITUDE`; the rule and its reason are documented there).
+
+    Raises a one-line ``ValueError`` naming the module, before any norm is computed. ``state`` may be a list
+    of ``(state, module, name)`` triples, checked with one host sync in all; the first bad one is named.
+    """
+    items = list(state) if isinstance(state, (list, tuple)) else [(state, module, name)]
+    values = []  # (module, name, where, tensor or number)
+    for st, mod, mname in items:
+        for part in ("W", "H", "G"):
+            values += [(mod, mname, f"{part}: {where}", v) for where, v in _operator_values(getattr(st, part), "")]
+    for mod, mname, where, v in values:
+        if torch.is_tensor(v) and v.numel() == 0:
+            raise ValueError(f"Cannot bound the Lipschitz constant of {_one_line(mod, mname)}: its state's "
+                             f"{where} is empty (shape {tuple(v.shape)}), a layer without inputs or outputs.")
+    tensors = [i for i, (*_, v) in enumerate(values) if torch.is_tensor(v)]
+    tops = [None if torch.is_tensor(v) else abs(float(v)) for *_, v in values]
+    if tensors:  # NaN-propagating maxima, one host sync
+        dev = values[tensors[0]][-1].device
+        found = torch.stack([values[i][-1].detach().abs().amax().to(dev, torch.float64) for i in tensors]).tolist()
+        for i, m in zip(tensors, found):
+            tops[i] = m
+    for (mod, mname, where, _), m in zip(values, tops):
+        if not math.isfinite(m):
+            raise ValueError(f"Cannot bound the Lipschitz constant of {_one_line(mod, mname)}: its state's "
+                             f"{where} has non-finite (NaN or inf) entries.")
+        if m > MAX_WEIGHT_MAGNITUDE:
+            raise ValueError(f"Cannot bound the Lipschitz constant of {_one_line(mod, mname)}: its state's "
+                             f"{where} has an entry of magnitude {m:.3g}, above the limit MAX_WEIGHT_MAGNITUDE = "
+                             f"2**64 ~ 1.8e19 (lipzoo.layers.torch_modules) that keeps every norm finite.")
+
 
 def check_hooks(module: nn.Module, *, recurse: bool = True) -> None:
     """Refuse forward hooks / pre-hooks on ``module`` (and, with ``recurse``, any submodule), global ones,
