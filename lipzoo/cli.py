@@ -212,6 +212,8 @@ def _idle_cores(cores: int, interval: float = 0.25) -> float:
 
 
 def _cmd_certify(args) -> int:
+    import torch
+
     from lipzoo.certify.report import certify, format_table
     from lipzoo.data import load_dataset
 
@@ -225,6 +227,8 @@ def _cmd_certify(args) -> int:
                          f"{'estimates' if args.norm == 'power' else 'probabilistic bounds'}. Use --norm auto or exact.")
     device = _device(args.device)
     model, config = _load_model(args.model, device)  # evaluate() and the bound run where the model is
+    arithmetic = getattr(torch, args.arithmetic)
+    model = model.to(arithmetic)  # the radii hold for the model run in this arithmetic (they account for it)
     data = args.data or config.get("dataset")
     if data is None:
         raise ValueError("No dataset: pass --data (mnist, cifar10, tinyimagenet, a .npz path or an image folder).")
@@ -236,8 +240,6 @@ def _cmd_certify(args) -> int:
     dataset = load_dataset(data, split=args.split, root=args.data_root)
     _check_data(dataset, config["input_shape"], args.limit, config.get("num_classes"))
     if args.threads:
-        import torch
-
         torch.set_num_threads(args.threads)
     attack = None if args.no_attack else {"steps": args.attack_steps, "restarts": args.restarts,
                                           "workers": _attack_workers(args.threads),
@@ -245,7 +247,7 @@ def _cmd_certify(args) -> int:
     compare = None
     if args.compare:
         other, other_cfg = _load_model(args.compare, device)
-        rep = certify(other, dataset, eps_list, input_shape=other_cfg["input_shape"], limit=args.limit,
+        rep = certify(other.to(arithmetic), dataset, eps_list, input_shape=other_cfg["input_shape"], limit=args.limit,
                       attack=None, norm=args.norm, max_dense=args.max_dense, progress=not args.no_progress,
                       name=args.compare, allow_estimate=args.norm == "power", method=args.method,
                       failure_probability=args.failure_probability)
@@ -419,6 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--attack-all", action="store_true",
                    help="audit: also attack the points certified at eps (by default they are skipped, the "
                         "certificate proves them robust) and fail (exit 3) if one is broken")
+    c.add_argument("--arithmetic", default="float64", choices=["float64", "float32", "bfloat16", "float16"],
+                   help="the floating-point arithmetic the model is run in, which the certified radii hold for: they "
+                        "subtract a proved bound on its rounding of every logit difference (docs/bounds.md). "
+                        "float64: ~1e-8, the exact-arithmetic numbers; float32: its worst-case rounding costs "
+                        "certified points (run your model in the dtype you certified it in)")
     c.add_argument("--compare", help="a second model drawn in the radius plot (e.g. a cross-entropy baseline)")
     _add_bound_options(c, "power is an estimate (reported as 'estimated')")
     c.add_argument("--method", default="liplt", choices=["liplt", "best"],

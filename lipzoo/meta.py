@@ -504,7 +504,7 @@ class Measured:
 
 _PER_EPS = ("certified", "pgd", "consistency_violations")
 _RESULT_KEYS = ("sha256", "clean", "eps", "bound", "attack", "epochs_trained", "num_test_samples",
-                "measured_on_stored_weights", "data")
+                "measured_on_stored_weights", "data", "arithmetic")
 
 
 @dataclass(frozen=True)
@@ -523,6 +523,7 @@ class Results:
     num_test_samples: int | None = None
     measured_on_stored_weights: bool = True
     data: str | None = None  # what was certified on (a dataset name or file), when not the model's dataset
+    arithmetic: str | None = None  # the dtype the certified radii hold for (they account for its rounding)
 
     def at(self, eps: Any) -> Measured:
         """The :class:`Measured` at ``eps`` (any form :func:`parse_eps` takes), empty if not measured."""
@@ -578,7 +579,8 @@ class Results:
                                                                              f"{path}.num_test_samples", low=1,
                                                                              integer=True),
                    bool(flat.get("measured_on_stored_weights", True)),
-                   None if flat.get("data") is None else _string(flat["data"], f"{path}.data"))
+                   None if flat.get("data") is None else _string(flat["data"], f"{path}.data"),
+                   None if flat.get("arithmetic") is None else _string(flat["arithmetic"], f"{path}.arithmetic"))
 
     @classmethod
     def from_report(cls, report: Mapping[str, Any], sha256: str) -> "Results":
@@ -587,14 +589,15 @@ class Results:
         bound = report.get("bound")
         if bound is not None:
             bound = {k: v for k, v in bound.items() if k != "seconds"}
+        arithmetic = (report.get("rounding") or {}).get("dtype")
         return cls.parse({**metrics, "num_test_samples": report.get("num_samples"), "bound": bound,
-                          "attack": report.get("attack"), "sha256": sha256, "data": report.get("data")}, None,
-                         "report.metrics")
+                          "attack": report.get("attack"), "sha256": sha256, "data": report.get("data"),
+                          "arithmetic": arithmetic}, None, "report.metrics")
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"sha256": self.sha256, "clean": self.clean,
                                "eps": {e.text: m.to_dict() for e, m in self.per_eps.items()}}
-        for key in ("epochs_trained", "num_test_samples", "bound", "attack", "data"):
+        for key in ("epochs_trained", "num_test_samples", "bound", "attack", "data", "arithmetic"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         if not self.measured_on_stored_weights:

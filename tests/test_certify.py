@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from conftest import vouched
 from lipzoo import LipschitzBound
 from lipzoo.bounds.radius import certified_radius
 from lipzoo.certify import (certified_accuracy, certified_curve, evaluate, margin_loss, pairwise_radii, parse_eps,
@@ -21,9 +22,9 @@ def _exact_pairwise_L(weight: torch.Tensor) -> torch.Tensor:
     return torch.cdist(weight, weight)
 
 
-def _bound(L: torch.Tensor, guarantee: str = "exact") -> LipschitzBound:
+def _bound(L: torch.Tensor, guarantee: str = "exact", *, model) -> LipschitzBound:
     """A pairwise certificate record for a tensor the test knows to be exact (or deliberately wrong)."""
-    return LipschitzBound(value=L, guaranteed=guarantee != "estimate", guarantee=guarantee)
+    return vouched(L, model, guarantee=guarantee)
 
 
 # ---------------------------------------------------------------- radius
@@ -217,7 +218,7 @@ def test_evaluate_summary_matches_direct_computation(rng, linear_model):
     model, loader, W, x, y = _eval_setup(rng, linear_model)
     L = _exact_pairwise_L(W)
     model.train()
-    out = evaluate(model, loader, _bound(L), [0.05, "1/10"], attack=dict(steps=20), progress=False)
+    out = evaluate(model, loader, _bound(L, model=model), [0.05, "1/10"], attack=dict(steps=20), progress=False)
     assert model.training  # mode restored
     with torch.no_grad():
         logits = model(x)
@@ -243,20 +244,20 @@ def test_evaluate_flags_an_unsound_bound(rng, linear_model, caplog):
     model, loader, W, _, _ = _eval_setup(rng, linear_model)
     too_small = _exact_pairwise_L(W) * 0.2  # not an upper bound: radii are inflated 5x
     with caplog.at_level(logging.ERROR, logger="lipzoo.certify.metrics"), pytest.raises(UnsoundBoundError):
-        evaluate(model, loader, _bound(too_small), [0.1], attack=dict(steps=20, seed=3, attack_all=True),
+        evaluate(model, loader, _bound(too_small, model=model), [0.1], attack=dict(steps=20, seed=3, attack_all=True),
                  progress=False)
     assert "unsound" in caplog.text
 
 
 def test_evaluate_without_attack(rng, linear_model):
     model, loader, W, _, _ = _eval_setup(rng, linear_model)
-    out = evaluate(model, loader, _bound(_exact_pairwise_L(W)), [0.1], progress=False)
+    out = evaluate(model, loader, _bound(_exact_pairwise_L(W), model=model), [0.1], progress=False)
     assert out["attack_success"] == {} and "pgd@0.1" not in out["summary"]
 
 
 def test_evaluate_errors(rng, linear_model):
     model, loader, W, _, _ = _eval_setup(rng, linear_model)
-    L = _bound(_exact_pairwise_L(W))
+    L = _bound(_exact_pairwise_L(W), model=model)
     with pytest.raises(ValueError, match="eps_list must hold"):
         evaluate(model, loader, L, [], progress=False)
     with pytest.raises(ValueError, match="unknown keys"):

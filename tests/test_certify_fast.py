@@ -6,15 +6,17 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from conftest import vouched
 from lipzoo import LipschitzBound
 from lipzoo.certify import evaluate, margin_loss, pgd_l2
 from lipzoo.certify.metrics import UnsoundBoundError
+from lipzoo.certify.rounding import margin_error_bound
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _bound(L: torch.Tensor, guarantee: str = "exact") -> LipschitzBound:
-    return LipschitzBound(value=L, guaranteed=guarantee != "estimate", guarantee=guarantee)
+def _bound(L: torch.Tensor, guarantee: str = "exact", *, model) -> LipschitzBound:
+    return vouched(L, model, guarantee=guarantee)
 
 
 def _linear_setup(rng, linear_model, n=60, dim=6, classes=3):
@@ -29,7 +31,8 @@ def test_attack_skips_exactly_the_certified_and_the_misclassified_points(rng, li
     model, x, y, L = _linear_setup(rng, linear_model)
     loader = DataLoader(TensorDataset(x, y), batch_size=16)
     eps_list = [0.05, "1/10"]
-    out = evaluate(model, loader, _bound(L), eps_list, attack=dict(steps=10, batch_size=7), progress=False)
+    out = evaluate(model, loader, _bound(L, model=model), eps_list, attack=dict(steps=10, batch_size=7),
+                   progress=False)
     correct = out["predictions"] == out["labels"]
     for key, eps in (("0.05", 0.05), ("1/10", 0.1)):
         attacked = out["attacked"][key]
@@ -41,12 +44,12 @@ def test_attack_skips_exactly_the_certified_and_the_misclassified_points(rng, li
         assert f"consistency_violations@{key}" not in s  # nothing certified was attacked: nothing to count
         assert s[f"certified@{key}"] <= s[f"pgd@{key}"] <= s["clean"]
     # An estimate proves nothing: every correctly classified point is attacked and violations are counted.
-    est = evaluate(model, loader, _bound(L, "estimate"), eps_list, allow_estimate=True, attack=dict(steps=10),
+    est = evaluate(model, loader, _bound(L, "estimate", model=model), eps_list, allow_estimate=True, attack=dict(steps=10),
                    progress=False)
     assert all(torch.equal(m, correct) for m in est["attacked"].values())
     assert est["summary"]["consistency_violations@0.05"] == 0
     # The audit attacks every correctly classified point; with an exact L it breaks none of the certified ones.
-    audit = evaluate(model, loader, _bound(L), eps_list, attack=dict(steps=10, attack_all=True), progress=False)
+    audit = evaluate(model, loader, _bound(L, model=model), eps_list, attack=dict(steps=10, attack_all=True), progress=False)
     assert all(torch.equal(m, correct) for m in audit["attacked"].values())
     assert audit["summary"]["consistency_violations@1/10"] == 0
     # Skipping changes no verdict: the audit and the default run agree point by point (linear model,
@@ -58,13 +61,13 @@ def test_attack_skips_exactly_the_certified_and_the_misclassified_points(rng, li
 def test_attack_all_raises_on_a_bound_that_is_too_small(rng, linear_model):
     model, x, y, L = _linear_setup(rng, linear_model)
     loader = DataLoader(TensorDataset(x, y), batch_size=16)
-    too_small = _bound(L * 0.2)  # "exact", yet 5x too small: radii inflated 5x
+    too_small = _bound(L * 0.2, model=model)  # "exact", yet 5x too small: radii inflated 5x
     out = evaluate(model, loader, too_small, [0.1], attack=dict(steps=20), progress=False)
     assert "consistency_violations@0.1" not in out["summary"]  # the default run cannot see it ...
     with pytest.raises(UnsoundBoundError, match="unsound"):  # ... the audit does, loudly
         evaluate(model, loader, too_small, [0.1], attack=dict(steps=20, attack_all=True), progress=False)
     # The same wrong tensor labelled an estimate is attacked everywhere and only warned about.
-    est = evaluate(model, loader, _bound(L * 0.2, "estimate"), [0.1], allow_estimate=True, attack=dict(steps=20),
+    est = evaluate(model, loader, _bound(L * 0.2, "estimate", model=model), [0.1], allow_estimate=True, attack=dict(steps=20),
                    progress=False)
     assert est["summary"]["consistency_violations@0.1"] > 0
 
@@ -104,7 +107,7 @@ def test_the_attack_finds_a_tiny_margin(linear_model):
     x = torch.full((4, 4), 0.5)
     x[:, 0] = torch.tensor([0.5 + 0.09, 0.5 + 0.095, 0.5 + 0.101, 0.5 + 0.12])
     y = torch.zeros(4, dtype=torch.long)
-    L = _bound(torch.tensor([[0.0, 1.0], [1.0, 0.0]], dtype=torch.float64))
+    L = _bound(torch.tensor([[0.0, 1.0], [1.0, 0.0]], dtype=torch.float64), model=model)
     out = evaluate(model, [(x, y)], L, [eps], attack=dict(steps=20), progress=False)
     assert out["attacked"]["0.1"].tolist() == [True, True, False, False]  # the last two are certified
     assert out["attack_success"]["0.1"].tolist() == [True, True, False, False]
@@ -119,25 +122,29 @@ def test_the_attack_finds_a_tiny_margin(linear_model):
 def test_attack_batches_do_not_change_the_verdicts(rng, linear_model):
     """Chunking the attack across loader batches (batch_size) gives the same broken points (linear model)."""
     model, x, y, L = _linear_setup(rng, linear_model, n=80)
-    runs = [evaluate(model, DataLoader(TensorDataset(x, y), batch_size=b), _bound(L), [0.1],
+    runs = [evaluate(model, DataLoader(TensorDataset(x, y), batch_size=b), _bound(L, model=model), [0.1],
                      attack=dict(steps=20, batch_size=a), progress=False) for b, a in ((80, 1000), (16, 5), (7, 32))]
     for other in runs[1:]:
         assert torch.equal(other["attack_success"]["0.1"], runs[0]["attack_success"]["0.1"])
         assert other["summary"] == runs[0]["summary"]
 
 
-def test_workers_give_the_same_verdicts_and_restore_the_threads():
+def test_workers_give_the_same_verdicts_and_restore_the_threads(monkeypatch):
     model = _mlp(1).float()
     x = torch.rand(90, 12, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         y = model(x).argmax(1)
-    L = _bound(torch.full((4, 4), 50.0, dtype=torch.float64).fill_diagonal_(0))  # loose but sound: few certified
+    L = _bound(torch.full((4, 4), 50.0, dtype=torch.float64).fill_diagonal_(0), model=model)  # loose but sound: few certified
     loader = DataLoader(TensorDataset(x, y), batch_size=32)
     torch.set_num_threads(2)  # restored by the one_thread fixture
+    E = float(margin_error_bound(model, x, radius=1.0).max())  # radii here are < 1
     seen = []
-    model.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    # observed inside F.linear, not by a hook: a hook would change the model (its bound would be refused)
+    linear = torch.nn.functional.linear
+    monkeypatch.setattr(torch.nn.functional, "linear",
+                        lambda *a, **k: (seen.append(torch.get_num_threads()), linear(*a, **k))[1])
     default, one, two = (evaluate(model, loader, L, [0.3], attack=dict(steps=10, batch_size=16, workers=w),
-                                  progress=False) for w in (None, 1, 2))
+                                  progress=False, margin_error=E) for w in (None, 1, 2))
     assert torch.get_num_threads() == 2  # restored
     assert 2 in seen and 1 in seen  # torch's threads without workers, one thread per worker with them
     assert torch.equal(default["attack_success"]["0.3"], one["attack_success"]["0.3"])

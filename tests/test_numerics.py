@@ -62,7 +62,7 @@ def test_rows_1e5_apart_at_scale_1e3_give_the_exact_pairwise_constant():
     assert b.value[0, 1] >= exact and b.value[1, 0] >= exact
     # and the radius it certifies is the true distance to the decision boundary, not 1e148
     z = torch.tensor([[1e-4, 0.0, -1e9]], dtype=torch.float64)
-    r = certified_radius(z, torch.tensor([0]), b)
+    r = certified_radius(z, torch.tensor([0]), b, model=_linear(w), margin_error=0)  # exact arithmetic assumed
     assert r.item() == pytest.approx(1e-4 / exact, rel=1e-3) and r.item() <= 1e-4 / exact
 
 
@@ -268,7 +268,7 @@ def test_evaluate_takes_a_bound_and_refuses_an_estimate_unless_asked(caplog):
     with pytest.raises(ValueError, match="estimate"):
         evaluate(model, loader, estimate, [0.1], progress=False)
     with pytest.raises(ValueError, match="estimate"):
-        certified_radius(model(x), y, estimate)
+        certified_radius(model(x), y, estimate, model=model, margin_error=0)
     out = evaluate(model, loader, exact, [0.1], progress=False)
     assert out["kind"] == "certified" and "certified@0.1" in out["summary"]
     with caplog.at_level(logging.WARNING):
@@ -279,13 +279,15 @@ def test_evaluate_takes_a_bound_and_refuses_an_estimate_unless_asked(caplog):
 
 def test_evaluate_checks_classes_and_values():
     model, loader, w, x, y = _eval_setup()
-    with pytest.raises(ValueError, match="4 classes but the logits have 3"):
+    with pytest.raises(ValueError, match="not computed by lipzoo.lipschitz_bound"):  # a bound built by hand
         evaluate(model, loader, LipschitzBound(value=torch.ones(4, 4)), [0.1], progress=False)
+    with pytest.raises(ValueError, match="4 classes but the logits have 3"):
+        evaluate(model, loader, LipschitzBound(value=torch.ones(4, 4)), [0.1], progress=False, allow_estimate=True)
     for bad in (float("inf"), -1.0):
         L = torch.cdist(w.double(), w.double())
         L[0, 1] = bad
         with pytest.raises(ValueError, match="finite and non-negative"):
-            evaluate(model, loader, LipschitzBound(value=L), [0.1], progress=False)
+            evaluate(model, loader, LipschitzBound(value=L), [0.1], progress=False, allow_estimate=True)
 
 
 def test_per_class_and_global_bounds_are_converted_soundly():
@@ -298,7 +300,7 @@ def test_per_class_and_global_bounds_are_converted_soundly():
     with pytest.raises(ValueError, match="num_classes is required"):
         pairwise_constants(bounds["global"])
     z = model(x).detach()
-    radii = {m: certified_radius(z, y, b) for m, b in bounds.items()}
+    radii = {m: certified_radius(z, y, b, model=model, margin_error=0) for m, b in bounds.items()}
     assert (radii["per_class"] <= radii["pairwise"]).all() and (radii["global"] <= radii["pairwise"]).all()
     assert (radii["global"] > 0).any()
 

@@ -459,6 +459,8 @@ def check_bound_for(bound: LipschitzBound, model: nn.Module, input_shape, *, whe
         raise ValueError(f"{where}: the bound names no model (no fingerprint); compute it with lipzoo.lipschitz_bound.")
     from lipzoo.bounds.fingerprint import model_fingerprint
 
+    if input_shape is None:
+        raise ValueError(f"{where}: the input shape is needed to check that the bound is this model's.")
     mine = model_fingerprint(model, input_shape)
     if mine.digest != bound.fingerprint:
         raise ValueError(f"{where}: the bound belongs to another model ({bound.model_summary or bound.fingerprint[:12]}), "
@@ -670,6 +672,7 @@ def _lipschitz_bounds(net, structure, *, method, modes, norm, max_dense, n_iter,
                 values[mode] = output_norms(r, mode, margin) * total
     guarantee = weakest_guarantee(kinds + ["exact"])
     _check_representable(structure, values)
+    details["input_shape"] = list(structure.input_shape)
     values = {mode: round_cast(v.detach(), dtype, float("inf")).cpu() for mode, v in values.items()}
     return {mode: _vouch(LipschitzBound(
         value=values[mode], guaranteed=guarantee in PROVED, failure_probability=fail if guarantee == "probabilistic"

@@ -53,7 +53,8 @@ def _check_inputs(logits: Tensor, labels: Tensor, pairwise_L: Tensor) -> None:
         )
 
 
-def pairwise_radii(logits: Tensor, labels: Tensor, pairwise_L: Tensor, *, validate: bool = True) -> Tensor:
+def pairwise_radii(logits: Tensor, labels: Tensor, pairwise_L: Tensor, *, validate: bool = True,
+                   margin_error: Tensor | float | None = None) -> Tensor:
     """Per-class radii ``(z_y - z_i) / L_yi`` (the terms of eq. 4), rounded down.
 
     Low level: ``pairwise_L`` is trusted as given. The radii are certificates only when it is a
@@ -70,6 +71,10 @@ def pairwise_radii(logits: Tensor, labels: Tensor, pairwise_L: Tensor, *, valida
         labels: ``(N,)`` integer labels ``y``.
         pairwise_L: ``(K, K)`` symmetric matrix, ``L[i, j]`` a Lipschitz constant of ``z_i - z_j``
             (the diagonal is ignored).
+        margin_error: ``None`` (default, training: the logits are taken as exact), or a float or
+            ``(N,)`` tensor subtracted from every margin first: ``(z_y - z_i - margin_error) / L_yi``.
+            For a certificate in floating point pass ``2 E`` with ``E`` a bound on the rounding error
+            of the logit differences over the ball (:func:`lipzoo.certify.rounding.margin_error_bound`).
 
     Returns:
         ``(N, K)`` tensor in the logits' dtype, ``+inf`` in column ``y`` of each row. Negative
@@ -87,12 +92,22 @@ def pairwise_radii(logits: Tensor, labels: Tensor, pairwise_L: Tensor, *, valida
     is_y = torch.nn.functional.one_hot(labels, k).bool()
     # Replace the diagonal before dividing so that no 0/0 enters the autograd graph.
     safe_L = torch.where(is_y, torch.ones_like(L_y), L_y)
-    radii = (z_y - z) / safe_L
+    margins = z_y - z
+    if margin_error is not None:
+        err = torch.as_tensor(margin_error, dtype=torch.float64, device=logits.device)
+        if validate and (torch.isnan(err).any() or (err < 0).any()):
+            raise ValueError("margin_error must be >= 0 (a bound on the rounding of the margins), without NaN.")
+        err = err.reshape(-1, 1) if err.dim() else err
+        # rounded up: z_y - z_i is exact or off by an ulp covered below; the subtraction of err is then
+        # lowered by one more float64 ulp of the larger operand
+        margins = margins - err - (margins.detach().abs() + err) * torch.finfo(torch.float64).eps
+    radii = margins / safe_L
     radii = radii - radii.detach().abs() * (4 * torch.finfo(torch.float64).eps)
     return round_cast(radii, logits.dtype, float("-inf")).masked_fill(is_y, float("inf"))
 
 
-def certified_radius(logits: Tensor, labels: Tensor, pairwise_L: Tensor, *, validate: bool = True) -> Tensor:
+def certified_radius(logits: Tensor, labels: Tensor, pairwise_L: Tensor, *, validate: bool = True,
+                     margin_error: Tensor | float | None = None) -> Tensor:
     """Radius of eq. (4) from a raw tensor: ``min_{i != y} (z_y - z_i) / L_yi``; 0 when misclassified.
 
     Low level, for training metrics: ``pairwise_L`` is trusted as given (the trainer passes the
@@ -108,10 +123,12 @@ def certified_radius(logits: Tensor, labels: Tensor, pairwise_L: Tensor, *, vali
         logits: ``(N, K)`` logits.
         labels: ``(N,)`` integer labels.
         pairwise_L: ``(K, K)`` pairwise Lipschitz constants (see :func:`pairwise_radii`).
+        margin_error: subtracted from every margin (see :func:`pairwise_radii`); ``None`` treats the
+            logits as exact (training).
 
     Returns:
         ``(N,)`` non-negative radii.
     """
-    radius = pairwise_radii(logits, labels, pairwise_L, validate=validate).min(dim=1).values
+    radius = pairwise_radii(logits, labels, pairwise_L, validate=validate, margin_error=margin_error).min(dim=1).values
     correct = logits.argmax(dim=1) == labels
     return torch.where(correct, radius.clamp_min(0.0), torch.zeros_like(radius))

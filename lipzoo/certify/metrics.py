@@ -18,10 +18,11 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from lipzoo.bounds.liplt import LipschitzBound
+from lipzoo.bounds.liplt import LipschitzBound, check_bound_for
 from lipzoo.bounds.radius import certified_radius as radius_from_tensor
 from lipzoo.bounds.radius import pairwise_radii
 from lipzoo.certify.attacks import margin_loss, pgd_l2
+from lipzoo.certify.rounding import rounding_plan
 
 __all__ = ["certified_radius", "pairwise_radii", "pairwise_constants", "certified_accuracy", "evaluate",
            "parse_eps", "radius_kind", "UnsoundBoundError"]
@@ -62,7 +63,10 @@ def _next_up(x: Tensor) -> Tensor:
 
 def radius_kind(bound: LipschitzBound) -> str:
     """The word every output uses: ``"certified"`` for a proved bound, ``"probabilistic"`` for one that holds
-    except with a stated probability (``norm="lanczos"``), ``"estimated"`` for an estimate."""
+    except with a stated probability (``norm="lanczos"``), ``"estimated"`` for an estimate and for any bound
+    the accountant did not vouch for (built by hand or from a record: ``bound.trusted`` is False)."""
+    if not bound.trusted:
+        return "estimated"
     if bound.guaranteed:
         return "certified"
     return "probabilistic" if bound.guarantee == "probabilistic" else "estimated"
@@ -74,6 +78,11 @@ def _check_bound_type(bound: Any, allow_estimate: bool) -> None:
             f"bound must be a lipzoo.LipschitzBound (from lipzoo.lipschitz_bound), got {type(bound).__name__}. "
             "A raw tensor carries no guarantee; for a training metric use "
             "lipzoo.bounds.radius.certified_radius(logits, labels, tensor).")
+    if not bound.trusted and not allow_estimate:
+        raise ValueError(
+            f"this {bound.guarantee} bound was not computed by lipzoo.lipschitz_bound (built by hand or from a stored "
+            "record), so it is not a certificate: compute the model's bound with lipzoo.lipschitz_bound, or pass "
+            "allow_estimate=True to get radii labelled 'estimated'.")
     if bound.guarantee == "estimate" and not allow_estimate:
         raise ValueError(
             f"the bound is an estimate (norm={bound.norm!r}, guarantee='estimate'): it may under-estimate the "
@@ -121,20 +130,42 @@ def pairwise_constants(bound: LipschitzBound, num_classes: int | None = None, *,
     return L.masked_fill(eye, 0.0).contiguous()
 
 
-def certified_radius(logits: Tensor, labels: Tensor, bound: LipschitzBound, *,
-                     allow_estimate: bool = False) -> Tensor:
+def certified_radius(logits: Tensor, labels: Tensor, bound: LipschitzBound, *, model: nn.Module | None,
+                     margin_error: Tensor | float, input_shape=None, allow_estimate: bool = False) -> Tensor:
     """Certified l2 radius of eq. (4) from a :class:`~lipzoo.LipschitzBound`; 0 when misclassified.
 
     Checks the bound (see :func:`pairwise_constants`: guaranteed unless ``allow_estimate``, the
     number of classes, finite and non-negative values; per-class and global bounds are converted
     soundly) and then evaluates :func:`lipzoo.bounds.radius.certified_radius`, which rounds down.
     A point is certified at ``eps`` iff ``radius > eps`` (strict).
+
+    The logits were computed in floating point, so the radius is ``min_i (m_i - 2 E) / L_yi``:
+    ``margin_error`` (required, keyword) is the caller's claim ``E`` -- a float or an ``(N,)``
+    tensor bounding ``|computed - exact|`` of every logit difference for every input in the ball of
+    the returned radius (:func:`lipzoo.certify.rounding.margin_error_bound` with ``radius`` at least
+    the radius for ``margin_error=0`` proves one). Passing ``margin_error=0`` explicitly assumes exact
+    arithmetic: the result is then *not* a certificate for the network as run in floating point.
+    :func:`evaluate` computes ``E`` from the model itself.
+
+    ``model`` (required, keyword) is the network the logits came from: the bound must be its own
+    (:func:`lipzoo.bounds.liplt.check_bound_for`; ``input_shape`` defaults to the one the bound was
+    computed for). ``model=None`` is accepted only with ``allow_estimate=True`` (nothing is then a
+    certificate).
     """
     if not isinstance(logits, Tensor) or logits.dim() != 2:
         got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
         raise ValueError(f"logits must be a (N, K) tensor; got {got}. Flatten or batch the logits first.")
+    if model is not None:
+        shape = input_shape if input_shape is not None else bound.details.get("input_shape")
+        check_bound_for(bound, model, shape, where="certified_radius", allow_untrusted=allow_estimate)
+    elif not allow_estimate:
+        raise ValueError("certified_radius needs model= (the network the logits came from) to check that the bound "
+                         "is this model's; or use lipzoo.certify.evaluate.")
     L = pairwise_constants(bound, logits.shape[1], allow_estimate=allow_estimate)
-    return radius_from_tensor(logits, labels, L.to(logits.device))
+    err = torch.as_tensor(margin_error, dtype=torch.float64, device=logits.device)
+    if err.dim() not in (0, 1) or (err.dim() == 1 and err.shape[0] != logits.shape[0]):
+        raise ValueError(f"margin_error must be a float or an ({logits.shape[0]},) tensor; got {tuple(err.shape)}.")
+    return radius_from_tensor(logits, labels, L.to(logits.device), margin_error=2 * err)
 
 
 def certified_accuracy(radii: Tensor, eps: float | str) -> float:
@@ -176,6 +207,11 @@ def _check_attack(attack: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"attack {key} must be None or an int >= 1; got {value!r}.")
     return dict(attack)
+
+
+def _model_dtype(model: nn.Module) -> torch.dtype:
+    param = next(model.parameters(), None)
+    return param.dtype if param is not None else torch.get_default_dtype()
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -251,6 +287,9 @@ def evaluate(
     attack: dict[str, Any] | None = None,
     device: torch.device | str | None = None,
     progress: bool = True,
+    arithmetic: torch.dtype | None = None,
+    accumulate: torch.dtype | None = None,
+    margin_error: float | None = None,
 ) -> dict[str, Any]:
     """Clean, certified and (optionally) PGD accuracy of ``model`` over ``loader``.
 
@@ -262,6 +301,13 @@ def evaluate(
     correctly classified, uncertified points only. With an estimate (``allow_estimate``) nothing is
     proved and every correctly classified point is attacked. A point counts as broken as soon as
     any PGD iterate inside the ball is misclassified (it then leaves the attack batch).
+
+    Rounding: the radii hold for the network *as computed*, in the arithmetic it runs in. Per point,
+    :func:`lipzoo.certify.rounding.margin_error_bound` proves a bound ``E`` on the floating-point
+    error of every logit difference over the ball of the radius the exact-arithmetic formula gives,
+    and the radius is ``min_i (m_i - 2 E) / L_yi`` rounded down (a point is certified at eps only if
+    its margin survives the rounding). ``result["rounding"]["lost"]`` counts the points this
+    uncertifies at each eps.
 
     Args:
         model: maps pixels in [0, 1] to logits.
@@ -283,10 +329,20 @@ def evaluate(
             is broken under a guaranteed bound).
         device: where to run; default the model's device.
         progress: show a tqdm progress bar.
+        arithmetic: the dtype the model is run in when deployed (default: its parameters' dtype);
+            ``u`` of the rounding bound. The certificate holds for that arithmetic only.
+        accumulate: a wider dtype the kernels accumulate sums in (e.g. ``torch.float32`` for bf16
+            GEMMs); default none (the worst case), see :func:`lipzoo.certify.rounding.margin_error_bound`.
+        margin_error: None (default: ``E`` computed from the model) or a float, the caller's claim
+            ``E`` valid for every point and ball (``0.0`` assumes exact arithmetic: not a certificate
+            for the floating-point network).
 
     Returns:
         Dict with per-sample tensors ``labels``, ``predictions``, ``radii`` (certified radius, 0 if
-        misclassified), ``margins`` (``z_y - max_{i != y} z_i``), ``attack_success`` (``{eps_key:
+        misclassified; accounts for rounding), ``radii_exact_arithmetic`` (the same without the rounding
+        term), ``margin_errors`` (``E`` per point), ``rounding`` (``dtype``, ``unit_roundoff``,
+        ``accumulate``, ``source`` ``"model"`` or ``"given"``, ``lost``: ``{eps_key: points certified
+        without the rounding term but not with it}``), ``margins`` (``z_y - max_{i != y} z_i``), ``attack_success`` (``{eps_key:
         bool tensor}``, empty without attack), ``attacked`` (``{eps_key: bool tensor}`` of the points
         PGD ran on), ``kind`` (``"certified"`` or ``"estimated"``), ``guarantee`` (the bound's) and
         ``summary``: ``clean``, ``certified@<eps>`` (or ``estimated@<eps>`` for an estimate),
@@ -309,6 +365,9 @@ def evaluate(
         raise ValueError("eps_list must hold at least one radius, e.g. [1.58] or ['36/255'].")
     attack = _check_attack(attack)
     device = torch.device(device) if device is not None else _model_device(model)
+    if arithmetic is not None and margin_error is None and arithmetic != _model_dtype(model):
+        raise ValueError(f"arithmetic={arithmetic} but the model's parameters are {_model_dtype(model)}: the margins "
+                         f"are computed by the model as it is, so cast it first (e.g. model.to({arithmetic})).")
     pairwise_L = None  # checked against the number of classes of the first batch
     queues: dict[str, _AttackQueue] = {}
     attack_all = False
@@ -327,22 +386,39 @@ def evaluate(
                 pool = ThreadPoolExecutor(workers, thread_name_prefix="lipzoo-pgd")
         queues = {key: _AttackQueue(model, eps, batch, attack, generator, pool) for key, eps in eps_values.items()}
     # only a proof lets a point skip the attack
-    skip_certified = bound.guaranteed and not attack_all
+    skip_certified = bound.guaranteed and bound.trusted and not attack_all
+    dtype = _model_dtype(model)
 
-    labels, predictions, radii, margins = [], [], [], []
+    labels, predictions, radii, margins, exact_radii, errors = [], [], [], [], [], []
+    plan = None
     seen = 0
     was_training = model.training
     model.eval()
     try:
         for x, y in tqdm(loader, desc="certify", disable=not progress, leave=False):
             x, y = x.to(device), y.to(device).long()
+            x_in = x  # the plan sees the data as given: an input wider than the arithmetic is rounded by it
+            if x.is_floating_point() and x.dtype != dtype:
+                x = x.to(dtype)  # the model runs in its own dtype (the arithmetic the radii hold for)
             with torch.inference_mode():
                 logits = model(x)
-                if pairwise_L is None:
+                if pairwise_L is None:  # first batch: the bound must be this model's, for inputs of this shape
+                    with torch.inference_mode(False):
+                        check_bound_for(bound, model, tuple(x.shape[1:]), where="evaluate",
+                                        allow_untrusted=allow_estimate)
                     k = logits.shape[1] if logits.dim() == 2 else None
                     pairwise_L = pairwise_constants(bound, k, allow_estimate=allow_estimate).to(device)
                 pred = logits.argmax(dim=1)
-                radius = radius_from_tensor(logits, y, pairwise_L)
+                # the exact-arithmetic radius bounds the certified one: E is proved on that ball
+                exact_radius = radius_from_tensor(logits, y, pairwise_L)
+                if margin_error is None:
+                    plan = plan or rounding_plan(model, x.shape[1:], dtype=arithmetic, accumulate=accumulate)
+                    error = plan(x_in, exact_radius)
+                else:
+                    error = torch.full_like(exact_radius, float(margin_error), dtype=torch.float64)
+                radius = radius_from_tensor(logits, y, pairwise_L, margin_error=2 * error)
+                exact_radii.append(exact_radius.cpu())
+                errors.append(error.cpu())
                 labels.append(y.cpu())
                 predictions.append(pred.cpu())
                 radii.append(radius.cpu())
@@ -370,6 +446,8 @@ def evaluate(
         "predictions": torch.cat(predictions),
         "radii": torch.cat(radii),
         "margins": torch.cat(margins),
+        "radii_exact_arithmetic": torch.cat(exact_radii),
+        "margin_errors": torch.cat(errors),
         "attack_success": {},
         "attacked": {},
         "kind": kind,
@@ -387,8 +465,10 @@ def evaluate(
         "clean": correct.double().mean().item(),
     }
     unsound = []
+    lost: dict[str, int] = {}
     for key, eps in eps_values.items():
         summary[f"{kind}@{key}"] = certified_accuracy(result["radii"], eps)
+        lost[key] = int(((result["radii_exact_arithmetic"] > eps) & ~(result["radii"] > eps)).sum())
         if attack is None:
             continue
         broken = result["attack_success"][key]
@@ -404,6 +484,10 @@ def evaluate(
             logger.warning("%d points with estimated radius > eps=%s were broken by PGD: the estimate "
                            "under-estimates the Lipschitz constant.", violations, key)
     result["summary"] = summary
+    result["rounding"] = {**(plan.describe() if plan is not None else
+                             {"dtype": str(arithmetic or _model_dtype(model)).replace("torch.", ""),
+                              "unit_roundoff": None, "accumulate": None}),
+                          "source": "model" if margin_error is None else "given", "lost": lost}
     if unsound:
         raise UnsoundBoundError(
             f"PGD broke points the {bound.guarantee} bound certifies ({', '.join(unsound)}): the bound is unsound "

@@ -33,7 +33,8 @@ def certify(model: nn.Module, dataset: Dataset, eps_list: Sequence[str], *, inpu
             norm: str = "auto", max_dense: int | None = 4096, bound: LipschitzBound | None = None,
             compare: dict[str, torch.Tensor] | None = None, device=None, progress: bool = True,
             allow_estimate: bool = False, budget: float | None = None,
-            cache: bool | None = None, method: str = "liplt", failure_probability: float = 1e-9) -> dict[str, Any]:
+            cache: bool | None = None, method: str = "liplt", failure_probability: float = 1e-9,
+            arithmetic: torch.dtype | None = None, accumulate: torch.dtype | None = None) -> dict[str, Any]:
     """Certify ``model`` on ``dataset`` at each eps (pixel units) and write the report files.
 
     Args:
@@ -56,6 +57,10 @@ def certify(model: nn.Module, dataset: Dataset, eps_list: Sequence[str], *, inpu
         compare: extra radii curves for the plot, ``{label: radii}``.
         allow_estimate: accept an estimate (``norm="power"``); everything is then labelled
             ``estimated``, never ``certified``.
+        arithmetic, accumulate: the floating-point arithmetic the radii must hold for (default: the
+            model's parameter dtype; see :func:`lipzoo.certify.evaluate`). ``report["rounding"]`` states
+            it, the bound ``E`` on the rounding of the logit differences (median / max) and how many
+            points lost their certificate at each eps because of it.
 
     Raises:
         TypeError: if ``bound`` is given and is not a :class:`~lipzoo.LipschitzBound`.
@@ -85,7 +90,7 @@ def certify(model: nn.Module, dataset: Dataset, eps_list: Sequence[str], *, inpu
                        bound.mode, bound.guarantee)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     result = evaluate(model, loader, bound, eps_list, allow_estimate=allow_estimate, attack=attack, device=device,
-                      progress=progress)
+                      progress=progress, arithmetic=arithmetic, accumulate=accumulate)
     summary = dict(result["summary"])
     pair = pairwise_constants(bound, bound.num_classes or 2, allow_estimate=True)  # checked by evaluate above
     mask = ~torch.eye(pair.shape[0], dtype=torch.bool)
@@ -102,7 +107,8 @@ def certify(model: nn.Module, dataset: Dataset, eps_list: Sequence[str], *, inpu
                   **{k: v for k, v in attack.items() if k != "workers"},
                   "attacked": {key: int(mask.sum()) for key, mask in result["attacked"].items()}},
               "eps": [str(e) for e in eps_list],
-              "mean_radius": float(result["radii"].mean())}
+              "mean_radius": float(result["radii"].mean()),
+              "rounding": _rounding_summary(result)}
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -122,6 +128,15 @@ def certify(model: nn.Module, dataset: Dataset, eps_list: Sequence[str], *, inpu
         report["files"] = [str(out / f) for f in ("report.json", "radii.csv", f"{kind}_curve.png")]
     report["radii"] = result["radii"]
     return report
+
+
+def _rounding_summary(result: dict[str, Any]) -> dict[str, Any]:
+    errors = result["margin_errors"]
+    return {**{k: v for k, v in result["rounding"].items()},
+            "radii_account_for_rounding": True,
+            "margin_error_median": float(errors.median()), "margin_error_max": float(errors.max()),
+            "note": "radii are (m - 2E) / L with E a proved bound on the floating-point error of every logit "
+                    "difference in this arithmetic; they hold when the model is evaluated in this dtype"}
 
 
 _METHOD_NAME = {"liplt": "LipLT", "best": "min(LipLT, ECLipsE-style)", "eclipse": "ECLipsE-style"}
@@ -147,6 +162,13 @@ def format_table(report: dict[str, Any]) -> str:
     elif kind != "certified":
         lines[-1:] = ["ESTIMATE: the bound may under-estimate the Lipschitz constant; "
                       "these radii are not certificates.", ""]
+    rounding = report.get("rounding")
+    if rounding:
+        lost = ", ".join(f"{n} at {e}" for e, n in rounding["lost"].items())
+        u = rounding.get("unit_roundoff")
+        lines[-1:] = [f"arithmetic: {rounding['dtype']}" + (f" (u={u:.3g})" if u else "")
+                      + f"; radii account for its rounding: E median {rounding['margin_error_median']:.3g}, "
+                      f"max {rounding['margin_error_max']:.3g}; certificates lost to rounding: {lost}", ""]
     w = max(9, len(kind))
     lines += [f"{'eps':>10} | {kind:>{w}} | {'PGD':>7} | {'violations':>10}", "-" * (37 + w)]
     for eps in report["eps"]:

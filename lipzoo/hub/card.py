@@ -43,6 +43,9 @@ def certify_command(config: Mapping[str, Any], target: str) -> str:
     attack = attack if attack is not None else config.get("certify_attack")
     if isinstance(attack, Mapping):
         parts += ["--attack-steps", str(attack.get("steps", 50)), "--restarts", str(attack.get("restarts", 1))]
+    arithmetic = metrics.get("arithmetic") if isinstance(metrics, Mapping) else None
+    if arithmetic and arithmetic != "float64":  # the command line's default
+        parts += ["--arithmetic", str(arithmetic)]
     bound = metrics.get("bound") if isinstance(metrics, Mapping) else None
     if isinstance(bound, Mapping) and bound.get("budget") is not None:  # the bound's tightening time
         parts += ["--bound-budget", f"{float(bound['budget']):g}"]
@@ -118,8 +121,12 @@ def _results(config: Mapping[str, Any], card: Mapping[str, Any], target: str) ->
         rule += "---|---|---|"
     n = metrics.get("num_test_samples")
     data = f" of `{metrics['data']}`" if metrics.get("data") else ""
+    arithmetic = metrics.get("arithmetic")
+    held = (f" Certified radii hold for the model evaluated in `{arithmetic}` arithmetic: they subtract a proved bound "
+            "on its rounding of the logits (lipzoo's docs/bounds.md, \"What certified means in floating point\")."
+            if arithmetic else "")
     lines += [f"Accuracy (%) on {f'{n} images of ' if n else ''}the test set{data}, measured on these weights "
-              f"(`model.safetensors` sha256 `{metrics.get('sha256', config.get('sha256'))}`).", "", header, rule]
+              f"(`model.safetensors` sha256 `{metrics.get('sha256', config.get('sha256'))}`).{held}", "", header, rule]
     for eps, row in ours.items():
         line = f"| {eps} | " + " | ".join(_percent(row[k]) for k in _ACCURACY_KINDS) + " |"
         if paper is not None:
