@@ -51,7 +51,9 @@ def main() -> None:
     GOLDEN.mkdir(parents=True, exist_ok=True)
     out = {"name": args.name, "sha256": model.lipzoo_config["sha256"], "logits": logits.tolist(),
            "first_n": len(rows), "metrics": metrics, "eps": report["eps"],
-           "pairwise_bound": report["bound"]["value"], "guarantee": report["bound"]["guarantee"]}
+           "pairwise_bound": report["bound"]["value"], "guarantee": report["bound"]["guarantee"],
+           # the dtype the radii hold for (they account for its rounding): the test evaluates the model in it
+           "arithmetic": (report.get("rounding") or {}).get("dtype", "float32")}
     (GOLDEN / f"{args.name}.json").write_text(json.dumps(out, indent=1))
     print(f"wrote {GOLDEN / f'{args.name}.json'}")
 

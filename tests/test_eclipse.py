@@ -177,7 +177,7 @@ def test_adversarial_weights():
     assert float(bounds(z, 6, ("global",))["global"]) == 0.0
 
 
-@pytest.mark.parametrize("scale", [1e-90, 1e90])
+@pytest.mark.parametrize("scale", [1e-90, 1e15])
 def test_huge_and_tiny_scales(scale):
     model = mlp([5, 7, 7, 3], nn.GELU, seed=5)
     ref = bounds(model, 5, ("global", "pairwise"))
@@ -189,6 +189,15 @@ def test_huge_and_tiny_scales(scale):
     # GELU is not homogeneous, but the bound depends on the weights and [alpha, beta] only: it scales by scale^3
     assert float(b["global"]) == pytest.approx(float(ref["global"]) * scale ** 3, rel=1e-9)
     assert torch.isfinite(b["pairwise"]).all()
+
+
+def test_absurd_scales_are_refused_naming_the_module():
+    """Weights above 2**64 (lipzoo.layers.torch_modules.MAX_WEIGHT_MAGNITUDE) are refused before any work."""
+    model = mlp([5, 7, 7, 3], nn.GELU, seed=5)
+    with torch.no_grad():
+        model[2].weight.mul_(1e90)
+    with pytest.raises(ValueError, match=r"module '2' .*above the limit MAX_WEIGHT_MAGNITUDE"):
+        bounds(model, 5, ("global",))
 
 
 # --- other structures ---------------------------------------------------------------------------------------

@@ -135,8 +135,14 @@ def test_zoo_model_lanczos_within_one_percent_of_power_estimate():
 
 # --- certification with a probabilistic bound ---------------------------------------------------------------
 
-def _prob(value):
-    return LipschitzBound(value=value, guaranteed=False, guarantee="probabilistic", failure_probability=1e-9)
+def _prob(value, model):
+    """A probabilistic bound the test vouches for (the public API mints none, issue 22)."""
+    from lipzoo.bounds.fingerprint import model_fingerprint
+    from lipzoo.bounds.liplt import _vouch
+
+    fp = model_fingerprint(model, (6,))
+    return _vouch(LipschitzBound(value=value, guaranteed=False, guarantee="probabilistic", failure_probability=1e-9,
+                                 fingerprint=fp.digest, model_summary=fp.summary))
 
 
 def test_certify_labels_probabilistic_radii_and_attacks_every_point(rng, linear_model):
@@ -151,12 +157,12 @@ def test_certify_labels_probabilistic_radii_and_attacks_every_point(rng, linear_
     y = model(x).argmax(1)
     loader = DataLoader(TensorDataset(x, y), batch_size=16)
     exact = torch.cdist(W, W).double()
-    out = evaluate(model, loader, _prob(exact), [0.05], attack=dict(steps=5), progress=False)
+    out = evaluate(model, loader, _prob(exact, model), [0.05], attack=dict(steps=5), progress=False)
     assert out["kind"] == "probabilistic" and "probabilistic@0.05" in out["summary"]
     assert "certified@0.05" not in out["summary"]
     assert bool(out["attacked"]["0.05"].all())  # no proof: nothing skips the attack
     assert out["summary"]["consistency_violations@0.05"] == 0
-    report = certify(model, TensorDataset(x, y), ["0.05"], input_shape=(6,), bound=_prob(exact), progress=False,
+    report = certify(model, TensorDataset(x, y), ["0.05"], input_shape=(6,), bound=_prob(exact, model), progress=False,
                      attack=dict(steps=5))
     assert report["kind"] == "probabilistic" and report["bound"]["failure_probability"] == 1e-9
     assert "PROBABILISTIC" in format_table(report)
@@ -173,7 +179,7 @@ def test_a_wrong_probabilistic_bound_is_caught_by_the_attack(rng, linear_model):
     x = torch.tensor(rng.uniform(0.2, 0.8, size=(40, 6)), dtype=torch.float32)
     loader = DataLoader(TensorDataset(x, model(x).argmax(1)), batch_size=16)
     with pytest.raises(UnsoundBoundError):
-        evaluate(model, loader, _prob(torch.cdist(W, W).double() / 50), [0.1], attack=dict(steps=20),
+        evaluate(model, loader, _prob(torch.cdist(W, W).double() / 50, model), [0.1], attack=dict(steps=20),
                  progress=False)
 
 

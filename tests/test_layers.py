@@ -377,6 +377,7 @@ def test_pad_operator_adjoint_and_exact_norm(mode, pads, shape):
     _dot_test(op, shape)
     dense = materialize(op, shape)
     exact = torch.linalg.matrix_norm(dense, ord=2)
-    assert torch.isclose(op.norm_bound(shape), exact, rtol=SVD_RTOL) and op.norm_bound(shape) >= exact
+    # a float64 SVD is off by a few ulps either way (BLAS-dependent): the bound must not be below it by more
+    assert torch.isclose(op.norm_bound(shape), exact, rtol=SVD_RTOL) and op.norm_bound(shape) >= exact * (1 - 1e-12)
     x = torch.randn(2, *shape, dtype=torch.float64)
     assert torch.equal(op.forward(x), F.pad(x, pads, mode=mode))

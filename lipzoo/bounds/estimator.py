@@ -70,7 +70,7 @@ class LipLTEstimator(nn.Module):
         self._graph_failed = False
         self.mode, self.n_iter, self.input_shape = mode, n_iter, tuple(input_shape)
         object.__setattr__(self, "_model", model)  # plain reference, not a submodule
-        structure = build_structure(model, self.input_shape)
+        structure = build_structure(model, self.input_shape, check_weights=False)  # see forward
         self.keys = [(t, j) for t in range(structure.depth) for j in range(-1, t)]
         gen = torch.Generator().manual_seed(seed)
         ref = next(model.parameters(), torch.empty(0))
@@ -91,7 +91,9 @@ class LipLTEstimator(nn.Module):
         ref, vec = next(model.parameters(), None), next(self.buffers(), None)
         if ref is not None and vec is not None and vec.device != ref.device:
             self.to(ref.device)  # the model moved (model.cuda()) after the estimator was built
-        structure = build_structure(model, self.input_shape)
+        # an estimate for training, not a certificate: no weight checks (each would sync with the device, and a
+        # non-finite weight shows up as a non-finite loss, which the trainer reports)
+        structure = build_structure(model, self.input_shape, check_weights=False)
         v = self.vectors()
         n = self.n_iter if n_iter is None else n_iter
         if v:

@@ -127,7 +127,7 @@ def _check_input_shape(input_shape) -> Shape:
     return shape
 
 
-def build_structure(model: nn.Module, input_shape) -> Structure:
+def build_structure(model: nn.Module, input_shape, *, check_weights: bool = True) -> Structure:
     """Compose the modules of ``model`` into blocks of eq. (14) for inputs of ``input_shape``.
 
     Every module's weights are checked before its state is used (no norm is computed here): an empty
@@ -144,7 +144,8 @@ def build_structure(model: nn.Module, input_shape) -> Structure:
     paths = {id(m): n for n, m in model.named_modules()}
     modules = flatten_modules(model)
     names = [paths.get(id(m)) or None for m in modules]
-    check_finite_weights(modules, names)  # before any state: NaN / inf / empty weights, named
+    if check_weights:  # the training estimator skips it: a per-step host sync, and no certificate is made there
+        check_finite_weights(modules, names)  # before any state: NaN / inf / empty weights, named
     states = []
     for module, name in zip(modules, names):
         state = module_state(module)
@@ -170,7 +171,8 @@ def build_structure(model: nn.Module, input_shape) -> Structure:
                              f"(from input_shape={shape}): {err}") from err
         blocks.append(Block(W, H, state.G, state.alpha, state.beta, pending_in, y_shape, next_shape))
         pending, pending_in, current = None, next_shape, next_shape
-    check_state_weights(states)  # still before any norm: non-finite or absurd operator weights, named
+    if check_weights:
+        check_state_weights(states)  # still before any norm: non-finite or absurd operator weights, named
     if not blocks and pending is None:
         raise TypeError(f"Model {type(model).__name__} has no layers to bound.")
     return Structure(blocks, pending, shape, current)

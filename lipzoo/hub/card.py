@@ -134,6 +134,8 @@ def _results(config: Mapping[str, Any], card: Mapping[str, Any], target: str) ->
         lines.append(line)
     if paper is not None and card.get("paper_source"):
         lines += ["", f"Paper numbers: {card['paper_source']}."]
+    for note in card.get("notes") or []:  # e.g. why a re-measured figure changed
+        lines += ["", f"Note: {note}"]
     lines += ["", "## Reproduce the certified numbers", "", "```bash", certify_command(config, target), "```"]
     return lines
 
@@ -207,7 +209,8 @@ def render_card(config: Mapping[str, Any], card: Mapping[str, Any] | None = None
         card: optional extras: ``title``, ``description``, ``license``, ``tags``, ``target``
             (what ``lipzoo certify`` should load; default the config's ``name``),
             ``paper_metrics`` (the paper's accuracies as fractions, flat ``certify`` layout),
-            ``paper_source`` (where they come from, e.g. "Table 1"), and overrides of what
+            ``paper_source`` (where they come from, e.g. "Table 1"), ``notes`` (sentences shown under the
+            results, e.g. why a re-measured figure changed), and overrides of what
             ``config["recipe"]`` / ``config["training"]`` say: ``recipe``, ``epochs``, ``hardware``,
             ``training_time`` (seconds or text).
 
