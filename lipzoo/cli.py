@@ -45,7 +45,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-# The command line keeps guaranteed bounds on disk (keyed by the weights' sha256), so certify after
+# The command line keeps guaranteed bounds on disk (keyed by the model's fingerprint), so certify after
 # bounds is instant: ``$LIPZOO_CACHE`` or ``~/.cache/lipzoo/bounds``; ``LIPZOO_CACHE=off`` disables.
 _CACHE = True
 
@@ -74,7 +74,7 @@ def _add_bound_options(p: argparse.ArgumentParser, power_note: str) -> None:
     p.add_argument("--bound-budget", type=_seconds, default=None, metavar="SECONDS",
                    help="seconds the guaranteed bound may spend tightening large operators exactly (default: the "
                         "library's, 300; it stops earlier once it cannot gain 0.2%%); every value is proved either way, "
-                        "a larger budget gives a tighter bound, and the result is cached by the weights' sha256; so "
+                        "a larger budget gives a tighter bound, and the result is cached by the model's fingerprint; so "
                         "is each chain certified on the way, so an interrupted run, or a later one with a larger "
                         "budget, starts from them")
 

@@ -323,8 +323,9 @@ def lipschitz_bound(model: nn.Module, input_shape, *, method: str = "liplt", mod
             measured before committing; see :mod:`lipzoo.bounds.proved`); it stops earlier once the
             bound is within 0.2% of what exact norms could give (:data:`DEFAULT_BUDGET`).
         progress: tqdm progress bar (``None``: only on a terminal).
-        cache: reuse / store the result on disk, keyed by the weights' sha256, every option and the
-            accountant's code (:mod:`lipzoo.bounds.cache`). ``None``: only when the environment
+        cache: reuse / store the result on disk, keyed by the structure's fingerprint (every number the
+            accountant bounds, after every acceptance check), every option and the package's code; every
+            entry read is checked before use (:mod:`lipzoo.bounds.cache`). ``None``: only when the environment
             variable ``LIPZOO_CACHE`` names a folder (the ``lipzoo`` command line sets it to
             ``~/.cache/lipzoo/bounds`` unless it is set; ``LIPZOO_CACHE=off`` disables).
         failure_probability: for ``norm="lanczos"``, the probability (over the start vectors) that the
