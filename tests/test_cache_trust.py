@@ -303,3 +303,14 @@ def test_a_truncated_file_is_rejected(tmp_path, monkeypatch, caplog):
     with caplog.at_level(logging.WARNING):
         got = lipschitz_bound(net, shape)
     assert "corrupt" in caplog.text.lower() and torch.equal(got.value, ref.value)
+
+
+def test_a_bound_under_inference_mode_with_the_cache(tmp_path, monkeypatch):
+    """Inside torch.inference_mode (as evaluation code often is): computed, cached, and its cache hit checked."""
+    monkeypatch.setenv("LIPZOO_CACHE", str(tmp_path))
+    net, shape = _plain(2)
+    ref = lipschitz_bound(net, shape, cache=False)
+    with torch.inference_mode():
+        first = lipschitz_bound(net, shape)
+        again = lipschitz_bound(net, shape)
+    assert torch.equal(first.value, ref.value) and torch.equal(again.value, ref.value) and again.trusted

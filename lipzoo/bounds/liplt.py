@@ -343,6 +343,11 @@ def lipschitz_bounds(model: nn.Module, input_shape, *, method: str = "liplt", mo
                      progress: bool | None = None, cache: bool | None = None,
                      failure_probability: float = 1e-9) -> dict[str, LipschitzBound]:
     """:func:`lipschitz_bound` for several modes at once, sharing the inner operator norms."""
+    if torch.is_inference_mode_enabled():  # the refinement and the cache's floors take gradients
+        with torch.inference_mode(False):
+            return lipschitz_bounds(model, input_shape, method=method, modes=modes, norm=norm, max_dense=max_dense,
+                                    n_iter=n_iter, dtype=dtype, device=device, seed=seed, sdp_t=sdp_t, budget=budget,
+                                    progress=progress, cache=cache, failure_probability=failure_probability)
     _check_choice("method", method, METHODS)
     _check_choice("sdp_t", sdp_t, SDP_T)
     for mode in modes:
@@ -523,8 +528,8 @@ def _floors(net: nn.Module, structure: Structure, modes, *, method: str, norm: s
 def _gradient_floors(net: nn.Module, structure: Structure, modes, gen, points: int) -> dict:
     """Per mode, the largest gradient norm of the bounded quantity at ``points`` random inputs (float64)."""
     ref = _reference_tensor(structure)
-    x = torch.rand(points, *structure.input_shape, generator=gen, dtype=torch.float64).to(ref.device)
     with torch.enable_grad():
+        x = torch.rand(points, *structure.input_shape, generator=gen, dtype=torch.float64).to(ref.device)
         x.requires_grad_(True)
         z = net(x.to(ref.dtype) if ref.numel() else x).double().reshape(points, -1)
         k = z.shape[1]
