@@ -155,6 +155,7 @@ def certified_radius(logits: Tensor, labels: Tensor, bound: LipschitzBound, *, m
     if not isinstance(logits, Tensor) or logits.dim() != 2:
         got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
         raise ValueError(f"logits must be a (N, K) tensor; got {got}. Flatten or batch the logits first.")
+    _check_bound_type(bound, allow_estimate)  # a raw tensor is a TypeError before anything reads it
     if model is not None:
         shape = input_shape if input_shape is not None else bound.details.get("input_shape")
         check_bound_for(bound, model, shape, where="certified_radius", allow_untrusted=allow_estimate)
