@@ -229,3 +229,56 @@ def test_report_states_the_arithmetic_and_the_points_lost(tmp_path):
     assert rounding["lost"]["1e-12"] >= 1 and rounding["margin_error_max"] > 0
     table = format_table(report)
     assert "arithmetic: float32" in table and "lost to rounding" in table
+
+
+def test_the_issue_scenario_on_the_shipped_mnist_model():
+    """Issue 22 on `crm-mnist-4c3f`, other numbers: points moved to float64 margins between 1e-9 and 1e-3 of
+    the decision boundary. Certified in float64, the radius is positive only above the rounding bound, and
+    noise inside 0.999 of it, evaluated in float64 with three batch sizes, never changes a certified class;
+    in float32 none of them is certified (E ~ 2.6 there), although the exact-arithmetic formula would certify
+    some of them."""
+    import lipzoo
+    from lipzoo.data import load_dataset
+
+    torch.manual_seed(0)
+    model = lipzoo.load("crm-mnist-4c3f").eval()
+    bound = lipschitz_bound(model, (1, 28, 28), progress=False, cache=False)
+    data = load_dataset("mnist", split="test")
+    x = torch.stack([data[i][0] for i in range(60)]).double()
+    y = torch.tensor([int(data[i][1]) for i in range(60)])
+    m64 = lipzoo.load("crm-mnist-4c3f").eval().double()
+
+    def margin(v, labels):
+        with torch.no_grad():
+            out = m64(v)
+        return out.gather(1, labels[:, None])[:, 0] - out.scatter(1, labels[:, None], -1e30).max(1).values
+
+    ok = margin(x, y) > 0
+    x, y = x[ok][:24], y[ok][:24]
+    far = torch.rand(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    keep = margin(far, y) < 0
+    x, y, far = x[keep], y[keep], far[keep]
+    target = torch.logspace(-9, -3, len(x), dtype=torch.float64)
+    lo, hi = torch.zeros(len(x), dtype=torch.float64), torch.ones(len(x), dtype=torch.float64)
+    for _ in range(60):  # bisection on the segment to the other class: margin just above the target
+        mid = (lo + hi) / 2
+        above = margin(x + mid[:, None, None, None] * (far - x), y) > target
+        lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+    xb = x + lo[:, None, None, None] * (far - x)
+    assert len(xb) >= 10
+    out64 = evaluate(m64, DataLoader(TensorDataset(xb, y), batch_size=7), bound, [1e-9], progress=False)
+    r = out64["radii"]
+    certified = r > 0
+    assert 0 < int(certified.sum()) < len(xb)  # the margins below ~2E (1e-8) are not certified
+    assert bool((out64["margin_errors"] < 1e-7).all())
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(10):
+        d = torch.randn(xb.shape, dtype=torch.float64, generator=gen)
+        xp = xb + 0.999 * r[:, None, None, None] * d / d.flatten(1).norm(dim=1)[:, None, None, None]
+        for bs in (1, 5, len(xp)):
+            with torch.no_grad():
+                pred = torch.cat([m64(xp[i:i + bs]) for i in range(0, len(xp), bs)]).argmax(1)
+            assert not bool(((pred != y) & certified).any())
+    m32 = lipzoo.load("crm-mnist-4c3f").eval()
+    out32 = evaluate(m32, DataLoader(TensorDataset(xb.float(), y), batch_size=7), bound, [1e-9], progress=False)
+    assert not bool((out32["radii"] > 0).any()) and bool((out32["radii_exact_arithmetic"] > 0).any())
