@@ -785,6 +785,6 @@ def test_results_whose_bound_names_another_model_are_refused(saved, tmp_path):
     assert read_config(tmp_path / "same")["metrics"]["bound"]["fingerprint"] == own.fingerprint
     forged = json.loads(json.dumps(config))
     forged["metrics"]["bound"]["fingerprint"] = foreign.fingerprint
-    with pytest.raises(ValueError, match="save_pretrained: the results' bound belongs to another model"):
+    with pytest.raises(ValueError, match="save_pretrained: the bound belongs to another model"):
         save_pretrained(model, tmp_path / "forged", config=forged)
     assert not (tmp_path / "forged").exists()  # refused before anything is written

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["Fingerprint", "structure_fingerprint", "model_fingerprint", "code_hash"]
+__all__ = ["Fingerprint", "structure_fingerprint", "model_fingerprint", "check_owner", "code_hash"]
 
 _CODE_HASH: str | None = None
 
@@ -165,3 +165,13 @@ def model_fingerprint(model: nn.Module, input_shape) -> Fingerprint:
     net = copy.deepcopy(model).to(dtype=torch.float64)
     with torch.no_grad():
         return structure_fingerprint(build_structure(net, input_shape))
+
+
+def check_owner(fingerprint: str, summary: str | None, model: nn.Module, input_shape, where: str) -> None:
+    """Raise a one-line ``ValueError`` naming both unless ``model`` on ``input_shape`` has ``fingerprint``."""
+    if input_shape is None:
+        raise ValueError(f"{where}: the input shape is needed to check that the bound is this model's.")
+    mine = model_fingerprint(model, tuple(input_shape))
+    if mine.digest != fingerprint:
+        raise ValueError(f"{where}: the bound belongs to another model ({summary or fingerprint[:12]}), not to this "
+                         f"one ({mine.summary}); compute this model's bound with lipzoo.lipschitz_bound.")

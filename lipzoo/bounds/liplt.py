@@ -32,7 +32,7 @@ from lipzoo.bounds.eclipse import GUARANTEE as ECLIPSE_GUARANTEE
 from lipzoo.bounds.eclipse import eclipse_bound
 from lipzoo.bounds.lanczos import lanczos_inner_norms
 from lipzoo.bounds.proved import proved_inner_norms
-from lipzoo.bounds.fingerprint import structure_fingerprint
+from lipzoo.bounds.fingerprint import check_owner, structure_fingerprint
 from lipzoo.bounds.structure import Structure, build_structure, numel
 from lipzoo.layers.operators import DiagonalOp, compose
 from lipzoo.bounds.sweep import adjoint_sweep, forward_sweep, power_iteration, row_norms
@@ -463,14 +463,7 @@ def check_bound_for(bound: LipschitzBound, model: nn.Module, input_shape, *, whe
         if allow_untrusted:
             return
         raise ValueError(f"{where}: the bound names no model (no fingerprint); compute it with lipzoo.lipschitz_bound.")
-    from lipzoo.bounds.fingerprint import model_fingerprint
-
-    if input_shape is None:
-        raise ValueError(f"{where}: the input shape is needed to check that the bound is this model's.")
-    mine = model_fingerprint(model, input_shape)
-    if mine.digest != bound.fingerprint:
-        raise ValueError(f"{where}: the bound belongs to another model ({bound.model_summary or bound.fingerprint[:12]}), "
-                         f"not to this one ({mine.summary}); compute this model's bound with lipzoo.lipschitz_bound.")
+    check_owner(bound.fingerprint, bound.model_summary, model, input_shape, where)
 
 
 def _prepare(model: nn.Module, input_shape, *, norm: str, dtype: torch.dtype, device, modes) -> tuple:

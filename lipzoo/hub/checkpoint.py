@@ -186,16 +186,10 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, config: A
 
 def _check_bound_owner(record: Mapping[str, Any] | None, model: nn.Module, input_shape, where: str) -> None:
     """Refuse results whose bound record names another model's fingerprint (one line naming both)."""
-    named = (record or {}).get("fingerprint")
-    if named is None:
-        return
-    from lipzoo.bounds.fingerprint import model_fingerprint
+    if (record or {}).get("fingerprint") is not None:
+        from lipzoo.bounds.fingerprint import check_owner
 
-    mine = model_fingerprint(model, tuple(input_shape))
-    if mine.digest != named:
-        raise ValueError(f"{where}: the results' bound belongs to another model "
-                         f"({(record or {}).get('model_summary') or named[:12]}), not to this one ({mine.summary}); "
-                         "certify this model and attach that report.")
+        check_owner(record["fingerprint"], record.get("model_summary"), model, input_shape, where)
 
 
 def _write_config_and_card(directory: Path, meta: Metadata) -> None:
