@@ -286,6 +286,21 @@ def _cmd_certify(args) -> int:
     return 3 if viol else 0
 
 
+def _cmd_cache(args) -> int:
+    from lipzoo.bounds import cache
+
+    if cache.cache_dir() is None:
+        print("The bound cache is off (LIPZOO_CACHE=off).")
+        return 0
+    if args.clear:
+        print(f"Removed {cache.clear()} file(s) from {cache.cache_dir()}.")
+    s = cache.summary()
+    print(f"folder:  {s['folder']} ($LIPZOO_CACHE; LIPZOO_CACHE=off disables the cache)\n"
+          f"holds:   {s['bounds']} bound file(s), {s['chains']} certificate file(s), {s['bytes'] / 1e6:.2f} MB\n"
+          f"key:     {s['secret']} (HMAC key of the entries; $LIPZOO_CACHE_SECRET)")
+    return 0
+
+
 def _cmd_bounds(args) -> int:
     from lipzoo.certify.report import bounds_table
 
@@ -458,6 +473,11 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--revision", help="branch to commit to (default: main)")
     u.add_argument("--private", action="store_true", help="create the repo as private")
     u.set_defaults(func=_cmd_push)
+
+    k = sub.add_parser("cache", help="where the bound cache is, what it holds; --clear empties it",
+                       parents=[common], formatter_class=fmt)
+    k.add_argument("--clear", action="store_true", help="remove every cached bound and certificate")
+    k.set_defaults(func=_cmd_cache)
 
     ls = sub.add_parser("list", help="architectures and pretrained entries with their measured certified accuracy",
                         parents=[common], formatter_class=fmt)

@@ -515,3 +515,19 @@ def test_certify_method_best_is_never_looser_and_says_so(checkpoint, tmp_path, c
     for key in liplt["metrics"]:
         if key.startswith("certified@"):
             assert best["metrics"][key] >= liplt["metrics"][key]
+
+
+def test_cache_command_shows_and_clears(tmp_path, monkeypatch, capsys):
+    from lipzoo.bounds import lipschitz_bound
+
+    monkeypatch.setenv("LIPZOO_CACHE", str(tmp_path / "cache"))
+    net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
+    lipschitz_bound(net, (4,), cache=True)
+    assert main(["cache"]) == 0
+    out = capsys.readouterr().out
+    assert str(tmp_path / "cache") in out and "1 bound file(s), 1 certificate file(s)" in out
+    assert main(["cache", "--clear"]) == 0
+    out = capsys.readouterr().out
+    assert "Removed 3 file(s)" in out and "0 bound file(s), 0 certificate file(s)" in out  # two entries, one lock
+    monkeypatch.setenv("LIPZOO_CACHE", "off")
+    assert main(["cache"]) == 0 and "off" in capsys.readouterr().out

@@ -54,7 +54,7 @@ except ImportError:  # pragma: no cover - Windows: atomic renames only (a concur
     fcntl = None
 
 __all__ = ["cache_dir", "enabled_by_env", "bound_key", "load_bounds", "store_bounds", "certificate_key",
-           "load_certificates", "store_certificates", "drop_certificates"]
+           "load_certificates", "store_certificates", "drop_certificates", "secret_path", "summary", "clear"]
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +141,41 @@ def drop_certificates(key: str, keys) -> None:
         _store(key, "chains", {f"{t},{j}": list(v) for (t, j), v in sorted(kept.items())}, _CHAINS)
 
 
+def secret_path() -> Path:
+    """Where this user's cache key lives (see :func:`_secret`)."""
+    env = os.environ.get("LIPZOO_CACHE_SECRET")
+    config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return Path(env).expanduser() if env else config / "lipzoo" / "cache-secret"
+
+
+def summary() -> dict:
+    """``{"folder", "bounds", "chains", "bytes", "secret"}``: what the cache holds (``folder`` None when off)."""
+    folder = cache_dir()
+    out = {"folder": None if folder is None else str(folder), "bounds": 0, "chains": 0, "bytes": 0,
+           "secret": str(secret_path())}
+    if folder is None or not folder.is_dir():
+        return out
+    for path in folder.rglob("*"):
+        if path.is_file():
+            out["bytes"] += path.stat().st_size
+            if path.suffix == ".json":
+                out["chains" if path.parent.name == _CHAINS else "bounds"] += 1
+    return out
+
+
+def clear() -> int:
+    """Remove every cache file (bounds, certificates, locks, temporaries); returns how many. The key stays."""
+    folder = cache_dir()
+    if folder is None or not folder.is_dir():
+        return 0
+    removed = 0
+    for path in sorted(folder.rglob("*"), reverse=True):
+        if path.is_file() and (path.suffix in (".json", ".lock", ".tmp")):
+            path.unlink()
+            removed += 1
+    return removed
+
+
 def _secret() -> bytes:
     """This user's key for the cache's HMACs: ``$LIPZOO_CACHE_SECRET`` (a file), else
     ``$XDG_CONFIG_HOME/lipzoo/cache-secret`` (``~/.config/...``), created with 32 random bytes and mode 0600 on
@@ -148,9 +183,7 @@ def _secret() -> bytes:
     recomputed checksum) is rejected; where it cannot be written, a key for this process only is used."""
     global _SECRET
     if _SECRET is None:
-        env = os.environ.get("LIPZOO_CACHE_SECRET")
-        config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-        path = Path(env).expanduser() if env else config / "lipzoo" / "cache-secret"
+        path = secret_path()
         try:
             if not path.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
