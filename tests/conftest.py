@@ -173,18 +173,19 @@ def small_residual_cnn(seed: int):
                                LTLinear(3 * 6 * 6, 5, activation=None)).double().eval(), (1, 6, 6)
 
 
-def vouched(value, model, input_shape=None, guarantee: str = "exact"):
+def vouched(value, model, input_shape=None, guarantee: str = "exact", failure_probability=None):
     """A bound the *test* knows (exact constants of a linear model, or one deliberately wrong), vouched for
     ``model`` through the accountant's private hook: the public API cannot mint a certificate (issue 22), so
     tests of the consumers' logic say explicitly that they vouch for their numbers."""
     from torch import nn
 
     from lipzoo.bounds.fingerprint import model_fingerprint
-    from lipzoo.bounds.liplt import LipschitzBound, _vouch
+    from lipzoo.bounds.certificate import LipschitzBound, _vouch
 
     if input_shape is None:
         first = next(m for m in model.modules() if isinstance(m, nn.Linear))
         input_shape = (first.in_features,)
     fp = model_fingerprint(model, input_shape)
     return _vouch(LipschitzBound(value=value, guaranteed=guarantee in ("exact", "proved"), guarantee=guarantee,
-                                 fingerprint=fp.digest, model_summary=fp.summary))
+                                 failure_probability=failure_probability, fingerprint=fp.digest,
+                                 model_summary=fp.summary))

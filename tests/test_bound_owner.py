@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lipzoo.bounds import LipschitzBound, lipschitz_bound
-from lipzoo.bounds.liplt import check_bound_for
+from lipzoo.bounds.certificate import check_bound_for
 from lipzoo.certify import certified_radius, evaluate, pairwise_constants
 from lipzoo.certify.report import certify
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import lipzoo
-from lipzoo.bounds.liplt import _vouch
+from lipzoo.bounds.certificate import _vouch
 from lipzoo.bounds import lipschitz_bounds
 from lipzoo.certify.report import format_table
 from lipzoo.cli import main

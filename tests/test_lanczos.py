@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import lipzoo
+from conftest import vouched
 from lipzoo import LipschitzBound, lipschitz_bound
 from lipzoo.bounds import build_structure
 from lipzoo.bounds.lanczos import KW_CONSTANT, lanczos_epsilon, lanczos_inner_norms
@@ -137,12 +138,7 @@ def test_zoo_model_lanczos_within_one_percent_of_power_estimate():
 
 def _prob(value, model):
     """A probabilistic bound the test vouches for (the public API mints none, issue 22)."""
-    from lipzoo.bounds.fingerprint import model_fingerprint
-    from lipzoo.bounds.liplt import _vouch
-
-    fp = model_fingerprint(model, (6,))
-    return _vouch(LipschitzBound(value=value, guaranteed=False, guarantee="probabilistic", failure_probability=1e-9,
-                                 fingerprint=fp.digest, model_summary=fp.summary))
+    return vouched(value, model, (6,), "probabilistic", failure_probability=1e-9)
 
 
 def test_certify_labels_probabilistic_radii_and_attacks_every_point(rng, linear_model):

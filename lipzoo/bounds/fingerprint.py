@@ -99,9 +99,9 @@ class _Hasher:
         elif isinstance(obj, nn.Module):
             # an operator that keeps a module: its class, its tensors and its plain attributes
             self._cls(type(obj))
-            state = {k: v for k, v in obj.state_dict(keep_vars=True).items()}
             plain = {k: v for k, v in vars(obj).items() if not k.startswith("_") and k != "training"}
-            self.feed({"state": state, "attrs": plain, "training": obj.training}, depth + 1)
+            self.feed({"state": dict(obj.state_dict(keep_vars=True)), "attrs": plain, "training": obj.training},
+                      depth + 1)
         elif callable(obj) and not hasattr(obj, "__dict__"):
             self.cacheable = False  # a builtin or C function: its name is all we can see
             self.tag(f"callable:{getattr(obj, '__qualname__', repr(obj))}")

@@ -19,33 +19,29 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from collections.abc import Mapping
-from dataclasses import FrozenInstanceError, dataclass, field
-from types import MappingProxyType
 
 import torch
 from torch import nn
 
-from lipzoo.bounds.norms import (EXACT_MARGIN, GUARANTEE_ORDER, NormResult, _tensor_of,
-                                 chain_norm, output_norms, round_cast, weakest_guarantee, with_margin)
+from lipzoo.bounds.certificate import MODES, PROVED, LipschitzBound, _thaw, _vouch, check_bound_for
 from lipzoo.bounds.eclipse import GUARANTEE as ECLIPSE_GUARANTEE
 from lipzoo.bounds.eclipse import eclipse_bound
+from lipzoo.bounds.fingerprint import structure_fingerprint
 from lipzoo.bounds.lanczos import lanczos_inner_norms
+from lipzoo.bounds.layerwise import layerwise, naive_layer, sdp_layer
+from lipzoo.bounds.norms import (EXACT_MARGIN, chain_norm, output_norms, reference_tensor, round_cast,
+                                 weakest_guarantee, with_margin)
 from lipzoo.bounds.proved import proved_inner_norms
-from lipzoo.bounds.fingerprint import check_owner, structure_fingerprint
 from lipzoo.bounds.structure import Structure, build_structure, numel
-from lipzoo.layers.operators import DiagonalOp, compose
 from lipzoo.bounds.sweep import adjoint_sweep, forward_sweep, power_iteration, row_norms
+from lipzoo.layers.torch_modules import operator_values
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["LipschitzBound", "check_bound_for", "lipschitz_bound", "lipschitz_bounds", "output_norms", "liplt_recursion"]
 
-MODES = ("global", "per_class", "pairwise")
 METHODS = ("liplt", "naive", "lt_sdp", "eclipse", "best")
 SDP_T = ("sn", "aol", "sll", "best")
-PROVED = ("exact", "proved")
-"""The guarantees of a proved upper bound (``LipschitzBound.guaranteed``)."""
 NORMS = ("auto", "exact", "power", "lanczos")
 # Seconds ``norm="auto"`` may spend certifying large operators exactly. The refinement stops on its own
 # once exact norms everywhere could not lower the bound by more than 0.2%, so this caps only networks
@@ -55,161 +51,11 @@ NORMS = ("auto", "exact", "power", "lanczos")
 DEFAULT_BUDGET = 300.0
 
 
-class _ReadOnlyTensor:
-    """Field descriptor: stores a detached private copy, hands out a fresh clone on every read.
-
-    Writing into ``bound.value`` (``bound.value[0, 1] = 0``) therefore changes nothing that the bound
-    holds; assigning ``bound.value = ...`` raises like any other field of a frozen dataclass.
-    """
-
-    def __set_name__(self, owner, name):
-        self._slot = "_" + name
-
-    def __get__(self, obj, objtype=None):
-        if obj is None:  # no class-level default: the dataclass field is required
-            raise AttributeError(self._slot[1:])
-        return obj.__dict__[self._slot].clone()
-
-    def __set__(self, obj, value):
-        if self._slot in obj.__dict__:
-            raise FrozenInstanceError(f"cannot assign to field {self._slot[1:]!r}")
-        tensor = torch.as_tensor(value).detach().clone()
-        obj.__dict__[self._slot] = tensor
-
-
-def _freeze(obj):
-    """Immutable copy of nested dicts / lists (``MappingProxyType`` / tuples)."""
-    if isinstance(obj, Mapping):
-        return MappingProxyType({k: _freeze(v) for k, v in obj.items()})
-    if isinstance(obj, (list, tuple)):
-        return tuple(_freeze(v) for v in obj)
-    if torch.is_tensor(obj):
-        return obj.detach().cpu().tolist()
-    return obj
-
-
-def _thaw(obj):
-    """Plain ``dict`` / ``list`` copy of :func:`_freeze` output (for JSON)."""
-    if isinstance(obj, Mapping):
-        return {k: _thaw(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_thaw(v) for v in obj]
-    return obj
-
-
-@dataclass(frozen=True, eq=False)
-class LipschitzBound:
-    """A Lipschitz bound and the guarantee it carries: the certificate type of lipzoo.
-
-    Immutable: the dataclass is frozen, ``value`` is a private copy (each read returns a fresh
-    clone, so writing into it changes nothing), ``layer_bounds`` is a tuple and ``details`` a
-    read-only mapping. :func:`lipzoo.certify.evaluate` and :func:`lipzoo.certify.report.certify`
-    take this type, never a raw tensor, and refuse ``guarantee="estimate"`` unless asked.
-
-    Attributes:
-        value: ``()`` for ``mode="global"``, ``(K,)`` for ``"per_class"``, ``(K, K)`` for
-            ``"pairwise"`` (zero diagonal; entry ``(i, j)`` bounds the Lipschitz constant of
-            ``z_i - z_j``).
-        guaranteed: True only when every operator norm inside is a proved upper bound
-            (``guarantee`` ``"exact"`` or ``"proved"``).
-        guarantee: ``"exact"`` (all norms exact, computed in float64, with a rounding margin, see
-            :data:`lipzoo.bounds.norms.EXACT_MARGIN`), ``"proved"`` (some norms are proved upper
-            bounds, e.g. FFT bounds of convolutions), ``"probabilistic"`` (an upper bound except with
-            probability at most ``failure_probability`` over random start vectors, see
-            :mod:`lipzoo.bounds.lanczos`) or ``"estimate"`` (power iteration: may *under*-estimate;
-            not a certificate).
-        failure_probability: ``0`` for exact / proved bounds, the stated probability for a
-            probabilistic one, ``1`` for an estimate (nothing is promised).
-        method, mode, norm: how it was computed.
-        layer_bounds: ``m_t`` for every block (global Lipschitz constant of ``x_0 -> y_t``).
-        details: per-operator norms and their guarantees; with ``norm="auto"``, ``"liplt_at_estimates"``
-            (per mode, shaped like ``value``): the recursion at every norm's estimate from below (Lanczos
-            Ritz values), so the exact LipLT value lies between it and the bound (up to the estimates'
-            rounding, ~1e-6 relative) -- how much tighter any computation of LipLT could get.
-    """
-
-    value: torch.Tensor = _ReadOnlyTensor()
-    guaranteed: bool = True
-    guarantee: str = "exact"
-    method: str = "liplt"
-    mode: str = "pairwise"
-    norm: str = "auto"
-    layer_bounds: tuple = ()
-    details: Mapping = field(default_factory=dict)
-    failure_probability: float | None = None
-    fingerprint: str | None = None
-    model_summary: str | None = None
-
-    def __post_init__(self):
-        # Built through the constructor (by hand, from a stored record, by dataclasses.replace): not vouched
-        # for. Only the accountant marks the bounds it computed or checked (_vouch); see `trusted`.
-        object.__setattr__(self, "_vouched", False)
-        if self.guarantee not in GUARANTEE_ORDER:
-            raise ValueError(f"guarantee must be one of {tuple(GUARANTEE_ORDER)}, got {self.guarantee!r}.")
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}.")
-        if bool(self.guaranteed) != (self.guarantee in PROVED):
-            raise ValueError(f"guaranteed={self.guaranteed!r} contradicts guarantee={self.guarantee!r}.")
-        object.__setattr__(self, "guaranteed", bool(self.guaranteed))
-        p = {"exact": 0.0, "proved": 0.0, "estimate": 1.0}.get(self.guarantee, self.failure_probability)
-        if self.failure_probability is not None and float(self.failure_probability) != p:
-            raise ValueError(f"failure_probability={self.failure_probability!r} contradicts guarantee="
-                             f"{self.guarantee!r}.")
-        if p is None or not 0 <= float(p) <= 1 or (self.guarantee == "probabilistic" and not 0 < p < 1):
-            raise ValueError(f"a {self.guarantee} bound needs a failure_probability in (0, 1), got {p!r}.")
-        object.__setattr__(self, "failure_probability", float(p))
-        object.__setattr__(self, "layer_bounds", tuple(float(x) for x in self.layer_bounds))
-        object.__setattr__(self, "details", _freeze(self.details))
-
-    @property
-    def trusted(self) -> bool:
-        """Whether lipzoo's accountant computed this bound in this process (:func:`lipschitz_bound`, or a cache
-        entry it checked), for the model named by :attr:`fingerprint`. A bound built by hand or from a record
-        (:meth:`from_dict`) is not: where a certificate is required it is refused, whatever its ``guarantee``
-        says (:func:`lipzoo.certify.evaluate`, :func:`check_bound_for`)."""
-        return self.__dict__.get("_vouched", False)
-
-    @property
-    def num_classes(self) -> int | None:
-        """``K`` for per-class / pairwise bounds, None for a global one."""
-        return None if self.mode == "global" else int(self.__dict__["_value"].shape[0])
-
-    @property
-    def liplt_at_estimates(self) -> torch.Tensor | None:
-        """``details["liplt_at_estimates"]`` of this bound's mode as a float64 tensor shaped like ``value`` (the
-        exact LipLT value lies between it and the bound), or None where it was not computed."""
-        below = (self.details.get("liplt_at_estimates") or {}).get(self.mode)
-        return None if below is None else torch.as_tensor(below, dtype=torch.float64)
-
-    def to_dict(self) -> dict:
-        return {"method": self.method, "mode": self.mode, "norm": self.norm,
-                "guaranteed": self.guaranteed, "guarantee": self.guarantee,
-                "failure_probability": self.failure_probability,
-                "value": self.__dict__["_value"].tolist(), "layer_bounds": list(self.layer_bounds),
-                "fingerprint": self.fingerprint, "model_summary": self.model_summary}
-
-    @classmethod
-    def from_dict(cls, record: Mapping) -> "LipschitzBound":
-        """A bound from :meth:`to_dict` output (e.g. the ``bound`` stored with a checkpoint).
-
-        The result is not :attr:`trusted`: a record is a claim, so consumers of certificates refuse it
-        (use it with ``allow_estimate=True`` to get radii labelled ``estimated``). Recompute with
-        :func:`lipschitz_bound` for a certificate.
-        """
-        return cls(value=torch.tensor(record["value"], dtype=torch.float64),
-                   guaranteed=record.get("guaranteed", record.get("guarantee", "estimate") in PROVED),
-                   failure_probability=record.get("failure_probability"),
-                   guarantee=record.get("guarantee", "estimate"), method=record.get("method", "liplt"),
-                   mode=record.get("mode", "pairwise"), norm=record.get("norm", "auto"),
-                   layer_bounds=record.get("layer_bounds", ()), fingerprint=record.get("fingerprint"),
-                   model_summary=record.get("model_summary"))
-
-
 def output_rows(structure: Structure, sources) -> dict:
     """Rows ``S_{L,j}^T e_i`` for every source ``j`` in one batched adjoint sweep: ``{j: (K, n_j)}``."""
     L = structure.depth
     k = numel(structure.output_shape)
-    ref = _reference_tensor(structure)
+    ref = reference_tensor(structure)
     eye = torch.eye(k, dtype=ref.dtype, device=ref.device).reshape(k, *structure.output_shape)
     rows = adjoint_sweep(structure, {(L, j): eye for j in sources})
     return {j: rows[(L, j)].reshape(k, -1) for j in sources}
@@ -229,17 +75,8 @@ def liplt_recursion(structure: Structure, inner: dict, final: dict) -> tuple[tor
     return out, m
 
 
-def _reference_tensor(structure: Structure) -> torch.Tensor:
-    """A parameter tensor of the network (for the dtype and device of the vectors we create)."""
-    for op in [b.W for b in structure.blocks] + [structure.output]:
-        t = _tensor_of(op) if op is not None else None
-        if t is not None:
-            return t
-    return torch.empty(0)
-
-
 def _power_norms(structure: Structure, keys, n_iter: int, generator=None) -> dict:
-    ref = _reference_tensor(structure)
+    ref = reference_tensor(structure)
     v = {}
     for (t, j) in keys:
         src, _ = structure.space_shape(t, j)
@@ -263,22 +100,6 @@ certificates make it cheaper). With 1024 the refinement could not afford the 409
 a loaded 2-core machine and the shipped CIFAR-10 bound came out 14% above the estimate instead of 2%."""
 SMALL_INPUT = 4096
 """... and operators from the network's input when the input has at most this many dimensions."""
-
-
-def _single_norm(op, in_shape, norm: str, max_dense: int | None, n_iter: int, generator=None) -> NormResult:
-    if norm == "power":
-        x = torch.randn(1, *in_shape, generator=generator, dtype=torch.float64)
-        ref = _reference_tensor(Structure([], op, tuple(in_shape), op.out_shape(in_shape)))
-        x = (x / x.norm()).to(ref.device, ref.dtype if ref.numel() else torch.float64)
-        for _ in range(n_iter):
-            # normalized after each side (not after A^T A): weights of 1e-160 would underflow A^T A x to 0
-            y = op.forward(x)
-            y = y / y.norm() if bool(y.norm() > 0) else y
-            x = op.adjoint(y, in_shape)
-            x = x / x.norm() if bool(x.norm() > 0) else x
-        return NormResult(op.forward(x).norm(), "estimate")
-    limit = (SMALL_DENSE if max_dense is None else max_dense) if norm == "auto" else 10**12
-    return chain_norm([op], in_shape, max_dense=limit)
 
 
 def lipschitz_bound(model: nn.Module, input_shape, *, method: str = "liplt", mode: str = "pairwise",
@@ -337,17 +158,16 @@ def lipschitz_bound(model: nn.Module, input_shape, *, method: str = "liplt", mod
                             progress=progress, cache=cache, failure_probability=failure_probability)[mode]
 
 
+@torch.inference_mode(False)
 def lipschitz_bounds(model: nn.Module, input_shape, *, method: str = "liplt", modes=MODES, norm: str = "auto",
                      max_dense: int | None = None, n_iter: int | None = None, dtype: torch.dtype = torch.float64,
                      device=None, seed: int | None = 0, sdp_t: str = "best", budget: float = DEFAULT_BUDGET,
                      progress: bool | None = None, cache: bool | None = None,
                      failure_probability: float = 1e-9) -> dict[str, LipschitzBound]:
-    """:func:`lipschitz_bound` for several modes at once, sharing the inner operator norms."""
-    if torch.is_inference_mode_enabled():  # the refinement and the cache's floors take gradients
-        with torch.inference_mode(False):
-            return lipschitz_bounds(model, input_shape, method=method, modes=modes, norm=norm, max_dense=max_dense,
-                                    n_iter=n_iter, dtype=dtype, device=device, seed=seed, sdp_t=sdp_t, budget=budget,
-                                    progress=progress, cache=cache, failure_probability=failure_probability)
+    """:func:`lipschitz_bound` for several modes at once, sharing the inner operator norms.
+
+    Runs outside ``torch.inference_mode`` (the refinement's sensitivities and the cache's floors take gradients).
+    """
     _check_choice("method", method, METHODS)
     _check_choice("sdp_t", sdp_t, SDP_T)
     for mode in modes:
@@ -439,33 +259,6 @@ def lipschitz_bounds(model: nn.Module, input_shape, *, method: str = "liplt", mo
     return out
 
 
-def _vouch(bound: LipschitzBound) -> LipschitzBound:
-    """Mark a bound this accountant computed (or a cache entry it checked) as :attr:`LipschitzBound.trusted`."""
-    object.__setattr__(bound, "_vouched", True)
-    return bound
-
-
-def check_bound_for(bound: LipschitzBound, model: nn.Module, input_shape, *, where: str = "certify",
-                    allow_untrusted: bool = False) -> None:
-    """Refuse ``bound`` for ``model`` on inputs of ``input_shape`` unless it is this model's certificate.
-
-    Raises ``ValueError`` (one line naming both) when the bound records the fingerprint of another structure
-    or weights, and, unless ``allow_untrusted``, when it is not :attr:`LipschitzBound.trusted` (built by
-    hand or from a stored record). ``allow_untrusted`` is for consumers that label everything ``estimated``.
-    """
-    if not isinstance(bound, LipschitzBound):
-        raise TypeError(f"{where}: bound must be a lipzoo.LipschitzBound, got {type(bound).__name__}.")
-    if not bound.trusted and not allow_untrusted:
-        raise ValueError(f"{where}: this {bound.guarantee} bound was not computed by lipzoo.lipschitz_bound (built by "
-                         "hand or from a stored record), so it is not a certificate; compute the model's bound with "
-                         "lipzoo.lipschitz_bound, or pass allow_estimate=True to get radii labelled 'estimated'.")
-    if bound.fingerprint is None:
-        if allow_untrusted:
-            return
-        raise ValueError(f"{where}: the bound names no model (no fingerprint); compute it with lipzoo.lipschitz_bound.")
-    check_owner(bound.fingerprint, bound.model_summary, model, input_shape, where)
-
-
 def _prepare(model: nn.Module, input_shape, *, norm: str, dtype: torch.dtype, device, modes) -> tuple:
     """The working copy of ``model`` and its structure: every acceptance check of the accountant runs here.
 
@@ -503,7 +296,7 @@ def _floors(net: nn.Module, structure: Structure, modes, *, method: str, norm: s
     from lipzoo.bounds.proved import _lanczos_estimates
 
     gen = torch.Generator().manual_seed(int(seed) + 7919)
-    ref = _reference_tensor(structure)
+    ref = reference_tensor(structure)
     floors = {m: v for m, v in _gradient_floors(net, structure, modes, gen, points).items()}
     if method in ("liplt", "naive") and norm != "lanczos":
         keys = [(t, j) for t in range(structure.depth) for j in range(-1, t)]
@@ -520,7 +313,7 @@ def _floors(net: nn.Module, structure: Structure, modes, *, method: str, norm: s
 
 def _gradient_floors(net: nn.Module, structure: Structure, modes, gen, points: int) -> dict:
     """Per mode, the largest gradient norm of the bounded quantity at ``points`` random inputs (float64)."""
-    ref = _reference_tensor(structure)
+    ref = reference_tensor(structure)
     with torch.enable_grad():
         x = torch.rand(points, *structure.input_shape, generator=gen, dtype=torch.float64).to(ref.device)
         x.requires_grad_(True)
@@ -614,7 +407,7 @@ def _lipschitz_bounds(net, structure, *, method, modes, norm, max_dense, n_iter,
                 kinds.append("estimate")
             elif norm == "lanczos":
                 lz = lanczos_inner_norms(structure, inner_keys, steps=n_iter, failure_probability=failure_probability,
-                                         seed=seed, progress=progress, device=_reference_tensor(structure).device)
+                                         seed=seed, progress=progress, device=reference_tensor(structure).device)
                 inner = {k: torch.tensor(x.value, dtype=torch.float64) for k, x in lz.items()}
                 kinds.append("probabilistic")
                 fail = failure_probability
@@ -629,7 +422,7 @@ def _lipschitz_bounds(net, structure, *, method, modes, norm, max_dense, n_iter,
                     small=SMALL_DENSE if max_dense is None else max_dense,
                     small_input=SMALL_INPUT if max_dense is None else max_dense,
                     budget=budget if max_dense is None else 0.0, seed=seed,
-                    progress=progress, device=_reference_tensor(structure).device, known=known,
+                    progress=progress, device=reference_tensor(structure).device, known=known,
                     on_certified=on_certified, on_corrupt=on_corrupt)
                 inner = {k: torch.tensor(p.value, dtype=torch.float64) for k, p in proved.items()}
                 kinds.extend(p.guarantee for p in proved.values())
@@ -659,9 +452,9 @@ def _lipschitz_bounds(net, structure, *, method, modes, norm, max_dense, n_iter,
                 kinds.append(ECLIPSE_GUARANTEE)
         else:
             cap = SMALL_DENSE if max_dense is None else max_dense
-            layer = (_naive_layer(norm, cap, n_iter, gen) if method == "naive"
-                     else _sdp_layer(norm, cap, n_iter, gen, sdp_t))
-            total, m, layer_details, layer_kinds = _layerwise(structure, layer)
+            layer = (naive_layer(norm, cap, n_iter, gen) if method == "naive"
+                     else sdp_layer(norm, cap, n_iter, gen, sdp_t))
+            total, m, layer_details, layer_kinds = layerwise(structure, layer)
             details.update(layer_details)
             kinds.extend(layer_kinds)
             out_only = Structure([], structure.output, structure.blocks[-1].next_shape if structure.blocks
@@ -696,101 +489,9 @@ def _check_representable(structure: Structure, values: dict) -> None:
 
 
 def _has_zero_operator(structure: Structure) -> bool:
-    from lipzoo.layers.torch_modules import _operator_values
-
     ops = [b.W for b in structure.blocks] + [structure.output]
     return any(torch.is_tensor(v) and v.numel() and not bool(v.any()) or not torch.is_tensor(v) and v == 0
-               for op in ops for _, v in _operator_values(op))
-
-
-def _layerwise(structure, layer_bound):
-    """Product of per-layer Lipschitz constants ``layer_bound(block) -> (value, guarantees)``."""
-    m, per_layer, kinds = [], [], []
-    total = torch.tensor(1.0, dtype=torch.float64)
-    for blk in structure.blocks:
-        lk, k = layer_bound(blk)
-        kinds.extend(k)
-        per_layer.append(float(lk))
-        total = total.to(lk) * lk
-        m.append(total)
-    return total, m, {"per_layer": per_layer}, kinds
-
-
-def _naive_layer(norm, max_dense, n_iter, gen):
-    """Eq. (11): ``||H|| + max(|alpha|, |beta|) ||G|| ||W||``."""
-    def bound(blk):
-        w = _single_norm(blk.W, blk.x_shape, norm, max_dense, n_iter, gen)
-        g = _single_norm(blk.G, blk.y_shape, norm, max_dense, n_iter, gen) if blk.G is not None else None
-        h = _single_norm(blk.H, blk.x_shape, norm, max_dense, n_iter, gen) if blk.H is not None else None
-        from lipzoo.bounds.norms import mul_up  # products of tiny norms must not round to 0
-        wg = mul_up(w.value, g.value) if g is not None else w.value
-        lk = mul_up(wg, abs(blk.slope)) + (h.value if h is not None else 0.0)
-        return lk, [r.guarantee for r in (w, g, h) if r is not None]
-    return bound
-
-
-def _sdp_layer(norm, max_dense, n_iter, gen, choice):
-    """Theorem 2 (l2): ``||H + (a+b)/2 G W|| + (b-a)/2 ||W^T T W||^{1/2}`` with diagonal ``T >= G^T G``.
-
-    ``T`` choices: ``sn`` (``||G||^2 I``, gives back eq. 13), ``aol`` (``T_ii = sum_j |G^T G|_ij``),
-    ``sll`` (``T_ii = sum_j |G^T G|_ij q_j / q_i`` with ``q`` the Perron vector of ``|G^T G|``) or
-    ``best`` (the smallest of the three, each being valid). AOL and SLL need ``G`` as a dense
-    matrix; when its input side exceeds ``max_dense`` they fall back to SN.
-    """
-    def bound(blk):
-        hhat = _single_norm(blk.H_hat(), blk.x_shape, norm, max_dense, n_iter, gen)
-        kinds = [hhat.guarantee]
-        if blk.d == 0:
-            return hhat.value, kinds
-        candidates = []
-        n_y = numel(blk.y_shape)
-        if choice in ("sn", "best") or n_y > max_dense:
-            g = _single_norm(blk.G, blk.y_shape, norm, max_dense, n_iter, gen).value if blk.G is not None else 1.0
-            w = _single_norm(blk.W, blk.x_shape, norm, max_dense, n_iter, gen)
-            candidates.append(mul_up(w.value, g))
-            kinds.append(w.guarantee)
-        if choice != "sn" and n_y <= max_dense:
-            for t_sqrt in _dense_T(blk, choice):
-                sq = DiagonalOp(t_sqrt.reshape(blk.y_shape))
-                r = _single_norm(compose(sq, blk.W), blk.x_shape, norm, max_dense, n_iter, gen)
-                candidates.append(r.value)
-                kinds.append(r.guarantee)
-        best = torch.stack([torch.as_tensor(c).to(hhat.value) for c in candidates]).min()
-        return hhat.value + mul_up(best, blk.d), kinds
-    from lipzoo.bounds.norms import mul_up  # products of tiny norms must not round to 0
-    return bound
-
-
-def _dense_T(blk, choice):
-    """Square roots ``sqrt(T)`` of diagonal(s) ``T >= G^T G`` of the AOL / SLL kind, as vectors over the
-    pre-activation space.
-
-    ``G`` is scaled by a power of two ``2**-e`` (largest entry in ``[0.5, 1)``) before its Gram matrix is
-    formed, and ``sqrt(T)`` scaled back by ``2**e`` (exact): ``G`` with entries 1e-160 would give a Gram of
-    zeros and ``T = 0``, and entries 1e160 an infinite one.
-    """
-    from lipzoo.bounds.norms import ldexp, pow2_exponent
-    ref = _reference_tensor(Structure([blk], None, blk.x_shape, blk.next_shape))
-    n_y = numel(blk.y_shape)
-    if blk.G is None:
-        return [torch.ones(n_y, dtype=ref.dtype, device=ref.device)]
-    eye = torch.eye(n_y, dtype=ref.dtype, device=ref.device).reshape(n_y, *blk.y_shape)
-    cols = blk.G.forward(eye).reshape(n_y, -1)  # row i = G e_i
-    e = pow2_exponent(cols)
-    cols = ldexp(cols, -e)
-    gram = (cols @ cols.T).abs()  # |G^T G| 2**-2e
-    out = []
-    if choice in ("aol", "best"):
-        out.append(gram.sum(1))
-    if choice in ("sll", "best"):
-        q = torch.ones(n_y, dtype=gram.dtype, device=gram.device)
-        for _ in range(100):  # Perron vector of the non-negative matrix |G^T G|
-            q = gram @ q + 1e-30
-            q = q / q.norm()
-        q = q.clamp_min(torch.finfo(q.dtype).tiny)
-        out.append((gram @ q) / q)
-    # scaled back after the square root: sqrt(T) 2**e is representable wherever G's entries are
-    return [ldexp(t.sqrt(), e) for t in out]
+               for op in ops for _, v in operator_values(op))
 
 
 def _check_choice(name, value, choices):

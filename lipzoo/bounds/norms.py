@@ -46,7 +46,7 @@ def exact_margin(dtype: torch.dtype, rows: int, cols: int) -> float:
 GUARANTEE_ORDER = {"exact": 0, "proved": 1, "probabilistic": 2, "estimate": 3}
 
 __all__ = ["NormResult", "exact_norm", "chain_norm", "output_norms", "round_cast", "EXACT_MARGIN", "exact_margin",
-           "weakest_guarantee", "DIRECT_PAIRS_MAX_CLASSES", "materialize_scaled", "ldexp", "ldexp_up", "mul_up",
+           "weakest_guarantee", "DIRECT_PAIRS_MAX_CLASSES", "reference_tensor", "materialize_scaled", "ldexp", "ldexp_up", "mul_up",
            "pow2_exponent"]
 
 
@@ -317,3 +317,12 @@ def with_margin(norms: torch.Tensor, margin: float, dtype: torch.dtype) -> torch
     """``norms`` (float64) raised by the relative ``margin`` and cast to ``dtype``, never below (how
     :func:`output_norms` applies its ``margin``: compute once with ``margin=0`` on float64 rows, then apply)."""
     return round_cast(norms * (1 + margin), dtype, float("inf")) if margin else norms.to(dtype)
+
+
+def reference_tensor(structure) -> torch.Tensor:
+    """A parameter tensor of the network (for the dtype and device of the vectors we create)."""
+    for op in [b.W for b in structure.blocks] + [structure.output]:
+        t = _tensor_of(op) if op is not None else None
+        if t is not None:
+            return t
+    return torch.empty(0)

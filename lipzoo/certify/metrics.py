@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from lipzoo.bounds.liplt import LipschitzBound, check_bound_for
+from lipzoo.bounds.certificate import LipschitzBound, check_bound_for
 from lipzoo.bounds.radius import certified_radius as radius_from_tensor
 from lipzoo.bounds.radius import pairwise_radii
 from lipzoo.certify.attacks import margin_loss, pgd_l2
@@ -148,21 +148,20 @@ def certified_radius(logits: Tensor, labels: Tensor, bound: LipschitzBound, *, m
     :func:`evaluate` computes ``E`` from the model itself.
 
     ``model`` (required, keyword) is the network the logits came from: the bound must be its own
-    (:func:`lipzoo.bounds.liplt.check_bound_for`; ``input_shape`` defaults to the one the bound was
+    (:func:`lipzoo.bounds.certificate.check_bound_for`; ``input_shape`` defaults to the one the bound was
     computed for). ``model=None`` is accepted only with ``allow_estimate=True`` (nothing is then a
     certificate).
     """
     if not isinstance(logits, Tensor) or logits.dim() != 2:
         got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
         raise ValueError(f"logits must be a (N, K) tensor; got {got}. Flatten or batch the logits first.")
-    _check_bound_type(bound, allow_estimate)  # a raw tensor is a TypeError before anything reads it
+    L = pairwise_constants(bound, logits.shape[1], allow_estimate=allow_estimate)  # type, trust, classes, values
     if model is not None:
         shape = input_shape if input_shape is not None else bound.details.get("input_shape")
         check_bound_for(bound, model, shape, where="certified_radius", allow_untrusted=allow_estimate)
     elif not allow_estimate:
         raise ValueError("certified_radius needs model= (the network the logits came from) to check that the bound "
                          "is this model's; or use lipzoo.certify.evaluate.")
-    L = pairwise_constants(bound, logits.shape[1], allow_estimate=allow_estimate)
     err = torch.as_tensor(margin_error, dtype=torch.float64, device=logits.device)
     if err.dim() not in (0, 1) or (err.dim() == 1 and err.shape[0] != logits.shape[0]):
         raise ValueError(f"margin_error must be a float or an ({logits.shape[0]},) tensor; got {tuple(err.shape)}.")

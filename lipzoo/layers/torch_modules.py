@@ -117,7 +117,7 @@ def check_finite_weights(module, name=None) -> None:
                      f"{bad} non-finite (NaN or inf) entr{'y' if bad == 1 else 'ies'} of {t.numel()}.")
 
 
-def _operator_values(op, path: str = "") -> list:
+def operator_values(op, path: str = "") -> list:
     """``(where, tensor or number)`` for every weight an operator (tree) holds."""
     out = []
     if op is None:
@@ -127,9 +127,9 @@ def _operator_values(op, path: str = "") -> list:
         if torch.is_tensor(v) or isinstance(v, (int, float)) and not isinstance(v, bool):
             out.append((f"{path}{type(op).__name__}.{attr}", v))
     for i, sub in enumerate(getattr(op, "ops", None) or []):
-        out += _operator_values(sub, f"{path}{type(op).__name__}[{i}].")
+        out += operator_values(sub, f"{path}{type(op).__name__}[{i}].")
     if getattr(op, "op", None) is not None:
-        out += _operator_values(op.op, f"{path}{type(op).__name__}.")
+        out += operator_values(op.op, f"{path}{type(op).__name__}.")
     return out
 
 
@@ -144,7 +144,7 @@ def check_state_weights(state, module=None, name=None) -> None:
     values = []  # (module, name, where, tensor or number)
     for st, mod, mname in items:
         for part in ("W", "H", "G"):
-            values += [(mod, mname, f"{part}: {where}", v) for where, v in _operator_values(getattr(st, part), "")]
+            values += [(mod, mname, f"{part}: {where}", v) for where, v in operator_values(getattr(st, part), "")]
     for mod, mname, where, v in values:
         if torch.is_tensor(v) and v.numel() == 0:
             raise ValueError(f"Cannot bound the Lipschitz constant of {_one_line(mod, mname)}: its state's "
