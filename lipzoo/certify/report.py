@@ -132,7 +132,7 @@ def certify(model: nn.Module, dataset: Dataset, eps_list: Sequence[str], *, inpu
 
 def _rounding_summary(result: dict[str, Any]) -> dict[str, Any]:
     errors = result["margin_errors"]
-    return {**{k: v for k, v in result["rounding"].items()},
+    return {**result["rounding"],
             "radii_account_for_rounding": True,
             "margin_error_median": float(errors.median()), "margin_error_max": float(errors.max()),
             "note": "radii are (m - 2E) / L with E a proved bound on the floating-point error of every logit "
