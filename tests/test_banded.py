@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from lipzoo.bounds.banded import certified_block_lambda_max, certified_local_norm, gram_reach, local_plan
-from lipzoo.bounds.proved import certified_chain_norm, gram_steps
+from lipzoo.bounds.gram import certified_chain_norm
+from lipzoo.bounds.steps import gram_steps
 from lipzoo.layers.operators import (AdjointOp, ComposeOp, Conv2dOp, DenseOp, DiagonalOp, FlattenOp, ScaleOp,
                                      SumOp)
 
@@ -125,7 +126,7 @@ def test_block_certificate_rejects_non_finite_entries():
         certified_block_lambda_max(diag, torch.zeros(0, 3, 3, dtype=torch.float64))
 
 
-def test_time_and_memory_limits_refuse_before_allocating(monkeypatch):
+def test_a_memory_limit_refuses_before_allocating(monkeypatch):
     factors, in_shape = [_conv(3, 3, 3, padding=1, seed=14), _conv(3, 2, 3, padding=1, seed=15)], (2, 30, 9)
     steps, shape, _ = gram_steps(factors, in_shape)
     plan = local_plan(steps, shape)
@@ -135,8 +136,6 @@ def test_time_and_memory_limits_refuse_before_allocating(monkeypatch):
     real_zeros = torch.zeros
     monkeypatch.setattr(torch, "zeros", lambda *a, **k: allocated.append(a) or real_zeros(*a, **k))
     assert certified_local_norm(steps, plan, max_bytes=one_part - 1) is None
-    assert certified_local_norm(steps, plan, chunk=8, time_limit=0.0) is None
-    assert certified_local_norm(steps, plan, chunk=8, time_limit=0.0, max_bytes=one_part) is None  # in parts too
     assert not [a for a in allocated if len(a) == 3 and a[1:] == (plan.block_size, plan.block_size)]
 
 
@@ -149,12 +148,12 @@ def test_a_factorization_in_parts_certifies_the_same_norm(parts, caplog):
     steps, shape, _ = gram_steps(factors, in_shape)
     plan = local_plan(steps, shape)
     per = math.ceil(plan.blocks / parts)
-    budget = 8.0 * (2 * per + 4) * plan.block_size ** 2
-    assert plan.passes(budget) == parts
+    memory = 8.0 * (2 * per + 4) * plan.block_size ** 2
+    assert plan.passes(memory) == parts
     exact = _exact_norm(factors, in_shape)
     whole = certified_local_norm(steps, plan, chunk=64)
     with caplog.at_level(logging.DEBUG, logger="lipzoo.bounds.banded"):
-        got = certified_local_norm(steps, plan, chunk=64, max_bytes=budget)
+        got = certified_local_norm(steps, plan, chunk=64, max_bytes=memory)
     assert f"in {parts} parts certified" in caplog.text
     assert exact <= got <= exact * (1 + 1e-6) and got == pytest.approx(whole, rel=1e-9)
 
@@ -179,52 +178,37 @@ def test_a_factorization_in_parts_refuses_a_sweep_that_differs(monkeypatch):
     assert certified_local_norm(steps, plan, chunk=64, max_bytes=8.0 * 6 * plan.block_size ** 2) is None
 
 
-def test_certificate_cost_follows_the_path_taken(monkeypatch):
-    """Sweeps at the steps' measured seconds; factorizations at the Cholesky rate of their (block) size."""
-    from lipzoo.bounds import proved
+def test_certificate_work_follows_the_path_taken():
+    """The work of a certificate is counted from the shapes (never timed): a local chain costs its probes (and
+    the Lanczos steps of its first shift) through the Gram operator (S^T S: each factor twice) and a block
+    factorization, a dense one its smaller side's identity vectors and n^3/3; in parts, one sweep of the probes
+    per part; nothing fits: infinite."""
+    from lipzoo.bounds import cost
+    from lipzoo.bounds.banded import LANCZOS_STEPS
+    from lipzoo.bounds.gram import chain_work
 
-    # each step's seconds per vector, as measured: one application of a batch, divided by the batch
-    c = _conv(4, 3, 3, padding=1, seed=12)
-    one = proved._step_seconds(proved._Step(c, (3, 8, 8), adjoint=True), batch=4)
-    assert 0 < one < 1 and proved._step_seconds(proved._Step(c, (3, 8, 8), adjoint=True)) == one  # memoized
-    # with a fixed price per step: a local chain costs its probes through the Gram operator (S^T S: each
-    # factor twice) and a block factorization, a dense one its smaller side's identity vectors and n^3/3
-    monkeypatch.setattr(proved, "_step_seconds", lambda step, device=None: 1.0)
-    sizes = []
-    monkeypatch.setattr(proved, "_gram_cost_unit", lambda device=None, n=1024: sizes.append(n) or 2.0)
     factors, in_shape = [_conv(3, 3, 3, padding=1, seed=10), _conv(3, 2, 3, padding=1, seed=11)], (2, 30, 9)
     steps, shape, n = gram_steps(factors, in_shape)
     plan = local_plan(steps, shape)
+    per_vector = sum(st.flops() for st in steps)
     assert len(steps) == 4 and plan.probes < n
-    assert proved._certificate_cost(factors, in_shape) == (plan.probes * 4.0, plan.factor_flops() * 2.0)
+    assert per_vector == 2 * sum(2 * f.weight.numel() * 30 * 9 for f in factors)  # stride 1, same padding
+    sweep = cost.W_APPLY * per_vector / cost.GIGA
+    factor = cost.W_CHOLESKY * plan.factor_flops() / cost.GIGA
+    assert chain_work(factors, in_shape) == pytest.approx((plan.probes + LANCZOS_STEPS) * sweep + factor, rel=1e-12)
     d = DenseOp(torch.randn(5, 7, dtype=torch.float64))
-    assert proved._certificate_cost([d], (7,)) == (5 * 2.0, 5 ** 3 / 3 * 2.0)
-    assert sizes == [plan.block_size, 5]  # each factorization at the rate of its own size
-    # blocks factored in parts: one sweep of the probes per part; none when not even one part fits
+    assert chain_work([d], (7,)) == pytest.approx(
+        cost.W_APPLY * 5 * 2 * (2 * 35) / cost.GIGA + cost.W_CHOLESKY * 5 ** 3 / 3 / cost.GIGA, rel=1e-12)
     one_part = 8.0 * 6 * plan.block_size ** 2
-    assert proved._certificate_cost(factors, in_shape, local_max_bytes=one_part) == (
-        plan.blocks * plan.probes * 4.0, plan.factor_flops() * 2.0)
-    assert proved._certificate_cost(factors, in_shape, local_max_bytes=one_part - 1)[0] == math.inf
-
-
-@pytest.mark.parametrize("local", [True, False])
-def test_blocks_kept_while_the_deadline_waits_give_the_same_certificate(monkeypatch, local):
-    from lipzoo.bounds import proved
-
-    factors, in_shape = [_conv(3, 3, 3, padding=1, seed=20), _conv(3, 2, 3, padding=1, seed=21)], (2, 12, 9)
-    def norm():
-        return certified_chain_norm(factors, in_shape, chunk=8, local=local, generator=torch.Generator().manual_seed(0))
-
-    plain = norm()
-    verdicts = iter(["wait", "go"])
-    monkeypatch.setattr(proved._Deadline, "after_block", lambda self: next(verdicts))
-    assert norm() == plain
-    assert next(verdicts, None) is None  # both verdicts were asked for
+    assert chain_work(factors, in_shape, local_max_bytes=one_part) == pytest.approx(
+        (plan.blocks * plan.probes + LANCZOS_STEPS) * sweep + factor, rel=1e-12)
+    assert chain_work(factors, in_shape, local_max_bytes=one_part - 1) == math.inf
+    assert chain_work([d], (7,), max_side=4) == math.inf
 
 
 @pytest.mark.parametrize("adjoint", [False, True])
 def test_a_step_on_one_channel_per_sample_equals_the_whole_convolution(adjoint):
-    from lipzoo.bounds.proved import _Step
+    from lipzoo.bounds.steps import Step as _Step
 
     g = torch.Generator().manual_seed(3)
     for conv, in_shape in [(_conv(4, 3, 3, padding=1, seed=30), (3, 7, 6)),

@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lipzoo import LipLTEstimator, LipschitzBound, lipschitz_bound
+from lipzoo.bounds import BoundOptions
 from lipzoo.bounds.liplt import output_norms
 from lipzoo.bounds.norms import EXACT_MARGIN, exact_norm
 from lipzoo.bounds.radius import certified_radius as radius_from_tensor
@@ -309,9 +310,9 @@ def test_certify_labels_an_estimate_everywhere(tmp_path):
     model, loader, w, x, y = _eval_setup()
     data = TensorDataset(x, y)
     with pytest.raises(ValueError, match="estimate"):
-        certify(model, data, ["0.1"], input_shape=(6,), norm="power", progress=False)
-    rep = certify(model, data, ["0.1"], input_shape=(6,), norm="power", allow_estimate=True, out_dir=tmp_path,
-                  progress=False)
+        certify(model, data, ["0.1"], input_shape=(6,), options=BoundOptions(norm="power"), progress=False)
+    rep = certify(model, data, ["0.1"], input_shape=(6,), options=BoundOptions(norm="power"), allow_estimate=True,
+                  out_dir=tmp_path, progress=False)
     text = (tmp_path / "report.json").read_text()
     report = json.loads(text)
     assert report["kind"] == "estimated" and "estimated@0.1" in report["metrics"]

@@ -1,4 +1,4 @@
-"""The Gram matrices of the guaranteed path formed at every level of a shared sweep (lipzoo.bounds.proved):
+"""The Gram matrices of the guaranteed path formed at every level of a shared sweep (lipzoo.bounds.gram):
 each certified norm is >= the exact float64 norm and within the certificate tolerance of it, whichever level
 (own rows + GEMM, back to the small side without GEMM, or in between) the planner takes."""
 
@@ -9,8 +9,11 @@ import pytest
 import torch
 
 from lipzoo.bounds import build_structure
-from lipzoo.bounds.proved import (_Planner, _group_gram, _lanczos_estimates, _upper_product, certified_lambda_max,
-                                  proved_inner_norms)
+from lipzoo.bounds.eigen import certified_lambda_max, dense_norm_bound, upper_product
+from lipzoo.bounds.gram import group_gram
+from lipzoo.bounds.lanczos import lanczos_estimates
+from lipzoo.bounds.planner import ChainPlanner
+from lipzoo.bounds.proved import proved_inner_norms
 from lipzoo.bounds.structure import materialize
 from lipzoo.layers.operators import compose
 
@@ -32,10 +35,10 @@ def test_every_level_certifies_every_group(factory, level, torch_gen):
     with torch.no_grad():
         s = build_structure(net, shape)
         keys = [(t, j) for t in range(s.depth) for j in range(-1, t)]
-        plan = _Planner(s, 16, torch_gen, None)
+        plan = ChainPlanner(s)
         seen = set()
         for name, ks, steps, n, start in plan.groups(keys, 10**6):
-            got = _group_gram(steps, n, start, chunk=7, device=None, generator=torch_gen, force_level=level)
+            got = group_gram(steps, n, start, chunk=7, device=None, generator=torch_gen, force_level=level)
             assert set(got) == set(ks)
             for k, v in got.items():
                 true = _exact(s, k)
@@ -49,9 +52,9 @@ def test_level_choice_with_little_memory_stays_sound(torch_gen):
     with torch.no_grad():
         s = build_structure(net, shape)
         keys = [(t, j) for t in range(s.depth) for j in range(-1, t)]
-        plan = _Planner(s, 16, torch_gen, None)
+        plan = ChainPlanner(s)
         for name, ks, steps, n, start in plan.groups(keys, 10**6):
-            got = _group_gram(steps, n, start, chunk=5, device=None, generator=torch_gen, max_bytes=0)
+            got = group_gram(steps, n, start, chunk=5, device=None, generator=torch_gen, max_bytes=0)
             for k, v in got.items():
                 true = _exact(s, k)
                 assert true <= v <= true * (1 + CERT_RTOL)
@@ -61,7 +64,7 @@ def test_upper_product_mirrors_and_matches(torch_gen):
     for n in (5, 40, 203):
         a = torch.randn(n, 30, generator=torch_gen, dtype=torch.float64)
         x, z = a, a @ (lambda q: q @ q.T)(torch.randn(30, 30, generator=torch_gen, dtype=torch.float64)).T
-        g = _upper_product(x, z)
+        g = upper_product(x, z)
         full = x @ z.T
         assert torch.equal(g, g.T)
         assert torch.allclose(torch.triu(g), torch.triu(full), rtol=0, atol=1e-10 * float(full.abs().max()))
@@ -75,7 +78,7 @@ def test_lanczos_estimates_are_below_and_close(torch_gen, dtype):
         with torch.no_grad():
             s = build_structure(net, shape)
             keys = [(t, j) for t in range(s.depth) for j in range(-1, t)]
-            est = _lanczos_estimates(s, keys, 60, torch_gen, None, dtype=dtype)
+            est = lanczos_estimates(s, keys, 60, 0, None, dtype=dtype)
         for k in keys:
             true = _exact(s, k)
             assert est[k] <= true * (1 + 1e-9)
@@ -93,13 +96,13 @@ def test_certified_lambda_max_large_side_adaptive_shift(torch_gen):
     assert true <= got <= true * (1 + 1e-2)
 
 
-def test_proved_inner_norms_budgeted_refinement_is_sound():
+def test_proved_inner_norms_refinement_within_its_effort_is_sound():
     net, shape = _plain(4)
     with torch.no_grad():
         s = build_structure(net, shape)
         keys = [(t, j) for t in range(s.depth) for j in range(-1, t)]
         got = proved_inner_norms(s, keys, objective=lambda inner: sum(inner.values()), small=0, small_input=0,
-                                 budget=30.0, chunk=8, progress=False, max_side=64)
+                                 effort="high", chunk=8, progress=False, max_side=64)
         for k in keys:
             true = _exact(s, k)
             assert got[k].value >= true
@@ -109,12 +112,10 @@ def test_proved_inner_norms_budgeted_refinement_is_sound():
 
 
 def test_dense_norm_bound_by_gram_certificate(torch_gen):
-    from lipzoo.bounds.proved import _dense_norm_bound
-
     for shape in [(70, 1100), (1100, 70), (3, 5)]:
         w = torch.randn(*shape, generator=torch_gen, dtype=torch.float64)
         true = float(torch.linalg.matrix_norm(w, ord=2))
-        got = _dense_norm_bound(w)
+        got = dense_norm_bound(w)
         assert true <= got <= true * (1 + CERT_RTOL)
 
 
@@ -130,7 +131,7 @@ def test_an_overflowing_float32_estimate_is_zero_not_nan(torch_gen):
         s = build_structure(net, shape)
         huge = dataclasses.replace(s.blocks[1], W=compose(ScaleOp(1e25), s.blocks[1].W))  # ||S||^2 > float32 max
         s = dataclasses.replace(s, blocks=[s.blocks[0], huge] + s.blocks[2:])
-        est32 = _lanczos_estimates(s, [(1, 0), (0, -1)], 20, torch_gen, None, dtype=torch.float32)
-        est64 = _lanczos_estimates(s, [(1, 0)], 20, torch_gen, None, dtype=torch.float64)
+        est32 = lanczos_estimates(s, [(1, 0), (0, -1)], 20, 0, None, dtype=torch.float32)
+        est64 = lanczos_estimates(s, [(1, 0)], 20, 0, None, dtype=torch.float64)
     assert est32[(1, 0)] == 0.0 and est32[(0, -1)] > 0  # nothing estimated: the gains are over-stated, not NaN
     assert math.isfinite(est64[(1, 0)]) and est64[(1, 0)] > 1e24

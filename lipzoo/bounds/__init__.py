@@ -2,6 +2,7 @@
 
 from lipzoo.bounds.certificate import LipschitzBound
 from lipzoo.bounds.liplt import lipschitz_bound, lipschitz_bounds
+from lipzoo.bounds.options import BoundOptions
 from lipzoo.bounds.structure import Structure, build_structure
 
-__all__ = ["LipschitzBound", "Structure", "build_structure", "lipschitz_bound", "lipschitz_bounds"]
+__all__ = ["BoundOptions", "LipschitzBound", "Structure", "build_structure", "lipschitz_bound", "lipschitz_bounds"]

@@ -1,7 +1,7 @@
 """Certified norms of local chains: probed Gram matrices, block-tridiagonal Cholesky certificates.
 
 A chain of convolutions is *local*: a pixel of the Gram matrix's side reaches only pixels a few rows
-and columns away. :func:`certified_chain_norm` of :mod:`lipzoo.bounds.proved` pushes all ``n`` identity
+and columns away. :func:`lipzoo.bounds.gram.certified_chain_norm` pushes all ``n`` identity
 vectors of the smaller side through ``S^T S`` and factors an ``n x n`` matrix (``n^3 / 3`` flops: 68 s for
 6C2F's ``n = 16,384``; 8C2F's ``n = 57,600`` does not fit in memory). Locality makes both parts cheap:
 
@@ -20,13 +20,13 @@ vectors of the smaller side through ``S^T S`` and factors an ``n x n`` matrix (`
    flops for ``nb`` blocks of ``m`` rows instead of ``(nb m)^3 / 3``. Blocks that do not fit in memory are
    factored in parts (:meth:`LocalPlan.passes`), each decoded from its own sweep of all probes.
 
-Rounding: every probe result has a proved error bound (:func:`lipzoo.bounds.proved._run_tracked`); the
+Rounding: every probe result has a proved error bound (:func:`lipzoo.bounds.steps.run_tracked`); the
 decoded columns of a probe are disjoint pieces of its result, so ``||G_hat - G||_F^2 <= sum_K d_K^2``, and
 the entries left out are zero in ``G`` exactly (step 1). The block factorization computes every entry of
 the Cholesky factor by the usual formula ``r_ij = (a_ij - sum_k r_ki r_kj) / r_ii``, with the sum split
 into the part from the previous block (GEMM) and the rest (LAPACK) and the entries outside the block
 band exact zeros: Higham's backward error bound ``|dA| <= gamma_{N+1} |R^T| |R|`` holds for any order of
-summation, so the argument of :func:`lipzoo.bounds.proved._certify_by_shifts` holds for it unchanged.
+summation, so the argument of :func:`lipzoo.bounds.eigen.certify_by_shifts` holds for it unchanged.
 """
 
 from __future__ import annotations
@@ -38,70 +38,22 @@ from dataclasses import dataclass
 
 import torch
 
-from lipzoo.bounds.proved import (LOCAL_MAX_BYTES, U, _certify_by_shifts, _cholesky, _Deadline, _gram_cost_unit,
-                                  _lanczos_top, _now, _run_tracked, _Step)
+from lipzoo.bounds.cost import LOCAL_MAX_BYTES, apply_work, cholesky_work
+from lipzoo.bounds.eigen import certify_by_shifts, cholesky, lanczos_top
+from lipzoo.bounds.steps import Step, run_tracked
 from lipzoo.bounds.structure import numel
-from lipzoo.layers.operators import AdjointOp, ComposeOp, Conv2dOp, DiagonalOp, LinearOperator, ScaleOp, SumOp
+from lipzoo.numerics import U
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["gram_reach", "LocalPlan", "local_plan", "certified_local_norm", "certified_block_lambda_max"]
+__all__ = ["gram_reach", "LocalPlan", "local_plan", "certified_local_norm", "local_work", "certified_block_lambda_max"]
 
 Shape = tuple[int, ...]
-_EMPTY = 1 << 40  # an empty interval is (_EMPTY, -_EMPTY): disjoint from everything, maps to itself
 
 
 # ----------------------------------------------------------------------------- reach (interval arithmetic)
 
-def _conv_reach(op: Conv2dOp, in_shape: Shape, adjoint: bool, lo, hi, axis: int):
-    """Output indices along ``axis`` (0: rows, 1: columns) reached from input indices in ``[lo, hi]``.
-
-    Forward: output ``o`` reads inputs ``o s - p + t d`` for taps ``t < k``, so an input ``i`` reaches
-    ``o`` only if ``i + p - (k-1) d <= o s <= i + p``. Adjoint: output ``o`` of the forward map reaches back
-    to ``[o s - p, o s - p + (k-1) d]``. Both clipped to the target's extent (zero padding)."""
-    s, p, d = op.stride[axis], op.padding[axis], op.dilation[axis]
-    k = op.weight.shape[2 + axis]
-    n_in = in_shape[1 + axis]
-    n_out = op.out_shape(in_shape)[1 + axis]
-    empty = lo > hi
-    if adjoint:
-        new_lo, new_hi = (lo * s - p).clamp_min(0), (hi * s - p + (k - 1) * d).clamp_max(n_in - 1)
-    else:
-        new_lo = torch.div(lo + p - (k - 1) * d + s - 1, s, rounding_mode="floor").clamp_min(0)
-        new_hi = torch.div(hi + p, s, rounding_mode="floor").clamp_max(n_out - 1)
-    empty = empty | (new_lo > new_hi)
-    return torch.where(empty, _EMPTY, new_lo), torch.where(empty, -_EMPTY, new_hi)
-
-
-def _op_reach(op: LinearOperator, in_shape: Shape, adjoint: bool, lo, hi, axis: int):
-    """``(lo, hi)`` after ``op`` (or its adjoint, whose input has ``op``'s output shape); ``None`` if ``op``
-    is not a known local map of ``(C, H, W)`` tensors."""
-    in_shape = tuple(in_shape)
-    if len(in_shape) != 3:
-        return None
-    if isinstance(op, Conv2dOp):
-        return _conv_reach(op, in_shape, adjoint, lo, hi, axis)
-    if isinstance(op, (ScaleOp, DiagonalOp)):
-        return lo, hi
-    if isinstance(op, AdjointOp):
-        return _op_reach(op.op, op.base_in_shape, not adjoint, lo, hi, axis)
-    if isinstance(op, SumOp):
-        parts = [_op_reach(f, in_shape, adjoint, lo, hi, axis) for f in op.ops]
-        if any(r is None for r in parts):
-            return None
-        return (torch.stack([a for a, _ in parts]).min(0).values, torch.stack([b for _, b in parts]).max(0).values)
-    if isinstance(op, ComposeOp):
-        order = op.factors(in_shape)
-        for f, shape in (reversed(order) if adjoint else order):
-            r = _op_reach(f, shape, adjoint, lo, hi, axis)  # None for a shape other than (C, H, W)
-            if r is None:
-                return None
-            lo, hi = r
-        return lo, hi
-    return None
-
-
-def gram_reach(steps: list[_Step], shape: Shape):
+def gram_reach(steps: list[Step], shape: Shape):
     """Per axis, ``(lo, hi)`` (one entry per source index) bounding where the Gram operator ``steps`` (from
     the space ``shape = (C, H, W)`` back to it) can be non-zero: column ``(c, h, w)`` of its matrix vanishes
     outside rows ``[lo_h[h], hi_h[h]] x [lo_w[w], hi_w[w]]`` (all channels). ``None`` when a step is not local.
@@ -112,7 +64,7 @@ def gram_reach(steps: list[_Step], shape: Shape):
     for axis in (0, 1):
         lo = hi = torch.arange(shape[1 + axis])
         for st in steps:
-            r = _op_reach(st.op, st.in_shape, st.adjoint, lo, hi, axis)
+            r = st.op.reach(st.in_shape, st.adjoint, lo, hi, axis)
             if r is None:
                 return None
             lo, hi = r
@@ -186,7 +138,7 @@ class LocalPlan:
         return math.ceil(self.blocks / k) if k >= 1 else 0
 
 
-def local_plan(steps: list[_Step], shape: Shape) -> LocalPlan | None:
+def local_plan(steps: list[Step], shape: Shape) -> LocalPlan | None:
     """The probing/blocking plan of the Gram operator ``steps`` on ``shape``, or ``None`` if not local."""
     reach = gram_reach(steps, shape)
     if reach is None:
@@ -204,7 +156,7 @@ def local_plan(steps: list[_Step], shape: Shape) -> LocalPlan | None:
 
 class _BlockTridiagonal:
     """Symmetric ``[[D0, E0^T, ...], [E0, D1, E1^T, ...], ...]`` (``D``: ``nb x m x m``, ``E``: ``nb-1 x m x m``);
-    ``@`` multiplies a column block ``(nb m, k)``, enough for :func:`lipzoo.bounds.proved._lanczos_top`."""
+    ``@`` multiplies a column block ``(nb m, k)``, enough for :func:`lipzoo.bounds.eigen.lanczos_top`."""
 
     def __init__(self, diag: torch.Tensor, low: torch.Tensor):
         self.diag, self.low = diag, low
@@ -223,9 +175,9 @@ class _BlockTridiagonal:
 
 
 class _GramOperator:
-    """The Gram operator ``steps`` on column vectors of ``shape``'s dimension (for :func:`_lanczos_top`)."""
+    """The Gram operator ``steps`` on column vectors of ``shape``'s dimension (for :func:`lanczos_top`)."""
 
-    def __init__(self, steps: list[_Step], shape: Shape, device):
+    def __init__(self, steps: list[Step], shape: Shape, device):
         n = numel(shape)
         self.steps, self.space, self.shape = steps, tuple(shape), (n, n)
         self.dtype, self.device = torch.float64, device
@@ -237,7 +189,7 @@ class _GramOperator:
         return x.reshape(q.shape[1], -1).T
 
 
-def _block_cholesky(diag: torch.Tensor, low: torch.Tensor, tau: float,
+def _blockcholesky(diag: torch.Tensor, low: torch.Tensor, tau: float,
                     factor: torch.Tensor | None = None) -> torch.Tensor | None:
     """Continue the float64 block Cholesky factorization of ``tau I - G`` over the diagonal blocks ``diag``:
     ``low[i]`` couples ``diag[i + 1]`` to ``diag[i]``, or, after the last ``factor`` of an earlier part,
@@ -253,7 +205,7 @@ def _block_cholesky(diag: torch.Tensor, low: torch.Tensor, tau: float,
             factor = None
             a.addmm_(x, x.T, alpha=-1)
             del x
-        factor = _cholesky(a)
+        factor = cholesky(a)
         del a
         if factor is None:
             return None
@@ -262,7 +214,7 @@ def _block_cholesky(diag: torch.Tensor, low: torch.Tensor, tau: float,
 
 def _block_cholesky_succeeds(diag: torch.Tensor, low: torch.Tensor, tau: float) -> bool:
     """Whether the float64 block Cholesky factorization of ``tau I - G`` runs to completion."""
-    return _block_cholesky(diag, low, tau) is not None
+    return _blockcholesky(diag, low, tau) is not None
 
 
 def certified_block_lambda_max(diag: torch.Tensor, low: torch.Tensor, *,
@@ -271,14 +223,14 @@ def certified_block_lambda_max(diag: torch.Tensor, low: torch.Tensor, *,
                                estimate: tuple[float, float] | None = None) -> float:
     """A proved upper bound on the largest eigenvalue of the symmetric block-tridiagonal float64 matrix
     with diagonal blocks ``diag`` and sub-diagonal blocks ``low``: the shifted Cholesky certificate of
-    :func:`lipzoo.bounds.proved._certify_by_shifts`, with the block factorization.
+    :func:`lipzoo.bounds.eigen.certify_by_shifts`, with the block factorization.
 
     ``estimate``: ``(Ritz value, its relative progress over the last steps)`` from elsewhere (it only
     chooses the shifts tried); by default Lanczos on the blocks."""
     if not (torch.isfinite(diag).all() and torch.isfinite(low).all()):
         raise ValueError("certified_block_lambda_max: the matrix has non-finite entries")
     d = diag.diagonal(dim1=1, dim2=2).reshape(-1)
-    lam, moved = _lanczos_top(_BlockTridiagonal(diag, low), 64, generator, with_progress=True) \
+    lam, moved = lanczos_top(_BlockTridiagonal(diag, low), 64, generator, with_progress=True) \
         if estimate is None else estimate
     lam = max(lam, float(d.max().clamp_min(0)))
     if info is not None:
@@ -291,7 +243,7 @@ def certified_block_lambda_max(diag: torch.Tensor, low: torch.Tensor, *,
             rows[:-1] += low.abs().sum(1)
         return float(rows.max())
 
-    return _certify_by_shifts(d, lam, lambda tau: _block_cholesky_succeeds(diag, low, tau), gershgorin,
+    return certify_by_shifts(d, lam, lambda tau: _block_cholesky_succeeds(diag, low, tau), gershgorin,
                               deltas=deltas, start_delta=min(2 * moved, 1e-3),
                               what=f"{diag.shape[0]} blocks of {diag.shape[1]}")
 
@@ -367,7 +319,7 @@ def _decode_into(plan: LocalPlan, start: int, y: torch.Tensor, diag: torch.Tenso
     return float(vals.square().sum())
 
 
-def certified_local_norm(steps: list[_Step], plan: LocalPlan, *, chunk: int = 256, time_limit: float = math.inf,
+def certified_local_norm(steps: list[Step], plan: LocalPlan, *, chunk: int = 256,
                          max_bytes: float = LOCAL_MAX_BYTES, generator: torch.Generator | None = None, device=None,
                          info: dict | None = None) -> float | None:
     """Proved ``sqrt(lambda_max)`` of the Gram operator ``steps`` (``S^T S`` or ``S S^T`` on ``plan.shape``).
@@ -375,27 +327,20 @@ def certified_local_norm(steps: list[_Step], plan: LocalPlan, *, chunk: int = 25
     When all blocks do not fit in ``max_bytes``, the factorization runs in parts (:meth:`LocalPlan.passes`),
     each part after a sweep of all probes that keeps only its blocks; the sweeps' rounding bounds all add
     up (each entry factored comes from one of them). Returns ``None`` without allocating any block when not
-    even one part fits, or when the cost measured on the first blocks of probes predicts more than
-    ``time_limit`` seconds (:class:`_Deadline`: every sweep and one factorization)."""
+    even one part fits. The work is :func:`local_work`; whether to spend it is the caller's decision."""
     passes = plan.passes(max_bytes)
     if passes == 0:
         return None
     if passes > 1:
-        return _certified_in_parts(steps, plan, passes, chunk=chunk, time_limit=time_limit, generator=generator,
-                                   device=device, info=info)
-    t0 = _now(device)
-    deadline = _Deadline(math.ceil(plan.probes / chunk),
-                         1.5 * plan.factor_flops() * _gram_cost_unit(device, plan.block_size), time_limit, device)
+        return _certified_in_parts(steps, plan, passes, chunk=chunk, generator=generator, device=device, info=info)
+    t0 = time.perf_counter()
     sums = {"sq_err": 0.0, "sq_norm": 0.0, "decode": 0.0}
-    blocks = _sweep_blocks(steps, plan, 0, plan.blocks, chunk, deadline, sums, device)
-    if blocks is None:
-        return None
-    diag, low = blocks
+    diag, low = _sweep_blocks(steps, plan, 0, plan.blocks, chunk, sums, device)
     t1 = time.perf_counter()
     # the shifts' starting point from Lanczos on the operator itself: one sweep per step, much less memory
     # traffic than a product with the blocks (0.08 s each for 6 blocks of 3072). 128 steps: after 64, 6C2F's
     # S_{2,0} was still 5e-8 below, so the first shift (1e-7) failed and cost a whole factorization (4 s)
-    estimate = _lanczos_top(_GramOperator(steps, plan.shape, device), 128, generator, with_progress=True)
+    estimate = lanczos_top(_GramOperator(steps, plan.shape, device), LANCZOS_STEPS, generator, with_progress=True)
     lam = certified_block_lambda_max(diag, low, generator=generator, info=info, estimate=estimate) + _gram_error(sums)
     logger.debug("  local chain: %d probes for side %d (%.2fs, decoding %.2fs), %d blocks of %d certified in %.2fs",
                  plan.probes, numel(plan.shape), t1 - t0 - sums["decode"], sums["decode"], plan.blocks,
@@ -403,65 +348,62 @@ def certified_local_norm(steps: list[_Step], plan: LocalPlan, *, chunk: int = 25
     return math.nextafter(math.sqrt(lam) * (1 + 2 * U), math.inf)
 
 
+LANCZOS_STEPS = 128
+"""Lanczos steps on the Gram operator that choose the first shift of a local certificate."""
+
+
+def local_work(plan: LocalPlan, steps: list[Step], max_bytes: float = LOCAL_MAX_BYTES) -> float:
+    """Work units (:mod:`lipzoo.bounds.cost`) of :func:`certified_local_norm`: every pass sweeps all probes, one
+    block factorization, and the Lanczos estimate; ``inf`` when not even one part fits in ``max_bytes``."""
+    passes = plan.passes(max_bytes)
+    if passes == 0:
+        return math.inf
+    return apply_work(steps, passes * plan.probes + LANCZOS_STEPS) + cholesky_work(plan.factor_flops())
+
+
 def _gram_error(sums: dict) -> float:
     """``||G_hat - G||_F`` from the probes' bounds; the symmetrization rounds each entry once (relative u)."""
     return math.sqrt(sums["sq_err"]) * (1 + 1e-6) + 2 * U * math.sqrt(sums["sq_norm"]) * (1 + 1e-6)
 
 
-def _sweep_blocks(steps, plan: LocalPlan, first: int, stop: int, chunk: int, deadline: _Deadline | None, sums: dict,
-                  device, diagonal: torch.Tensor | None = None):
+def _sweep_blocks(steps, plan: LocalPlan, first: int, stop: int, chunk: int, sums: dict, device,
+                  diagonal: torch.Tensor | None = None):
     """Every probe through ``steps``, keeping the diagonal blocks ``first .. stop - 1`` and their couplings to
     the block before (:func:`_decode_into`); the probes' squared error bounds and norms added to ``sums``, and
-    when ``diagonal`` is given, ``G_hat``'s diagonal added to it (each entry from its own probe). ``None``,
-    with nothing allocated, when ``deadline`` refuses (``None``: no time limit)."""
-    blocks: list = []
+    when ``diagonal`` is given, ``G_hat``'s diagonal added to it (each entry from its own probe)."""
     m = plan.block_size
-
-    def run(start, end):
+    blocks = (torch.zeros(stop - first, m, m, dtype=torch.float64, device=device),
+              torch.zeros(max(stop - max(first, 1), 0), m, m, dtype=torch.float64, device=device))
+    for start in range(0, plan.probes, chunk):
+        end = min(start + chunk, plan.probes)
         x, channels = _probe_block(plan, start, end, device)
-        y, err = _run_tracked(steps, x, torch.zeros(end - start, dtype=torch.float64, device=device), channels)
-        return y, err, (x if diagonal is not None else None)
-
-    def allocate():
-        blocks.append(torch.zeros(stop - first, m, m, dtype=torch.float64, device=device))
-        blocks.append(torch.zeros(max(stop - max(first, 1), 0), m, m, dtype=torch.float64, device=device))
-
-    def store(start, _, y, err, x):
+        y, err = run_tracked(steps, x, torch.zeros(end - start, dtype=torch.float64, device=device), channels)
         td = time.perf_counter()
         sums["sq_err"] += float(err.double().square().sum())
-        if x is not None:  # a probe is 1 exactly at its sources: y x is G_hat_qq there, 0 elsewhere
+        if diagonal is not None:  # a probe is 1 exactly at its sources: y x is G_hat_qq there, 0 elsewhere
             diagonal.add_((y * x).sum(0).reshape(-1))
         sub = max(1, (1 << 21) // numel(plan.shape))  # bounds the index tensors of one scatter (~100 MB)
         for i in range(0, y.shape[0], sub):
             sums["sq_norm"] += _decode_into(plan, start + i, y[i:i + sub], *blocks, first=first)
         sums["decode"] += time.perf_counter() - td
-
-    if deadline is None:
-        deadline = _Deadline(1, 0.0, math.inf, device)  # says "go" after the first block
-    if not deadline.sweep(plan.probes, chunk, run, allocate, store):
-        return None
-    return blocks[0], blocks[1]
+    return blocks
 
 
-def _certified_in_parts(steps, plan: LocalPlan, passes: int, *, chunk, time_limit, generator, device, info):
+def _certified_in_parts(steps, plan: LocalPlan, passes: int, *, chunk, generator, device, info):
     """:func:`certified_local_norm` with the factorization in ``passes`` parts, one sweep of all probes each.
 
-    The shifted Cholesky certificate of :func:`lipzoo.bounds.proved._certify_by_shifts` needs ``G_hat``'s
+    The shifted Cholesky certificate of :func:`lipzoo.bounds.eigen.certify_by_shifts` needs ``G_hat``'s
     diagonal before the first factorization: it comes from the first sweep (each ``G_hat_qq`` read where its
     probe is 1), and every later sweep's blocks must hold exactly those values (else the attempt fails: the
     certificate would be about another matrix). A failed shift repeats every sweep."""
     nb, m = plan.blocks, plan.block_size
     per = math.ceil(nb / passes)
     parts = [(k, min(k + per, nb)) for k in range(0, nb, per)]
-    t0 = _now(device)
-    deadline = _Deadline(math.ceil(plan.probes / chunk) * len(parts),
-                         1.5 * plan.factor_flops() * _gram_cost_unit(device, m), time_limit, device)
+    t0 = time.perf_counter()
     sums = {"sq_err": 0.0, "sq_norm": 0.0, "decode": 0.0}
     n = numel(plan.shape)
     order = torch.zeros(n, dtype=torch.float64, device=device)  # G_hat_qq in the (c, h, w) order of the side
-    held = [_sweep_blocks(steps, plan, *parts[0], chunk, deadline, sums, device, diagonal=order)]
-    if held[0] is None:
-        return None
+    held = [_sweep_blocks(steps, plan, *parts[0], chunk, sums, device, diagonal=order)]
     # the same entries in the blocks' order (h, c, w) within blocks of block_rows image rows
     c, h, w = plan.shape
     grid = torch.zeros(c, plan.block_rows * nb, w, dtype=torch.float64, device=device)  # whole blocks
@@ -474,24 +416,24 @@ def _certified_in_parts(steps, plan: LocalPlan, passes: int, *, chunk, time_limi
         for first, stop in parts:
             blocks = held.pop() if held else None
             if blocks is None:
-                blocks = _sweep_blocks(steps, plan, first, stop, chunk, None, sums, device)
+                blocks = _sweep_blocks(steps, plan, first, stop, chunk, sums, device)
                 sweeps[0] += 1
             diag, low = blocks
             if not torch.equal(diag.diagonal(dim1=1, dim2=2).reshape(-1), diagonal[first * m:stop * m]):
                 logger.debug("    a sweep's diagonal differs from the first's: no certificate from this one")
                 return False
-            factor = _block_cholesky(diag, low, tau, factor)
+            factor = _blockcholesky(diag, low, tau, factor)
             del blocks, diag, low
             if factor is None:
                 return False
         return True
 
     t1 = time.perf_counter()
-    lam, moved = _lanczos_top(_GramOperator(steps, plan.shape, device), 128, generator, with_progress=True)
+    lam, moved = lanczos_top(_GramOperator(steps, plan.shape, device), LANCZOS_STEPS, generator, with_progress=True)
     lam = max(lam, float(diagonal.max().clamp_min(0)))
     if info is not None:
         info["ritz"] = lam * (1 - 1e-6)
-    top = _certify_by_shifts(diagonal, lam, factors, lambda: math.inf, deltas=(1e-7, 1e-5, 1e-3, 1e-2, 0.1),
+    top = certify_by_shifts(diagonal, lam, factors, lambda: math.inf, deltas=(1e-7, 1e-5, 1e-3, 1e-2, 0.1),
                              start_delta=min(2 * moved, 1e-3), what=f"{nb} blocks of {m} in {len(parts)} parts")
     held.clear()
     if not math.isfinite(top):

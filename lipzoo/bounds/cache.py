@@ -8,7 +8,8 @@ is the sha256 of
   built from the model (every operator's type and every number that defines it, the slopes derived at
   this call, the input shape). It is computed after ``build_structure``, so every acceptance check has
   run before any lookup: a module the accountant refuses is refused with or without a cache;
-* the request: method, mode, norm path and its options, dtype, device type;
+* the request: the :class:`~lipzoo.bounds.options.BoundOptions` (method, norm path, effort, seed, dtype, ...) and
+  the device type;
 * the code: :func:`lipzoo.bounds.fingerprint.code_hash`, the sha256 of every source file of the package.
 
 Nothing read from disk is trusted as it stands (:func:`lipzoo.bounds.liplt.lipschitz_bounds` and
@@ -25,13 +26,14 @@ Nothing read from disk is trusted as it stands (:func:`lipzoo.bounds.liplt.lipsc
   read-merge-write of the certificate files holds an exclusive lock, so two processes writing the same
   entry lose nothing.
 
-Files live in ``$LIPZOO_CACHE`` (``~/.cache/lipzoo/bounds`` when a caller asks for the cache without
-setting it; the ``lipzoo`` command line sets that default); ``LIPZOO_CACHE=off`` disables the cache.
-The Python API uses the cache by default only when ``LIPZOO_CACHE`` is set (:func:`enabled_by_env`).
+Files live in ``$LIPZOO_CACHE`` (default ``~/.cache/lipzoo/bounds``); ``LIPZOO_CACHE=off`` disables the cache.
+The Python API and the command line use it the same way.
 
 Beside the finished bounds, ``chains/`` keeps every inner operator norm certified exactly on the way
-(:func:`store_certificates`), keyed by the structure and the code only, so that an interrupted or
-budget-limited run leaves them to the next request.
+(:func:`store_certificates`), keyed by the structure, the device type and the code, so that an interrupted
+run, or a request with another effort, starts from them. A bound is a function of its inputs: the planner
+uses a stored certificate exactly where it would have computed it (and counts its work), so a run with the
+cache returns the bits a run without it returns.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ try:  # POSIX: an exclusive lock around read-merge-write
 except ImportError:  # pragma: no cover - Windows: atomic renames only (a concurrent merge may lose an entry)
     fcntl = None
 
-__all__ = ["cache_dir", "enabled_by_env", "bound_key", "load_bounds", "store_bounds", "certificate_key",
+__all__ = ["cache_dir", "bound_key", "load_bounds", "store_bounds", "certificate_key",
            "load_certificates", "store_certificates", "drop_certificates", "secret_path", "summary", "clear"]
 
 logger = logging.getLogger(__name__)
@@ -65,11 +67,6 @@ def cache_dir() -> Path | None:
     if env is not None and env.strip().lower() in ("", "0", "off", "false", "no", "none"):
         return None
     return Path(env).expanduser() if env else Path.home() / ".cache" / "lipzoo" / "bounds"
-
-
-def enabled_by_env() -> bool:
-    """Whether ``cache=None`` means "use the cache": ``LIPZOO_CACHE`` is set and not ``off``."""
-    return os.environ.get("LIPZOO_CACHE") is not None and cache_dir() is not None
 
 
 def bound_key(fingerprint: str, request: dict) -> str:
@@ -89,19 +86,18 @@ def store_bounds(key: str, bounds: dict) -> None:
     _store(key, "bounds", bounds)
 
 
-# Certified inner norms, one file per weights: a guaranteed bound that did not finish tightening (its time
-# budget ran out, or it was interrupted) leaves every chain it certified here, and the next request for
-# the same weights starts from them instead of certifying them again. A certificate is a fact about the
-# operator, not about the request: the key has no mode, budget, seed or device, so `lipzoo bounds
-# --bound-budget 3300` after a 300 s run spends its time on the chains the first did not reach, and a run
-# that was interrupted continues where it stopped when started again.
+# Certified inner norms, one file per weights and device type: a guaranteed bound that was interrupted leaves
+# every chain it certified here, and the next request for the same weights uses them where it would compute
+# them. A certificate is a fact about the operator (computed with its own seeded generator), not about the
+# request: the key has no mode or effort, so `lipzoo bounds --bound-effort high` after a default run spends its
+# work on the chains the first did not reach.
 _CHAINS = "chains"
 
 
-def certificate_key(fingerprint: str) -> str:
+def certificate_key(fingerprint: str, device_type: str = "cpu") -> str:
     """The key of the certified inner norms of the LipLT operators of the structure ``fingerprint`` (which
-    holds the input shape)."""
-    return bound_key(fingerprint, {"kind": "liplt chain certificates"})
+    holds the input shape), computed on a device of ``device_type`` (CPU and GPU kernels round differently)."""
+    return bound_key(fingerprint, {"kind": "liplt chain certificates", "device": device_type})
 
 
 def load_certificates(key: str) -> dict[tuple[int, int], tuple[float, float]]:

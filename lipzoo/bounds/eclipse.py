@@ -98,16 +98,15 @@ import math
 import torch
 
 from lipzoo.bounds.norms import output_norms
-from lipzoo.bounds.proved import rounding_model
 from lipzoo.bounds.structure import Structure, numel
 from lipzoo.layers.operators import ComposeOp, DenseOp, FlattenOp, ScaleOp, compose
+from lipzoo.numerics import U, gamma
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["eclipse_bound", "MAX_SIDE", "GUARANTEE"]
 
 MODES = ("global", "per_class", "pairwise")
-U = 2.0 ** -53
 MAX_SIDE = 4096
 """Default largest side of a materialized weight matrix (a convolution is materialized up to it)."""
 GUARANTEE = "exact"
@@ -115,10 +114,6 @@ GUARANTEE = "exact"
 SCALAR_MARGIN = 1e-12
 SLACKS = (1e-10, 1e-8, 1e-6, 1e-4, 1e-2, 0.1)
 ETAS = (1e-9, 1e-7, 1e-5, 1e-3, 1e-1)
-
-
-def _gamma(n: int) -> float:
-    return n * U / (1 - n * U)
 
 
 def _up(x: float, rel: float = SCALAR_MARGIN) -> float:
@@ -186,7 +181,7 @@ def _materialize(factors, in_shape, max_side: int, what: str) -> tuple[torch.Ten
         raise ValueError(f"eclipse_bound: {what} has non-finite entries.")
     if exact:
         return mat, 0.0
-    theta, a = rounding_model(op, tuple(in_shape))
+    theta, a = op.rounding_model(tuple(in_shape))
     return mat, _up(math.sqrt(n_in) * theta * a, 1e-9)
 
 
@@ -234,9 +229,9 @@ def _certify_psd(b_hat: torch.Tensor, err_scaled_fn) -> bool:
     tiny = n * 2.0 ** -1074 if bool(((s_mat != 0) & (s_mat.abs() < 2.0 ** -1022)).any()) else 0.0
     e = float(err_scaled_fn(d)) + tiny
     sdiag = s_mat.diagonal()
-    tr = float(sdiag.sum()) * (1 + _gamma(n))
+    tr = float(sdiag.sum()) * (1 + gamma(n))
     top = float(sdiag.max())
-    g = _gamma(n + 1)
+    g = gamma(n + 1)
     c_bound = g * tr * (1 + 2 * g) / (1 - g)
     shift = _up((e + c_bound + 2 * U * top) / (1 - 4 * U), 1e-6)
     # c_bound was sized with tr(S) >= tr(fl(S - shift I)) (shift > 0); the diagonal rounding is <= u (top + shift)
@@ -274,14 +269,14 @@ def _stage_error_fn(b_hat, w, w_err, lam, alpha, beta):
     n_in = b_hat.shape[0] - w.shape[0]
     p = abs(alpha * beta)
     m = abs((alpha + beta) / 2)
-    col = w.square().sum(0).sqrt() * (1 + _gamma(w.shape[0] + 1))
-    g_tl = 2 * _gamma(w.shape[0] + 3)
-    w_f = float(w.norm()) * (1 + _gamma(w.numel()))
+    col = w.square().sum(0).sqrt() * (1 + gamma(w.shape[0] + 1))
+    g_tl = 2 * gamma(w.shape[0] + 3)
+    w_f = float(w.norm()) * (1 + gamma(w.numel()))
 
     def fn(d):
-        scaled_abs = (d[:, None] * b_hat.abs() * d[None, :]).norm() * (1 + _gamma(b_hat.numel() + 2))
-        cd = (col * d[:n_in]).square().sum() * (1 + _gamma(n_in + 2))
-        e = 2 * _gamma(3) * float(scaled_abs) + g_tl * p * lam * float(cd)
+        scaled_abs = (d[:, None] * b_hat.abs() * d[None, :]).norm() * (1 + gamma(b_hat.numel() + 2))
+        cd = (col * d[:n_in]).square().sum() * (1 + gamma(n_in + 2))
+        e = 2 * gamma(3) * float(scaled_abs) + g_tl * p * lam * float(cd)
         if w_err:
             dmax = float(d.max())
             e += dmax * dmax * (p * lam * (2 * w_f * w_err + w_err ** 2) + m * lam * w_err)
@@ -462,15 +457,15 @@ def _output_factor(x_l):
     t_hat = c_mat.T @ (x_l @ c_mat)
     abs_c = c_mat.abs()
     bound = abs_c.T @ (x_l.abs() @ abs_c)
-    gam = _gamma(n)
+    gam = gamma(n)
     for eta in ETAS:
         c = 1.0 - eta
         b = _sym(t_hat - c * eye)
 
         def fn(d, b=b):
             rel = 2 * gam * (1 + gam) ** 3 * float((d[:, None] * bound * d[None, :]).norm())
-            rel *= 1 + _gamma(n * n + 2 * n)
-            return _up(rel + 2 * _gamma(2) * float((d[:, None] * b.abs() * d[None, :]).norm()) * 1.01, 1e-6)
+            rel *= 1 + gamma(n * n + 2 * n)
+            return _up(rel + 2 * gamma(2) * float((d[:, None] * b.abs() * d[None, :]).norm()) * 1.01, 1e-6)
 
         if _certify_psd(b, fn):
             return c_mat, c
@@ -481,9 +476,9 @@ def _output_values(w_out, e_out, c_mat, c, modes):
     """Certified bounds on ``||W_L C||``-type quantities divided by ``sqrt(c)``, per mode."""
     n = c_mat.shape[0]
     q = w_out @ c_mat
-    c_fro = float(c_mat.norm()) * (1 + _gamma(c_mat.numel()))
-    row_norms = w_out.norm(dim=1) * (1 + _gamma(n + 2))
-    row_err = _gamma(n) * c_fro * row_norms + c_fro * e_out  # per row, absolute (||C||_2 <= ||C||_F)
+    c_fro = float(c_mat.norm()) * (1 + gamma(c_mat.numel()))
+    row_norms = w_out.norm(dim=1) * (1 + gamma(n + 2))
+    row_err = gamma(n) * c_fro * row_norms + c_fro * e_out  # per row, absolute (||C||_2 <= ||C||_F)
     scale = 1 / math.sqrt(c)
     out = {}
     for mode in modes:

@@ -27,53 +27,21 @@ from lipzoo.bounds.certificate import MODES, PROVED, LipschitzBound, _thaw, _vou
 from lipzoo.bounds.eclipse import GUARANTEE as ECLIPSE_GUARANTEE
 from lipzoo.bounds.eclipse import eclipse_bound
 from lipzoo.bounds.fingerprint import structure_fingerprint
+from lipzoo.bounds.floors import below_floor, floors
 from lipzoo.bounds.lanczos import lanczos_inner_norms
 from lipzoo.bounds.layerwise import layerwise, naive_layer, sdp_layer
 from lipzoo.bounds.norms import (EXACT_MARGIN, chain_norm, output_norms, reference_tensor, round_cast,
                                  weakest_guarantee, with_margin)
+from lipzoo.bounds.options import BoundOptions
 from lipzoo.bounds.proved import proved_inner_norms
-from lipzoo.bounds.structure import Structure, build_structure, numel
-from lipzoo.bounds.sweep import adjoint_sweep, forward_sweep, power_iteration, row_norms
+from lipzoo.bounds.recursion import liplt_recursion, output_rows
+from lipzoo.bounds.structure import Structure, build_structure
+from lipzoo.bounds.sweep import forward_sweep, power_iteration, row_norms
 from lipzoo.layers.torch_modules import operator_values
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["LipschitzBound", "check_bound_for", "lipschitz_bound", "lipschitz_bounds", "output_norms", "liplt_recursion"]
-
-METHODS = ("liplt", "naive", "lt_sdp", "eclipse", "best")
-SDP_T = ("sn", "aol", "sll", "best")
-NORMS = ("auto", "exact", "power", "lanczos")
-# Seconds ``norm="auto"`` may spend certifying large operators exactly. The refinement stops on its own
-# once exact norms everywhere could not lower the bound by more than 0.2%, so this caps only networks
-# whose split bounds stay loose: 300 s brings the random-init 4C3F / 6C2F and the shipped CIFAR-10 6C2F
-# within 1% of their converged estimates on a 2-core CPU (30 s left them at 1.06 / 1.07 / 1.013;
-# docs/benchmarks.md).
-DEFAULT_BUDGET = 300.0
-
-
-def output_rows(structure: Structure, sources) -> dict:
-    """Rows ``S_{L,j}^T e_i`` for every source ``j`` in one batched adjoint sweep: ``{j: (K, n_j)}``."""
-    L = structure.depth
-    k = numel(structure.output_shape)
-    ref = reference_tensor(structure)
-    eye = torch.eye(k, dtype=ref.dtype, device=ref.device).reshape(k, *structure.output_shape)
-    rows = adjoint_sweep(structure, {(L, j): eye for j in sources})
-    return {j: rows[(L, j)].reshape(k, -1) for j in sources}
-
-
-def liplt_recursion(structure: Structure, inner: dict, final: dict) -> tuple[torch.Tensor, list]:
-    """Eq. (16): ``inner[(t, j)]`` are norms for targets ``t < L``; ``final[j]`` the output norms."""
-    m: list[torch.Tensor] = []
-    for t in range(structure.depth):
-        mt = inner[(t, -1)]
-        for j in range(t):
-            mt = mt + structure.blocks[j].d * inner[(t, j)] * m[j]
-        m.append(mt)
-    out = final[-1]
-    for j in range(structure.depth):
-        out = out + structure.blocks[j].d * final[j] * m[j]
-    return out, m
-
 
 def _power_norms(structure: Structure, keys, n_iter: int, generator=None) -> dict:
     ref = reference_tensor(structure)
@@ -87,12 +55,6 @@ def _power_norms(structure: Structure, keys, n_iter: int, generator=None) -> dic
     return {k: out[k][0] for k in keys}
 
 
-LANCZOS_STEPS = 320
-"""Default Lanczos steps of ``norm="lanczos"``: with ``failure_probability=1e-9`` over ~30 operators of up
-to ~3e4 dimensions, each inner norm is inflated by at most ~0.1 % over its Ritz value (see
-:func:`lipzoo.bounds.lanczos.lanczos_epsilon`), and the pairwise bound of 4C3F lands within 1 % of the
-converged estimate."""
-
 SMALL_DENSE = 4096
 """Under ``norm="auto"`` without ``max_dense``: operators with a side this small are always certified exactly
 (the previous fixed ``max_dense``, so the bound is never looser than before; shared sweeps and Cholesky
@@ -102,16 +64,22 @@ SMALL_INPUT = 4096
 """... and operators from the network's input when the input has at most this many dimensions."""
 
 
-def lipschitz_bound(model: nn.Module, input_shape, *, method: str = "liplt", mode: str = "pairwise",
-                    norm: str = "auto", max_dense: int | None = None, n_iter: int | None = None,
-                    dtype: torch.dtype = torch.float64, device=None, seed: int | None = 0,
-                    sdp_t: str = "best", budget: float = DEFAULT_BUDGET, progress: bool | None = None,
-                    cache: bool | None = None, failure_probability: float = 1e-9) -> LipschitzBound:
+_OPTION_FIELDS = tuple(f.name for f in BoundOptions.__dataclass_fields__.values())
+
+
+def lipschitz_bound(model: nn.Module, input_shape, *, mode: str = "pairwise", options: BoundOptions | None = None,
+                    device=None, progress: bool | None = None, cache: bool | None = None,
+                    **option_fields) -> LipschitzBound:
     """Upper bound on the Lipschitz constant of a model's logits (or logit differences).
+
+    The value is a function of the model, ``input_shape``, the options and lipzoo's code: the same call gives
+    the same bits whatever the machine's load, with or without the cache (docs/bounds.md, "Reproducible").
 
     Args:
         model: a ``nn.Sequential`` (possibly nested) of lipzoo layers and supported torch modules.
         input_shape: per-sample input shape, e.g. ``(3, 32, 32)``.
+        mode: ``"global"``, ``"per_class"`` or ``"pairwise"``.
+        options: a :class:`~lipzoo.bounds.options.BoundOptions`; or give its fields as keywords:
         method: ``"liplt"`` (Theorem 3), ``"naive"`` (product of per-layer eq. (11) constants),
             ``"lt_sdp"`` (product of per-layer Theorem 2 constants, the l2 refinement for
             residual layers; ``sdp_t`` picks ``T``: ``"sn"``, ``"aol"``, ``"sll"`` or ``"best"``),
@@ -119,7 +87,6 @@ def lipschitz_bound(model: nn.Module, input_shape, *, method: str = "liplt", mod
             networks without skip branches whose layers have sides <= 4096; exact, ``norm`` unused) or
             ``"best"`` (the entrywise minimum of ``"liplt"`` and, where it applies, ``"eclipse"``:
             both are upper bounds, so is their minimum).
-        mode: ``"global"``, ``"per_class"`` or ``"pairwise"``.
         norm: how operator norms are obtained: ``"auto"`` (exact when the smaller side has at most
             ``max_dense`` dimensions, proved upper bounds otherwise: ``guaranteed=True``),
             ``"exact"`` (materialize every operator; slow for large convolutions), ``"lanczos"``
@@ -129,133 +96,113 @@ def lipschitz_bound(model: nn.Module, input_shape, *, method: str = "liplt", mod
             ``"power"`` (``n_iter`` power iterations: an estimate, ``guaranteed=False``).
         max_dense: under ``norm="auto"``, operators with a side of at most this many dimensions are
             always certified exactly (default :data:`SMALL_DENSE`); larger ones get proved split
-            bounds, then the ones whose looseness costs most are certified exactly within ``budget``.
+            bounds, then the ones whose looseness costs most are certified exactly within ``effort``.
+        effort: under ``norm="auto"``, the work (:mod:`lipzoo.bounds.cost`: units of 1e9 GEMM-equivalent flops,
+            counted from shapes, never timed) the refinement may spend certifying large operators exactly:
+            ``"none"``, ``"low"``, ``"medium"`` (default), ``"high"`` or a number of units. It stops earlier
+            once the bound is within 0.2 % of what exact norms could give.
         n_iter: power iterations for ``norm="power"`` (default 200), Lanczos steps for ``norm="lanczos"``
-            (default :data:`LANCZOS_STEPS`).
+            (default 320).
         dtype: dtype of the returned value, and computation dtype of ``norm="power"``. Guaranteed
             norms (``"auto"``, ``"exact"``) are always computed in float64 (the rounding margins
             are sized for it) and the result is rounded up to ``dtype``.
-        device: where to compute (defaults to the model's device).
-        seed: seed of the power-iteration / Lanczos start vectors. ``None`` draws it from the operating
-            system (for ``norm="lanczos"``: the probability is over start vectors independent of the
-            weights); the seed used is in ``details["lanczos"]["seed"]``.
+        seed: seed of every random start vector. ``None`` draws it from the operating system (for
+            ``norm="lanczos"``: the probability is over start vectors independent of the weights); the seed
+            used is in ``details["seed"]``.
         sdp_t: the diagonal ``T`` of ``method="lt_sdp"``.
-        budget: seconds ``norm="auto"`` may spend certifying large operators exactly (their cost is
-            measured before committing; see :mod:`lipzoo.bounds.proved`); it stops earlier once the
-            bound is within 0.2% of what exact norms could give (:data:`DEFAULT_BUDGET`).
-        progress: tqdm progress bar (``None``: only on a terminal).
-        cache: reuse / store the result on disk, keyed by the structure's fingerprint (every number the
-            accountant bounds, after every acceptance check), every option and the package's code; every
-            entry read is checked before use (:mod:`lipzoo.bounds.cache`). ``None``: only when the environment
-            variable ``LIPZOO_CACHE`` names a folder (the ``lipzoo`` command line sets it to
-            ``~/.cache/lipzoo/bounds`` unless it is set; ``LIPZOO_CACHE=off`` disables).
         failure_probability: for ``norm="lanczos"``, the probability (over the start vectors) that the
             bound is below the Lipschitz constant.
+        device: where to compute (defaults to the model's device).
+        progress: tqdm progress bar (``None``: only on a terminal).
+        cache: reuse / store the result on disk, keyed by the structure's fingerprint (every number the
+            accountant bounds, after every acceptance check), the options and the package's code; every
+            entry read is checked before use (:mod:`lipzoo.bounds.cache`). ``None`` (default): on, unless
+            ``LIPZOO_CACHE=off`` (the folder is ``$LIPZOO_CACHE``, default ``~/.cache/lipzoo/bounds``). A cached
+            bound is the bound a fresh run would return.
     """
     _check_choice("mode", mode, MODES)
-    return lipschitz_bounds(model, input_shape, method=method, modes=(mode,), norm=norm, max_dense=max_dense,
-                            n_iter=n_iter, dtype=dtype, device=device, seed=seed, sdp_t=sdp_t, budget=budget,
-                            progress=progress, cache=cache, failure_probability=failure_probability)[mode]
+    return lipschitz_bounds(model, input_shape, modes=(mode,), options=options, device=device, progress=progress,
+                            cache=cache, **option_fields)[mode]
+
+
+def bound_options(options: BoundOptions | None = None, **fields) -> BoundOptions:
+    """``options`` (or the defaults) with ``fields`` replaced; ``budget=`` (seconds, lipzoo 0.1) is refused with
+    the fix."""
+    if "budget" in fields:
+        raise TypeError("budget= (seconds) was replaced by effort= (work counted from shapes, so a bound no longer "
+                        "depends on the machine's speed or load): use effort='low' | 'medium' | 'high' or a number "
+                        "of work units (docs/bounds.md).")
+    unknown = sorted(set(fields) - set(_OPTION_FIELDS))
+    if unknown:
+        raise TypeError(f"unknown bound option(s) {unknown}; the options are {list(_OPTION_FIELDS)}.")
+    if options is None:
+        return BoundOptions(**fields)
+    return options.replace(**fields) if fields else options
 
 
 @torch.inference_mode(False)
-def lipschitz_bounds(model: nn.Module, input_shape, *, method: str = "liplt", modes=MODES, norm: str = "auto",
-                     max_dense: int | None = None, n_iter: int | None = None, dtype: torch.dtype = torch.float64,
-                     device=None, seed: int | None = 0, sdp_t: str = "best", budget: float = DEFAULT_BUDGET,
-                     progress: bool | None = None, cache: bool | None = None,
-                     failure_probability: float = 1e-9) -> dict[str, LipschitzBound]:
+def lipschitz_bounds(model: nn.Module, input_shape, *, modes=MODES, options: BoundOptions | None = None,
+                     device=None, progress: bool | None = None, cache: bool | None = None,
+                     known: dict | None = None, **option_fields) -> dict[str, LipschitzBound]:
     """:func:`lipschitz_bound` for several modes at once, sharing the inner operator norms.
 
-    Runs outside ``torch.inference_mode`` (the refinement's sensitivities and the cache's floors take gradients).
+    ``known``: ``{(t, j): (certified norm, estimate)}`` of a shipped certificate (:mod:`lipzoo.bounds.shipped`),
+    checked and used like the certificate cache. Runs outside ``torch.inference_mode`` (the refinement's
+    sensitivities and the cache's floors take gradients).
     """
-    _check_choice("method", method, METHODS)
-    _check_choice("sdp_t", sdp_t, SDP_T)
+    opts = bound_options(options, **option_fields)
     for mode in modes:
         _check_choice("mode", mode, MODES)
-    _check_choice("norm", norm, NORMS)
-    if max_dense is not None and (isinstance(max_dense, bool) or not isinstance(max_dense, int) or max_dense < 0):
-        raise ValueError(f"max_dense must be a non-negative int or None, got {max_dense!r}.")
-    if not budget >= 0:
-        raise ValueError(f"budget must be a number of seconds >= 0, got {budget!r}.")
-    if not 0 < failure_probability < 1:
-        raise ValueError(f"failure_probability must be in (0, 1), got {failure_probability!r}.")
-    if norm == "lanczos" and method not in ("liplt", "best"):
-        raise ValueError(f"norm='lanczos' bounds the LipLT operators: use method='liplt' or 'best', not {method!r}.")
-    if n_iter is None:
-        n_iter = LANCZOS_STEPS if norm == "lanczos" else 200
     # Every acceptance check runs here, before any cache lookup: a refused module is refused with or without
     # a cache, and the key is the fingerprint of what the accountant bounds (not of the module's repr).
-    net, structure = _prepare(model, input_shape, norm=norm, dtype=dtype, device=device, modes=modes)
+    net, structure = _prepare(model, input_shape, norm=opts.norm, dtype=opts.dtype, device=device, modes=modes)
     fp = structure_fingerprint(structure)
-    key = hit = on_certified = on_corrupt = None
-    known: dict = {}
+    seed = opts.seed if opts.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+    device_type = torch.device(device).type if device is not None else _model_device(model)
+    key = on_certified = on_corrupt = None
+    known = dict(known or {})
     from lipzoo.bounds import cache as _cache
 
     if cache is None:
-        cache = _cache.enabled_by_env()
+        cache = _cache.cache_dir() is not None
     if cache and not fp.cacheable:
         logger.info("Not caching this bound: an operator's class is defined outside lipzoo and its source cannot "
                     "be read, so the cache key could not follow a change of its code.")
     if cache and fp.cacheable:
-        # The budget is not part of the key: every cached value is proved, so a bound computed with at
-        # least the requested tightening time serves any request (`lipzoo bounds --bound-budget 1500`
-        # then a plain `lipzoo certify` reuses the tight bound).
-        request = {"method": method, "norm": norm, "max_dense": max_dense, "n_iter": n_iter, "dtype": str(dtype),
-                   # a bound from fresh start vectors serves any later request for fresh ones
-                   "seed": "fresh" if seed is None else seed, "sdp_t": sdp_t,
-                   "device": torch.device(device).type if device is not None else _model_device(model),
-                   **({"failure_probability": failure_probability} if norm == "lanczos" else {})}
-        key = _cache.bound_key(fp.digest, request)
-        hit = _cache.load_bounds(key)
-        wanted = budget if norm == "auto" else 0.0
+        key = _cache.bound_key(fp.digest, {**opts.cache_request(), "device": device_type})
+        hit = _cache.load_bounds(key) or {}
         parsed = {}
-        for m, record in list((hit or {}).items()):
+        for m in modes:
+            if m not in hit:
+                continue
             try:
-                parsed[m] = (_bound_from_record(record, dtype, fp), float(record.get("budget", 0.0)))
+                parsed[m] = _bound_from_record(hit[m], opts.dtype, fp)
             except (AttributeError, KeyError, TypeError, ValueError) as err:
                 logger.warning("Ignoring a malformed Lipschitz-bound cache entry (%s); recomputing.", err)
-                del hit[m]
-        if parsed:
+        if len(parsed) == len(modes):
             # a stored bound is a claim: one below what this run proves from below is corrupt
-            floors = _floors(net, structure, list(parsed), method=method, norm=norm, seed=seed or 0)
-            for m in list(parsed):
-                why = _below_floor(parsed[m][0], floors.get(m))
+            low = floors(net, structure, list(parsed), method=opts.method, norm=opts.norm, seed=seed)
+            bad = {m: below_floor(parsed[m], low.get(m)) for m in parsed}
+            for m, why in bad.items():
                 if why:
-                    logger.warning("Ignoring a corrupt Lipschitz-bound cache entry (%s bound %s); recomputing.",
-                                   m, why)
-                    del parsed[m], hit[m]
-        if all(m in parsed and parsed[m][1] >= wanted for m in modes):
-            return {m: _vouch(parsed[m][0]) for m in modes}
-        if norm == "auto" and method in ("liplt", "best"):
-            # certificates of single chains outlive the request: a run cut short by its budget or an interrupt
-            # leaves them for the next, which checks them and spends its time on the chains not yet certified
-            cert_key = _cache.certificate_key(fp.digest)
-            known = _cache.load_certificates(cert_key)
+                    logger.warning("Ignoring a corrupt Lipschitz-bound cache entry (%s bound %s); recomputing.", m, why)
+            if not any(bad.values()):
+                return {m: _vouch(parsed[m]) for m in modes}
+        if opts.norm == "auto" and opts.method in ("liplt", "best"):
+            # certificates of single chains outlive the request (an interrupted run, another effort): checked,
+            # then used where this run would compute them, so the result is what a fresh run returns
+            cert_key = _cache.certificate_key(fp.digest, device_type)
+            known = {**_cache.load_certificates(cert_key), **known}
 
             def on_certified(k, value, estimate):
                 _cache.store_certificates(cert_key, {k: (value, estimate)})
 
             def on_corrupt(ks):
-                for k in ks:
-                    del known[k]
                 _cache.drop_certificates(cert_key, ks)
-    if seed is None:
-        seed = int.from_bytes(os.urandom(8), "little") >> 1
-    out = _lipschitz_bounds(net, structure, method=method, modes=modes, norm=norm, max_dense=max_dense,
-                            n_iter=n_iter, dtype=dtype, seed=seed, sdp_t=sdp_t, budget=budget,
-                            progress=progress, failure_probability=failure_probability, known=known,
+    out = _lipschitz_bounds(net, structure, opts, modes=modes, seed=seed, progress=progress, known=known,
                             on_certified=on_certified, on_corrupt=on_corrupt, fingerprint=fp)
     if key is not None:
-        stored = dict(hit or {})
-        for m, b in out.items():
-            new = {**b.to_dict(), "details": _thaw(b.details), "budget": wanted}
-            old = stored.get(m)  # well-formed and above this run's floor (checked above)
-            if old is not None and _record_mean(old) < _record_mean(new):
-                # the earlier bound (less time) came out tighter: keep it, valid for this budget too
-                new = {**old, "budget": max(wanted, float(old.get("budget", 0.0)))}
-            stored[m] = new
-        _cache.store_bounds(key, stored)
-        out = {m: _vouch(_bound_from_record(stored[m], dtype, fp)) for m in modes}
+        _cache.store_bounds(key, {m: {**b.to_dict(), "details": _thaw(b.details)} for m, b in out.items()})
     return out
 
 
@@ -279,80 +226,6 @@ def _prepare(model: nn.Module, input_shape, *, norm: str, dtype: torch.dtype, de
     return net, structure
 
 
-_FLOOR_RTOL = 1e-6
-"""Relative slack under which a stored bound is compared with this run's floor: the floor's own rounding
-(float32 Lanczos estimates are lowered by ESTIMATE_MARGIN = 1e-4 already; gradient norms in float64 are off by
-~1e-13), so only a bound genuinely below what the run proves from below is called corrupt."""
-
-
-def _floors(net: nn.Module, structure: Structure, modes, *, method: str, norm: str, seed: int,
-            steps: int = 20, points: int = 4) -> dict:
-    """What this run proves from below about every mode's value, cheaply: the Lipschitz constant is at least
-    the norm of the gradient of each logit difference at any point (``points`` seeded random inputs, float64);
-    and for ``liplt`` / ``naive`` (both at least the exact LipLT value, Theorem 3) the LipLT recursion at
-    Lanczos estimates from below of every inner norm (``steps`` batched steps). Empty for estimates."""
-    if norm == "power":
-        return {}
-    from lipzoo.bounds.proved import _lanczos_estimates
-
-    gen = torch.Generator().manual_seed(int(seed) + 7919)
-    ref = reference_tensor(structure)
-    floors = {m: v for m, v in _gradient_floors(net, structure, modes, gen, points).items()}
-    if method in ("liplt", "naive") and norm != "lanczos":
-        keys = [(t, j) for t in range(structure.depth) for j in range(-1, t)]
-        with torch.no_grad():
-            est = _lanczos_estimates(structure, keys, steps, gen, ref.device) if keys else {}
-            inner = {k: torch.tensor(v, dtype=torch.float64) for k, v in est.items()}
-            rows = output_rows(structure, range(-1, structure.depth))
-            for m in modes:
-                final = {j: output_norms(r.double(), m) for j, r in rows.items()}
-                below = liplt_recursion(structure, inner, final)[0].detach().cpu().double()
-                floors[m] = torch.maximum(floors[m], below) if m in floors else below
-    return floors
-
-
-def _gradient_floors(net: nn.Module, structure: Structure, modes, gen, points: int) -> dict:
-    """Per mode, the largest gradient norm of the bounded quantity at ``points`` random inputs (float64)."""
-    ref = reference_tensor(structure)
-    with torch.enable_grad():
-        x = torch.rand(points, *structure.input_shape, generator=gen, dtype=torch.float64).to(ref.device)
-        x.requires_grad_(True)
-        z = net(x.to(ref.dtype) if ref.numel() else x).double().reshape(points, -1)
-        k = z.shape[1]
-        jac = torch.stack([torch.autograd.grad(z[:, i].sum(), x, retain_graph=i + 1 < k)[0].reshape(points, -1)
-                           for i in range(k)], 1)  # (points, K, n)
-    jac = jac.detach().cpu()
-    out = {}
-    for m in modes:
-        if m == "global":
-            out[m] = torch.linalg.matrix_norm(jac, 2).max()
-        elif m == "per_class":
-            out[m] = jac.norm(dim=2).max(0).values
-        else:
-            out[m] = (jac[:, :, None, :] - jac[:, None, :, :]).norm(dim=3).max(0).values
-    return out
-
-
-def _below_floor(bound: LipschitzBound, floor) -> str | None:
-    """Why ``bound`` cannot be right (it is below ``floor`` somewhere), or None."""
-    if floor is None or not bound.guaranteed and bound.guarantee != "probabilistic":
-        return None
-    value = bound.value.double()
-    floor = torch.as_tensor(floor, dtype=torch.float64).reshape(value.shape) * (1 - _FLOOR_RTOL)
-    bad = value < floor
-    if bound.mode == "pairwise":
-        bad &= ~torch.eye(value.shape[0], dtype=torch.bool)
-    if not bool(bad.any()):
-        return None
-    i = int(bad.reshape(-1).nonzero()[0])
-    return (f"{value.reshape(-1)[i].item():.6g} at entry {i} is below {floor.reshape(-1)[i].item():.6g}, which this "
-            "run proves from below")
-
-
-def _record_mean(record: dict) -> float:
-    return float(torch.tensor(record["value"], dtype=torch.float64).mean())
-
-
 def _model_device(model: nn.Module) -> str:
     t = next(iter(list(model.parameters()) + list(model.buffers())), None)
     return t.device.type if t is not None else "cpu"
@@ -369,9 +242,10 @@ def _bound_from_record(record, dtype: torch.dtype, fp) -> LipschitzBound:
                           model_summary=fp.summary)
 
 
-def _lipschitz_bounds(net, structure, *, method, modes, norm, max_dense, n_iter, dtype, seed, sdp_t, budget,
-                      progress, failure_probability, known, on_certified, on_corrupt,
+def _lipschitz_bounds(net, structure, opts: BoundOptions, *, modes, seed, progress, known, on_certified, on_corrupt,
                       fingerprint) -> dict[str, LipschitzBound]:
+    method, norm, max_dense, n_iter, dtype = opts.method, opts.norm, opts.max_dense, opts.n_iter, opts.dtype
+    failure_probability = opts.failure_probability
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         margin = 0.0 if norm == "power" else EXACT_MARGIN
@@ -416,14 +290,18 @@ def _lipschitz_bounds(net, structure, *, method, modes, norm, max_dense, n_iter,
                                       "ritz_norm": {f"{t},{j}": x.estimate for (t, j), x in lz.items()}}
             elif norm == "auto":
                 final_global = final_norms("global", margin)
+                stats: dict = {}
                 proved = proved_inner_norms(
                     structure, inner_keys, objective=lambda inner: liplt_recursion(structure, inner, final_global)[0],
                     # an explicit max_dense is a hard cap on materialization: no refinement beyond it
                     small=SMALL_DENSE if max_dense is None else max_dense,
                     small_input=SMALL_INPUT if max_dense is None else max_dense,
-                    budget=budget if max_dense is None else 0.0, seed=seed,
+                    effort=opts.effort_units if max_dense is None else 0.0, seed=seed,
                     progress=progress, device=reference_tensor(structure).device, known=known,
-                    on_certified=on_certified, on_corrupt=on_corrupt)
+                    on_certified=on_certified, on_corrupt=on_corrupt, stats=stats)
+                if stats.get("reused"):
+                    logger.info("%d of %d inner norms from stored certificates (checked against this run's "
+                                "estimates)", stats["reused"], len(inner_keys))
                 inner = {k: torch.tensor(p.value, dtype=torch.float64) for k, p in proved.items()}
                 kinds.extend(p.guarantee for p in proved.values())
                 how = {f"{t},{j}": {"bound": p.value, "estimate": p.estimate, "guarantee": p.guarantee, "how": p.how}
@@ -441,7 +319,7 @@ def _lipschitz_bounds(net, structure, *, method, modes, norm, max_dense, n_iter,
             details["inner"] = {f"{t},{j}": float(v) for (t, j), v in inner.items()}
             if norm == "auto":
                 details["inner_proofs"] = how
-                details["certificates_reused"] = sorted(f"{t},{j}" for (t, j) in known if (t, j) in proved)
+                details["work"] = {"effort": stats["effort"], "spent": stats["work"]}
                 # each norm's estimate is from below (a Ritz value) and the recursion is monotone: the exact
                 # LipLT value lies between this and the bound, which tells how loose the bound can be
                 details["liplt_at_estimates"] = {
@@ -453,7 +331,7 @@ def _lipschitz_bounds(net, structure, *, method, modes, norm, max_dense, n_iter,
         else:
             cap = SMALL_DENSE if max_dense is None else max_dense
             layer = (naive_layer(norm, cap, n_iter, gen) if method == "naive"
-                     else sdp_layer(norm, cap, n_iter, gen, sdp_t))
+                     else sdp_layer(norm, cap, n_iter, gen, opts.sdp_t))
             total, m, layer_details, layer_kinds = layerwise(structure, layer)
             details.update(layer_details)
             kinds.extend(layer_kinds)
@@ -465,6 +343,8 @@ def _lipschitz_bounds(net, structure, *, method, modes, norm, max_dense, n_iter,
     guarantee = weakest_guarantee(kinds + ["exact"])
     _check_representable(structure, values)
     details["input_shape"] = list(structure.input_shape)
+    details["options"] = opts.to_dict()
+    details["seed"] = seed
     values = {mode: round_cast(v.detach(), dtype, float("inf")).cpu() for mode, v in values.items()}
     return {mode: _vouch(LipschitzBound(
         value=values[mode], guaranteed=guarantee in PROVED, failure_probability=fail if guarantee == "probabilistic"

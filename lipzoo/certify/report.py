@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from lipzoo.bounds import LipschitzBound, lipschitz_bound, lipschitz_bounds
+from lipzoo.bounds import BoundOptions, LipschitzBound, lipschitz_bound, lipschitz_bounds
 from lipzoo.bounds.norms import weakest_guarantee
 from lipzoo.certify.metrics import evaluate, pairwise_constants, radius_kind
 from lipzoo.certify.plots import plot_certified_curve
@@ -30,10 +30,9 @@ __all__ = ["certify", "format_table", "bounds_table"]
 
 def certify(model: nn.Module, dataset: Dataset, eps_list: Sequence[str], *, input_shape, out_dir=None,
             name: str = "model", limit: int | None = None, batch_size: int = 500, attack: dict | None = None,
-            norm: str = "auto", max_dense: int | None = 4096, bound: LipschitzBound | None = None,
+            options: BoundOptions | None = None, bound: LipschitzBound | None = None,
             compare: dict[str, torch.Tensor] | None = None, device=None, progress: bool = True,
-            allow_estimate: bool = False, budget: float | None = None,
-            cache: bool | None = None, method: str = "liplt", failure_probability: float = 1e-9,
+            allow_estimate: bool = False, cache: bool | None = None,
             arithmetic: torch.dtype | None = None, accumulate: torch.dtype | None = None) -> dict[str, Any]:
     """Certify ``model`` on ``dataset`` at each eps (pixel units) and write the report files.
 
@@ -48,12 +47,10 @@ def certify(model: nn.Module, dataset: Dataset, eps_list: Sequence[str], *, inpu
             bound the points certified at an eps are not attacked at it (proved robust) unless
             ``attack["attack_all"]`` asks for the audit; ``report["attack"]["attacked"]`` counts the
             points attacked per eps.
-        norm, max_dense: operator-norm path of the bound (see :func:`lipzoo.lipschitz_bound`); the
-            default ``"auto"`` is guaranteed.
+        options: how the pairwise bound is computed (:class:`~lipzoo.bounds.options.BoundOptions`; default: the
+            guaranteed LipLT bound at the default effort).
         bound: a precomputed :class:`~lipzoo.LipschitzBound` (skips the computation).
-        budget: seconds the guaranteed bound may spend tightening large operators (None: the
-            default of :func:`lipzoo.lipschitz_bound`); every value is proved, a larger budget is tighter.
-        cache: use the on-disk bound cache (see :func:`lipzoo.lipschitz_bound`; None: as ``$LIPZOO_CACHE`` says).
+        cache: use the on-disk bound cache (see :func:`lipzoo.lipschitz_bound`; None: unless ``LIPZOO_CACHE=off``).
         compare: extra radii curves for the plot, ``{label: radii}``.
         allow_estimate: accept an estimate (``norm="power"``); everything is then labelled
             ``estimated``, never ``certified``.
@@ -68,7 +65,8 @@ def certify(model: nn.Module, dataset: Dataset, eps_list: Sequence[str], *, inpu
     """
     if bound is not None and not isinstance(bound, LipschitzBound):
         raise TypeError(f"bound must be a lipzoo.LipschitzBound, got {type(bound).__name__}.")
-    if not allow_estimate and (norm == "power" if bound is None else bound.guarantee == "estimate"):
+    options = options if options is not None else BoundOptions()
+    if not allow_estimate and (options.norm == "power" if bound is None else bound.guarantee == "estimate"):
         raise ValueError("this bound would be an estimate (norm='power' / guarantee='estimate'), not a "
                          "certificate; use norm='auto' or pass allow_estimate=True.")
     if limit is not None:
@@ -77,8 +75,7 @@ def certify(model: nn.Module, dataset: Dataset, eps_list: Sequence[str], *, inpu
         dataset = Subset(dataset, range(min(limit, len(dataset))))
     t0 = time.time()
     if bound is None:
-        bound = lipschitz_bound(model, input_shape, method=method, mode="pairwise", norm=norm, max_dense=max_dense,
-                                **_bound_options(budget, cache, norm, failure_probability))
+        bound = lipschitz_bound(model, input_shape, mode="pairwise", options=options, cache=cache)
     bound_seconds = time.time() - t0
     kind = radius_kind(bound)
     if kind == "probabilistic":
@@ -101,8 +98,7 @@ def certify(model: nn.Module, dataset: Dataset, eps_list: Sequence[str], *, inpu
               "bound": {**bound.to_dict(),
                         "pairwise_mean": float(off.mean()), "pairwise_max": float(off.max()),
                         **({"pairwise_mean_at_estimates": float(below[mask].mean())} if below is not None else {}),
-                        "seconds": round(bound_seconds, 2),
-                        **({"budget": budget} if budget is not None else {})},
+                        "seconds": round(bound_seconds, 2)},
               "attack": None if attack is None else {  # the workers change the speed, not the verdicts
                   **{k: v for k, v in attack.items() if k != "workers"},
                   "attacked": {key: int(mask.sum()) for key, mask in result["attacked"].items()}},
@@ -183,19 +179,20 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def bounds_table(model: nn.Module, input_shape, *, norm: str = "auto", max_dense: int | None = 4096,
-                 budget: float | None = None, cache: bool | None = None,
-                 failure_probability: float = 1e-9) -> dict[str, Any]:
+def bounds_table(model: nn.Module, input_shape, *, options: BoundOptions | None = None,
+                 cache: bool | None = None, known: dict | None = None) -> dict[str, Any]:
     """The paper's Table 2 for ``model``: mean ``L_ij``, ``L_i + L_j`` and ``sqrt(2) L``, naive and LipLT, and
     ``best`` (the entrywise minimum of LipLT and the ECLipsE-style bound) where the latter applies.
 
     ``norm="lanczos"`` is for the LipLT operators; the naive row then uses ``"auto"`` (its per-layer norms are
-    cheap to prove)."""
+    cheap to prove). ``known``: a shipped certificate's inner norms for the LipLT row (checked, then used as
+    the certificate cache is)."""
+    options = options if options is not None else BoundOptions()
     bounds = {}
     for method in ("naive", "liplt"):
-        how = "auto" if method == "naive" and norm == "lanczos" else norm
-        bounds[method] = lipschitz_bounds(model, input_shape, method=method, norm=how, max_dense=max_dense,
-                                          **_bound_options(budget, cache, how, failure_probability))
+        how = "auto" if method == "naive" and options.norm == "lanczos" else options.norm
+        bounds[method] = lipschitz_bounds(model, input_shape, options=options.replace(method=method, norm=how),
+                                          cache=cache, known=known if method == "liplt" else None)
     try:  # exact where it applies; both are upper bounds, so is their minimum
         eclipse = lipschitz_bounds(model, input_shape, method="eclipse", cache=cache)
     except (TypeError, ValueError):
@@ -215,15 +212,6 @@ def bounds_table(model: nn.Module, input_shape, *, norm: str = "auto", max_dense
             rows[method]["L_ij_at_estimates"] = float(below[off].mean())
             proofs = b["pairwise"].details["inner_proofs"]
             rows[method]["chains"] = {"certified": sum(p["guarantee"] == "exact" for p in proofs.values()),
-                                      "total": len(proofs),
-                                      "from_cache": len(b["pairwise"].details.get("certificates_reused", ()))}
+                                      "total": len(proofs), "work": b["pairwise"].details.get("work")}
     return rows
-
-
-def _bound_options(budget: float | None, cache: bool | None, norm: str = "auto",
-                   failure_probability: float = 1e-9) -> dict[str, Any]:
-    """The keyword arguments of the bound computation; ``budget=None`` keeps the library's default. A
-    probabilistic bound gets fresh random start vectors (``seed=None``: independent of the weights)."""
-    lanczos = {"seed": None, "failure_probability": failure_probability} if norm == "lanczos" else {}
-    return {"cache": cache, **({} if budget is None else {"budget": budget}), **lanczos}
 

@@ -141,10 +141,10 @@ class _SameConvTransposeOp(LinearOperator):
         # ||A^T|| = ||A||, A the convolution on this operator's output space
         return conv2d_norm_bound(self.weight, self.out_shape(in_shape)[-2:], self.padding)
 
-    def adjoint_of(self) -> Conv2dOp:
-        """The convolution whose adjoint this is (on this operator's output space): lets the guaranteed bound
-        apply it as one batched GEMM on CUDA and size its rounding from the kernel (lipzoo.bounds.proved)."""
-        return Conv2dOp(self.weight, 1, self.padding)
+    def canonical(self, in_shape) -> AdjointOp:
+        """The adjoint of the convolution on this operator's output space: the guaranteed bound sizes its rounding
+        from the kernel and applies it as one batched GEMM on CUDA (:class:`~lipzoo.layers.operators.Conv2dOp`)."""
+        return AdjointOp(Conv2dOp(self.weight, 1, self.padding), tuple(self.out_shape(in_shape)))
 
 
 class LTResidualConv(_ResidualBase):
