@@ -6,8 +6,11 @@ hand-built Hugging Face cache with ``HF_HUB_OFFLINE=1`` and sockets disabled.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
+import re
+import shlex
 import shutil
 import socket
 from pathlib import Path
@@ -23,8 +26,9 @@ from safetensors import safe_open
 
 import lipzoo
 import lipzoo.models as M
+import lipzoo.models.factory as factory
 import lipzoo.models.zoo as zoo
-from lipzoo.hub import attach_results, checkpoint, load, push, read_config, render_card, save_pretrained
+from lipzoo.hub import attach_results, load, push, read_config, render_card, save_pretrained
 from lipzoo.hub.card import certify_command, metric_table
 from lipzoo.layers import LTLinear, Normalize
 from lipzoo.meta import Metadata
@@ -317,7 +321,7 @@ def test_resave_replaces_computed_fields(tmp_path, saved):
 def test_zoo_entry_with_local_weights(tmp_path, monkeypatch, saved, fake_zoo, no_download):
     model, directory = saved
     shutil.copytree(directory, tmp_path / "pkg" / "weights" / "fake-tiny")
-    monkeypatch.setattr(checkpoint, "_PACKAGE_DIR", tmp_path / "pkg")
+    monkeypatch.setattr(factory, "_PACKAGE_DIR", tmp_path / "pkg")
     sha = file_sha256(directory / "model.safetensors")
     fake_zoo["crm-fake-tiny"] = zoo_entry("crm-fake-tiny", weights_ref(sha, revision="v1", local="weights/fake-tiny"))
     x = torch.rand(3, 4)
@@ -325,7 +329,7 @@ def test_zoo_entry_with_local_weights(tmp_path, monkeypatch, saved, fake_zoo, no
 
 
 def test_zoo_entry_pin_is_checked(tmp_path, monkeypatch, saved, fake_zoo, no_download):
-    monkeypatch.setattr(checkpoint, "_PACKAGE_DIR", saved[1].parent)
+    monkeypatch.setattr(factory, "_PACKAGE_DIR", saved[1].parent)
     fake_zoo["crm-fake-tiny"] = zoo_entry("crm-fake-tiny", weights_ref("a" * 64, local="ckpt"))
     actual = file_sha256(saved[1] / "model.safetensors")
     with pytest.raises(ValueError, match=f"sha256 is {actual}, but the zoo entry expects {'a' * 64}"):
@@ -333,7 +337,7 @@ def test_zoo_entry_pin_is_checked(tmp_path, monkeypatch, saved, fake_zoo, no_dow
 
 
 def test_zoo_entry_without_local_copy_downloads_from_its_repo(tmp_path, monkeypatch, fake_zoo, no_download):
-    monkeypatch.setattr(checkpoint, "_PACKAGE_DIR", tmp_path)
+    monkeypatch.setattr(factory, "_PACKAGE_DIR", tmp_path)
     fake_zoo["crm-fake-tiny"] = zoo_entry("crm-fake-tiny", weights_ref("a" * 64, local="weights/absent"))
     with pytest.raises(AssertionError, match=r"snapshot_download called with \('lipzoo/fake-tiny',\)"):
         load("crm-fake-tiny")
@@ -415,6 +419,31 @@ def test_offline_mode_uses_cache_without_network(tmp_path, monkeypatch, saved):
         load("owner/absent")
 
 
+
+def test_not_cached_messages_name_the_cause_and_the_fix(monkeypatch):
+    """huggingface_hub raises LocalEntryNotFoundError for three causes; each gets its own sentence and fix."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def not_cached(repo_id, **kwargs):
+        raise LocalEntryNotFoundError("An error happened while trying to locate the files on the Hub\n(more)")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", not_cached)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    head = r"^Hub repo 'owner/tiny' is not in the local Hugging Face cache and "
+    with pytest.raises(FileNotFoundError, match=head + r"the Hub cannot be reached to download it\. Fix: check the "
+                       r"network and retry \(one download fills the cache\), or pass a local checkpoint directory\.$"
+                       ) as err:
+        load("owner/tiny")  # online, but the Hub did not answer: huggingface_hub fell back to the cache
+    assert "\n" not in str(err.value) and "reached prevents" not in str(err.value)
+    with pytest.raises(FileNotFoundError, match=head + r"local_files_only=True forbids downloading it\. Fix: drop "
+                       "local_files_only and retry"):
+        load("owner/tiny", local_files_only=True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match=head + r"offline mode \(HF_HUB_OFFLINE\) prevents the download\. "
+                       "Fix: unset HF_HUB_OFFLINE and retry"):
+        load("owner/tiny")
+
 def test_hub_repo_not_found_is_a_value_error(monkeypatch):
     from huggingface_hub.errors import RepositoryNotFoundError
 
@@ -475,7 +504,7 @@ def test_a_local_path_is_never_taken_for_a_repo_id(name, no_download):
 
 
 def test_create_model_pretrained_goes_through_load(tmp_path, monkeypatch, saved, fake_zoo, no_download, caplog):
-    monkeypatch.setattr(checkpoint, "_PACKAGE_DIR", saved[1].parent)
+    monkeypatch.setattr(factory, "_PACKAGE_DIR", saved[1].parent)
     sha = file_sha256(saved[1] / "model.safetensors")
     attach_results(saved[1], make_report())
     fake_zoo["crm-fake-tiny"] = zoo_entry("crm-fake-tiny", weights_ref(sha, local="ckpt"))
@@ -565,6 +594,96 @@ def test_push_refuses_bad_folders(tmp_path, saved, fake_hfapi):
     assert fake_hfapi == []
 
 
+
+def _http_error(cls, status: int, text: str = "Client Error"):
+    """A huggingface_hub HTTP error as the Hub's answer ``status`` would raise it (no network)."""
+    return cls(f"{status} {text}\n\n(long server message)",
+               response=SimpleNamespace(status_code=status, headers={}, request=None))
+
+
+class ConnectError(Exception):  # what httpx (huggingface_hub >= 1.0) raises without a network
+    __module__ = "httpx"
+
+
+def _push_failures():
+    from huggingface_hub.errors import (HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+
+    return [  # (what the Hub client raises, which method raises it, the one-line error push gives)
+        (ConnectError("[Errno -3] Temporary failure in name resolution"), "create_repo", ConnectionError,
+         r"^push: the Hub cannot be reached to upload to 'owner/tiny' \(ConnectError: \[Errno -3\] Temporary "
+         r"failure in name resolution\)\. Fix: check the network and retry\.$"),
+        (OSError("Network is unreachable"), "create_repo", ConnectionError, r"cannot be reached .*Fix: check the network"),
+        (OfflineModeIsEnabled("offline"), "create_repo", ConnectionError,
+         r"^push: cannot upload to 'owner/tiny': offline mode \(HF_HUB_OFFLINE\) is set\. Fix: unset HF_HUB_OFFLINE"),
+        (LocalTokenNotFoundError("no token"), "create_repo", PermissionError,
+         r"^push: no Hugging Face token to upload to 'owner/tiny'\. Fix: pass --token \(token=\.\.\.\), set "
+         r"HF_TOKEN or run `hf auth login`"),
+        (_http_error(HfHubHTTPError, 401, "Unauthorized"), "create_repo", PermissionError,
+         r"^push: not allowed to upload to 'owner/tiny' \(401: the token was refused\)\. Fix: pass --token"),
+        (_http_error(HfHubHTTPError, 403, "Forbidden"), "create_repo", PermissionError,
+         r"\(403: this token may not write there\)\. Fix: pass --token"),
+        (_http_error(RepositoryNotFoundError, 404), "upload_folder", ValueError,
+         r"^push: Hub repo 'owner/tiny' not found, or not visible to this token\. Fix: check the repo id"),
+        (_http_error(RevisionNotFoundError, 404), "upload_folder", ValueError,
+         r"^push: revision 'v1' not found in 'owner/tiny'\. Fix: check --revision"),
+        (_http_error(HfHubHTTPError, 500, "Server Error"), "upload_folder", ValueError,
+         r"^push: the Hub refused the upload to 'owner/tiny': 500 Server Error\. Fix:"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(_push_failures())))
+def test_push_errors_are_one_line_with_the_fix(saved, fake_hfapi, monkeypatch, case):
+    raised, method, error, message = _push_failures()[case]
+
+    def fail(self, *args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(huggingface_hub.HfApi, method, fail)
+    with pytest.raises(error, match=message) as err:
+        push(saved[1], "owner/tiny", revision="v1")
+    assert "\n" not in str(err.value) and err.value.__cause__ is None and err.value.__suppress_context__
+
+
+def test_push_lets_unknown_errors_through(saved, fake_hfapi, monkeypatch):
+    def bug(self, *args, **kwargs):
+        raise KeyError("a bug, not the network")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", bug)
+    with pytest.raises(KeyError, match="a bug"):
+        push(saved[1], "owner/tiny")
+
+
+def test_one_name_for_the_revision(saved, fake_hfapi):
+    """push(revision=), push_to_hub(revision=) and save_pretrained(push_to_hub=True, revision=): one name;
+    push_to_hub's lipzoo 0.1 ``branch=`` still works, with a DeprecationWarning."""
+    import warnings
+
+    model = load(saved[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the new name warns about nothing
+        model.push_to_hub("owner/tiny", revision="v1")
+    assert [c[0] for c in fake_hfapi] == ["create_repo", "create_branch", "upload_folder"]
+    assert fake_hfapi[1][3]["branch"] == "v1" and fake_hfapi[2][3]["revision"] == "v1"
+    fake_hfapi.clear()
+    with pytest.warns(DeprecationWarning, match=r"push_to_hub\(branch=\.\.\.\) is deprecated .*pass revision="):
+        model.push_to_hub("owner/tiny", branch="v2")
+    assert fake_hfapi[1][3]["branch"] == "v2" and fake_hfapi[2][3]["revision"] == "v2"
+    with pytest.warns(DeprecationWarning, match=r"save_pretrained\(branch=\.\.\.\) is deprecated"):
+        model.save_pretrained(saved[1].parent / "again", push_to_hub=True, repo_id="owner/tiny", branch="v3")
+    assert fake_hfapi[-1][3]["revision"] == "v3"
+    with pytest.raises(TypeError, match=r"push_to_hub: got revision='v1' and branch='v2'; pass revision= only"):
+        model.push_to_hub("owner/tiny", revision="v1", branch="v2")
+    import inspect
+
+    from lipzoo.cli import build_parser
+
+    for function in (push, LipschitzSequential.push_to_hub, load, LipschitzSequential.from_pretrained):
+        assert "revision" in inspect.signature(function).parameters, function
+    args = build_parser().parse_args(["push", "folder", "--repo-id", "o/r", "--revision", "v1"])
+    assert args.revision == "v1"
+
+
 # ---- model card ------------------------------------------------------------------------------------
 
 def test_card_shows_numbers_only_once_attached(tmp_path, built):
@@ -574,7 +693,9 @@ def test_card_shows_numbers_only_once_attached(tmp_path, built):
             "training_time": 3725}
     directory = save_pretrained(make_model(), tmp_path / "c", config=make_config(), card=card)
     text = (directory / "README.md").read_text()
-    assert "Not certified yet" in text and "lipzoo certify owner/tiny --attach" in text
+    # "toy" is no dataset lipzoo knows: the command names it (and the card says to give its path)
+    assert "Not certified yet" in text and \
+        "lipzoo certify owner/tiny --data toy --eps 36/255 --eps 1.58 --attach" in text and "`--data toy`" in text
     assert "74.82" not in text and "## Reproduce" not in text  # no paper table without our own numbers
     meta = attach_results(directory, make_report())
     assert meta.results.sha256 == read_config(directory)["sha256"] == file_sha256(directory / "model.safetensors")
@@ -585,7 +706,7 @@ def test_card_shows_numbers_only_once_attached(tmp_path, built):
     assert "| 36/255 | 96.27 | 72.31 | 64.16 | 74.82 | – | 64.16 |" in text
     assert "| 1.58 | 96.27 | 88.04 | 63.37 | 74.82 | – | – |" in text
     assert "on 100 images of the test set" in text
-    assert "lipzoo certify owner/tiny --eps 36/255 --eps 1.58 --attack-steps 20 --restarts 1" in text
+    assert "lipzoo certify owner/tiny --data toy --eps 36/255 --eps 1.58 --attack-steps 20 --restarts 1" in text
     assert "epochs actually trained: 7 (recipe: 10)" in text
     assert "training time: 1h 02m 05s" in text and "1x H100" in text
     assert "- guarantee: `exact`" in text
@@ -607,9 +728,10 @@ def test_attach_checks_the_weights(tmp_path, saved):
 
 
 def test_card_without_extras_and_float16_note():
-    config = dict(make_config(), sha256="f" * 64, storage_dtype="float16", name="crm-x", metrics=None)
-    text = render_card(config)
-    assert "Not certified yet" in text and "lipzoo certify crm-x --attach" in text and "stored in float16" not in text
+    config = dict(make_config(dataset="cifar10"), sha256="f" * 64, storage_dtype="float16", name="crm-x", metrics=None)
+    text = render_card(config)  # a dataset lipzoo knows: `lipzoo certify` finds it without --data
+    assert "Not certified yet" in text and "lipzoo certify crm-x --eps 36/255 --eps 1.58 --attach" in text
+    assert "stored in float16" not in text and "--data" not in text
     config["metrics"] = {"sha256": "f" * 64, "clean": 0.5, "eps": {"36/255": {"certified": 0.25}}}
     text = render_card(config)
     assert "| 36/255 | 50.00 | – | 25.00 |" in text and "| 1.58 | 50.00 | – | – |" in text
@@ -621,7 +743,7 @@ def test_metric_table_matches_eps_by_value():
     table = metric_table({"clean": 0.5, "certified@79/50": 0.25, "pgd@1.58": 0.4, "pgd@2": 0.1}, ["1.58"])
     assert table == {"1.58": {"clean": 0.5, "pgd": 0.4, "certified": 0.25},
                      "2": {"clean": 0.5, "pgd": 0.1, "certified": None}}
-    assert certify_command({"eps": ["36/255"]}, "a b") == "lipzoo certify 'a b' --eps 36/255"
+    assert certify_command({"eps": ["36/255"], "dataset": "mnist"}, "a b") == "lipzoo certify 'a b' --eps 36/255"
 
 
 def test_certify_command_parses_with_the_cli():
@@ -630,6 +752,95 @@ def test_certify_command_parses_with_the_cli():
     command = certify_command({"eps": ["36/255", "72/255"]}, "owner/crm-cifar10-6c2f")
     args = build_parser().parse_args(command.split()[1:])
     assert (args.command, args.model, args.eps) == ("certify", "owner/crm-cifar10-6c2f", ["36/255", "72/255"])
+
+
+
+def _card_commands(text: str) -> list[list[str]]:
+    """The ``lipzoo`` command lines in a card's bash blocks, split as a shell splits them."""
+    blocks = re.findall(r"```bash\n(.*?)\n```", text, flags=re.S)
+    return [shlex.split(line) for block in blocks for line in block.splitlines() if line.startswith("lipzoo ")]
+
+
+def _parse_as_printed(command: list[str]):
+    """The real command line's parse of a card's command: an unknown flag or an invalid value fails."""
+    from lipzoo.cli import build_parser
+
+    assert command[:2] == ["lipzoo", "certify"], command
+    parser = build_parser()
+    try:
+        args = parser.parse_args(command[1:])
+    except SystemExit:
+        pytest.fail(f"the card's command does not parse: {shlex.join(command)}")
+    # argparse takes an unambiguous prefix (--attack-step); the card must spell each flag in full
+    [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    flags = {s for a in commands.choices["certify"]._actions for s in a.option_strings}
+    assert {t for t in command if t.startswith("--")} <= flags, shlex.join(command)
+    return args
+
+
+def _card_radii(text: str) -> set:
+    """The ε of the card's results table (first cell of each row that is a radius), by value."""
+    from lipzoo.meta import parse_eps
+
+    radii = set()
+    for line in text.splitlines():
+        cell = line.split("|")[1].strip() if line.startswith("| ") else ""
+        try:
+            radii.add(parse_eps(cell))
+        except ValueError:
+            continue
+    return radii
+
+
+def _radii(args) -> set:
+    from lipzoo.meta import parse_eps
+
+    return {parse_eps(e) for e in args.eps or []}
+
+
+def test_card_commands_run_as_printed_for_a_derived_checkpoint_on_its_own_data(tmp_path, built):
+    """A fine-tuned checkpoint trained on the user's file: both commands name that data and every radius."""
+    from lipzoo.meta import parse_eps
+
+    parent = {"name": "crm-mnist-4c3f", "sha256": "a" * 64}
+    directory = save_pretrained(make_model(), tmp_path / "tuned",
+                                config=make_config(dataset="my-digits.npz", parent=parent))
+    text = (directory / "README.md").read_text()
+    assert "Derived from `crm-mnist-4c3f`" in text and "Not certified yet" in text
+    [command] = _card_commands(text)
+    args = _parse_as_printed(command)
+    assert (args.model, args.data, args.attach) == ("path/to/this/checkpoint", "my-digits.npz", True)
+    assert _radii(args) == {parse_eps("36/255"), parse_eps("1.58")}  # the config's radii, each one
+    assert "`--data my-digits.npz` is the data the run used" in text
+
+    # certified on one more radius than the config names (`--eps 72/255` on the command line)
+    attach_results(directory, make_report(**{"certified@72/255": 0.5, "pgd@72/255": 0.6}))
+    text = (directory / "README.md").read_text()
+    [command] = _card_commands(text)
+    args = _parse_as_printed(command)
+    assert _card_radii(text) == {parse_eps(e) for e in ("36/255", "1.58", "72/255")}
+    assert _radii(args) == _card_radii(text)  # every radius of the table, none missing
+    assert (args.model, args.data, args.attach) == ("path/to/this/checkpoint", "my-digits.npz", False)
+    assert (args.attack_steps, args.restarts) == (20, 1)
+
+
+def test_card_commands_name_the_data_the_numbers_were_measured_on():
+    """A model of a known dataset certified on other data: Reproduce names that data; otherwise no --data."""
+    from lipzoo.meta import parse_eps
+
+    metrics = {"sha256": "f" * 64, "clean": 0.5, "eps": {"36/255": {"certified": 0.25}, "0.5": {"certified": 0.1}},
+               "data": "cifar10-shifted.npz", "arithmetic": "float32"}
+    config = dict(make_config(dataset="cifar10", eps=["36/255"]), sha256="f" * 64, name="crm-x", metrics=metrics)
+    [command] = _card_commands(render_card(config))
+    args = _parse_as_printed(command)
+    assert (args.model, args.data, args.arithmetic) == ("crm-x", "cifar10-shifted.npz", "float32")
+    assert _radii(args) == {parse_eps("36/255"), parse_eps("0.5")}
+    [command] = _card_commands(render_card({**config, "metrics": {**metrics, "data": None}}))
+    args = _parse_as_printed(command)
+    assert args.data is None and _radii(args) == {parse_eps("36/255"), parse_eps("0.5")}
+    # no dataset at all (a new head on an unnamed task): the command says --data must be given
+    [command] = _card_commands(render_card({**config, "dataset": None, "metrics": None}))
+    assert _parse_as_printed(command).data == "path/to/the/data"
 
 
 # ---- provenance: a checkpoint shows only numbers measured on its own weights -----------------------

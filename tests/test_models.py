@@ -359,9 +359,65 @@ def test_models_layering_has_no_cycle():
         tree = ast.parse(Path(M.__file__).with_name(f"{name}.py").read_text())
         imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
         imported |= {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
-        later = {f"lipzoo.models.{n}" for n in order[i + 1:]} | {"lipzoo.hub", "lipzoo.hub.checkpoint"}
-        assert not (imported & later) or name == "factory", (name, imported & later)
-    code = "import sys, lipzoo.models; assert 'lipzoo.hub' not in sys.modules and 'timm' not in sys.modules"
+        later = {f"lipzoo.models.{n}" for n in order[i + 1:]} | {"lipzoo.hub.checkpoint"}
+        assert not (imported & later), (name, imported & later)
+    # the models stand on the hub's file level only: neither its model level nor the Hub client is imported
+    code = ("import sys, lipzoo.models; assert not {'lipzoo.hub.checkpoint', 'huggingface_hub', 'timm'} & "
+            "set(sys.modules), sorted(m for m in sys.modules if m.startswith(('lipzoo.hub', 'huggingface', 'timm')))")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+_HUB_FILE_LEVEL = {"lipzoo.hub.files", "lipzoo.hub.card"}
+
+
+def _lipzoo_imports(path) -> set[str]:
+    """Every lipzoo module ``path`` imports, at module level or inside functions: ``import a.b`` -> a.b,
+    ``from a import b`` -> a.b (a submodule or a name of a), and module names written as strings
+    (``importlib.import_module("lipzoo.hub...")``)."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found |= {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("lipzoo."):
+            found.add(node.value)
+    return {m for m in found if m == "lipzoo" or m.startswith("lipzoo.")}
+
+
+def _under(module: str, packages: set[str]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)
+
+
+def test_models_import_only_the_file_level_of_the_hub():
+    """Issue 24 (6): no lipzoo/models module imports the hub's model level (load / save_pretrained / push /
+    attach_results, lipzoo.hub.checkpoint) or the lipzoo.hub package's names, even inside a function: the
+    factory builds over lipzoo.hub.files and lipzoo.hub.card, as timm's _builder over its _hub leaf."""
+    from pathlib import Path
+
+    for path in sorted(Path(M.__file__).parent.glob("*.py")):
+        hub = {m for m in _lipzoo_imports(path) if _under(m, {"lipzoo.hub"})}
+        assert all(_under(m, _HUB_FILE_LEVEL) for m in hub), (path.name, sorted(hub))
+
+
+def test_hub_file_level_imports_no_model_code():
+    """lipzoo.hub.files and lipzoo.hub.card import nothing of the models (nor anything above them), in their
+    source and in a fresh interpreter, so models -> hub.files is no cycle."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import lipzoo.hub
+
+    hub_dir = Path(lipzoo.hub.__file__).parent
+    for name in ("files", "card"):
+        imported = _lipzoo_imports(hub_dir / f"{name}.py") - {"lipzoo"}  # the root: cheap, its names are lazy
+        assert all(_under(m, {"lipzoo.meta", *_HUB_FILE_LEVEL}) for m in imported), (name, sorted(imported))
+    code = ("import sys, lipzoo.hub.files, lipzoo.hub.card, lipzoo.hub; "
+            "bad = sorted(m for m in sys.modules if m.startswith(('lipzoo.models', 'lipzoo.hub.checkpoint', "
+            "'lipzoo.train', 'lipzoo.bounds', 'huggingface_hub'))); assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

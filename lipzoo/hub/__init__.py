@@ -1,11 +1,44 @@
 """Certified checkpoints in Hugging Face Hub layout: ``save_pretrained``, ``load``, ``push``, ``attach_results``.
 
-Importing this package changes nothing elsewhere: ``lipzoo.create_model(..., pretrained=True)``
-calls :func:`load` itself (see :mod:`lipzoo.models.factory`).
+Two levels (timm's ``_hub`` leaf under its ``_builder``):
+
+* the file level, :mod:`lipzoo.hub.files` (the three files, sha256, safetensors, ``config.json``,
+  download and upload) and :mod:`lipzoo.hub.card` (the model card): no model code, so
+  :mod:`lipzoo.models` builds on them;
+* the model level, :mod:`lipzoo.hub.checkpoint` (``load``, ``save_pretrained``, ``push``,
+  ``attach_results``), above :mod:`lipzoo.models`.
+
+The names below load on first use (PEP 562), so importing the file level never imports the models.
+Importing this package changes nothing elsewhere.
 """
 
-from lipzoo.hub.card import certify_command, render_card
-from lipzoo.hub.checkpoint import attach_results, load, push, read_config, read_metadata, save_pretrained
+from __future__ import annotations
 
-__all__ = ["save_pretrained", "load", "push", "read_config", "read_metadata", "attach_results", "render_card",
-           "certify_command"]
+import importlib
+from typing import Any
+
+# public name -> module that defines it
+_EXPORTS = {
+    "save_pretrained": "lipzoo.hub.checkpoint", "load": "lipzoo.hub.checkpoint", "push": "lipzoo.hub.checkpoint",
+    "read_config": "lipzoo.hub.checkpoint", "read_metadata": "lipzoo.hub.checkpoint",
+    "attach_results": "lipzoo.hub.checkpoint",
+    "render_card": "lipzoo.hub.card", "certify_command": "lipzoo.hub.card",
+}
+
+_SUBMODULES = ("card", "checkpoint", "files")
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"lipzoo.hub.{name}")
+    raise AttributeError(f"module 'lipzoo.hub' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS, *_SUBMODULES})

@@ -12,11 +12,12 @@ from typing import Any, Mapping
 
 import yaml
 
-from lipzoo.meta import Eps, Results, parse_eps
+from lipzoo.meta import DATASETS, Eps, Results, parse_eps
 
-__all__ = ["render_card", "certify_command", "metric_table"]
+__all__ = ["render_card", "certify_command", "attach_command", "metric_table"]
 
 _ACCURACY_KINDS = ("clean", "pgd", "certified")
+_DATA_PLACEHOLDER = "path/to/the/data"
 _CITATION = """@inproceedings{fazlyab2023certified,
   title     = {Certified Robustness via Dynamic Margin Maximization and Improved Lipschitz Regularization},
   author    = {Fazlyab, Mahyar and Entesari, Taha and Roy, Aniket and Chellappa, Rama},
@@ -28,28 +29,58 @@ _CITATION = """@inproceedings{fazlyab2023certified,
 def certify_command(config: Mapping[str, Any], target: str) -> str:
     """The ``lipzoo certify`` command line that reproduces a checkpoint's certified numbers.
 
+    It names the data the numbers were measured on when that is not the model's known dataset
+    (``--data``), every radius the card shows (one ``--eps`` each: the config's and any other
+    measured), and the attack, arithmetic and bound settings of the measurement.
+
     Args:
-        config: the checkpoint's config (uses ``eps`` and the attack of ``metrics``).
+        config: the checkpoint's config (uses ``eps``, ``dataset`` and ``metrics``).
         target: what ``lipzoo certify`` loads: a zoo name, a Hub repo id or a directory.
 
     Returns:
         A shell-quoted command, e.g. ``lipzoo certify crm-cifar10-6c2f --eps 36/255``.
     """
-    parts = ["lipzoo", "certify", target]
-    for eps in config.get("eps") or (config.get("certify") or {}).get("eps") or []:
-        parts += ["--eps", str(eps)]
-    metrics = config.get("metrics") or {}
-    attack = metrics.get("attack") if isinstance(metrics, Mapping) else None
+    metrics = config.get("metrics") if isinstance(config.get("metrics"), Mapping) else {}
+    parts = ["lipzoo", "certify", target, *_data_flags(config), *_eps_flags(config)]
+    attack = metrics.get("attack")
     attack = attack if attack is not None else config.get("certify_attack")
     if isinstance(attack, Mapping):
         parts += ["--attack-steps", str(attack.get("steps", 50)), "--restarts", str(attack.get("restarts", 1))]
-    arithmetic = metrics.get("arithmetic") if isinstance(metrics, Mapping) else None
+    arithmetic = metrics.get("arithmetic")
     if arithmetic and arithmetic != "float64":  # the command line's default
         parts += ["--arithmetic", str(arithmetic)]
-    bound = metrics.get("bound") if isinstance(metrics, Mapping) else None
-    if isinstance(bound, Mapping) and bound.get("budget") is not None:  # the bound's tightening time
-        parts += ["--bound-budget", f"{float(bound['budget']):g}"]
+    parts += _bound_flags(metrics.get("bound"))
     return shlex.join(parts)
+
+
+def attach_command(config: Mapping[str, Any], target: str) -> str:
+    """The ``lipzoo certify ... --attach`` command that measures an uncertified checkpoint's numbers
+    and writes them into its folder (its data and radii as in :func:`certify_command`)."""
+    return shlex.join(["lipzoo", "certify", target, *_data_flags(config), *_eps_flags(config), "--attach"])
+
+
+def _data_flags(config: Mapping[str, Any]) -> list[str]:
+    """``--data X`` when ``lipzoo certify`` would not find the data by itself: the numbers were measured
+    on other data (``metrics.data``), or the model's dataset is the user's own file or folder."""
+    metrics = config.get("metrics") if isinstance(config.get("metrics"), Mapping) else {}
+    data = metrics.get("data") or config.get("dataset")
+    if data is None:  # e.g. a new classifier on an unnamed task: the user has to say which data
+        return ["--data", _DATA_PLACEHOLDER]
+    return [] if data == config.get("dataset") and data in DATASETS else ["--data", str(data)]
+
+
+def _eps_flags(config: Mapping[str, Any]) -> list[str]:
+    """One ``--eps`` per radius of the card: the config's ε, then any other ε measured (by value)."""
+    eps_list = [str(e) for e in config.get("eps") or (config.get("certify") or {}).get("eps") or []]
+    metrics = config.get("metrics")
+    return [flag for eps in metric_table(metrics or None, eps_list) for flag in ("--eps", eps)]
+
+
+def _bound_flags(bound: Any) -> list[str]:
+    """The bound's settings as ``lipzoo certify`` options (its tightening time)."""
+    if isinstance(bound, Mapping) and bound.get("budget") is not None:
+        return ["--bound-budget", f"{float(bound['budget']):g}"]
+    return []
 
 
 def metric_table(metrics: Mapping[str, Any] | None, eps_list: list[str]) -> dict[str, dict[str, Any]]:
@@ -109,8 +140,8 @@ def _results(config: Mapping[str, Any], card: Mapping[str, Any], target: str) ->
     lines = ["## Results", ""]
     if not metrics:
         lines += ["Not certified yet: no numbers have been measured on these weights. Certify them and attach "
-                  "the report to this folder:", "", "```bash",
-                  f"lipzoo certify {shlex.quote(target)} --attach", "```"]
+                  "the report to this folder:", "", "```bash", attach_command(config, target), "```",
+                  *_data_note(config)]
         return lines
     ours = metric_table(metrics, eps_list)
     paper = metric_table(card["paper_metrics"], list(ours)) if card.get("paper_metrics") else None
@@ -136,8 +167,20 @@ def _results(config: Mapping[str, Any], card: Mapping[str, Any], target: str) ->
         lines += ["", f"Paper numbers: {card['paper_source']}."]
     for note in card.get("notes") or []:  # e.g. why a re-measured figure changed
         lines += ["", f"Note: {note}"]
-    lines += ["", "## Reproduce the certified numbers", "", "```bash", certify_command(config, target), "```"]
+    lines += ["", "## Reproduce the certified numbers", "", "```bash", certify_command(config, target), "```",
+              *_data_note(config)]
     return lines
+
+
+def _data_note(config: Mapping[str, Any]) -> list[str]:
+    """Under a command whose ``--data`` names a file or folder (recorded by its name): where it comes from."""
+    flags = _data_flags(config)
+    if not flags or flags[1] in DATASETS:
+        return []
+    if flags[1] == _DATA_PLACEHOLDER:
+        return ["", "These weights record no dataset: give `--data` the test data of their task."]
+    return ["", f"`--data {shlex.quote(flags[1])}` is the data the run used, recorded by its name: give its path on "
+                "your machine."]
 
 
 def _bound(config: Mapping[str, Any]) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -240,6 +241,9 @@ class LipschitzSequential(nn.Sequential):
         }
 
     # -- Hugging Face Hub (the shape of huggingface_hub.ModelHubMixin) ------------------------------
+    # These go through the factory's checkpoint functions (published as lipzoo.hub.load / save_pretrained
+    # / push). The factory builds models of this class and never imports this module, so importing it when
+    # a method runs is no cycle; at module level it would make every family import the factory.
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, force_download: bool = False,
                         token: str | bool | None = None, cache_dir: str | os.PathLike | None = None,
@@ -247,11 +251,11 @@ class LipschitzSequential(nn.Sequential):
                         num_classes: int | None = None, map_location: Any = "cpu") -> "LipschitzSequential":
         """Load a checkpoint folder, zoo entry or Hub repo (``lipzoo.hub.load``); see ``create_model``
         for ``num_classes`` (a new classifier drops the certificate)."""
-        from lipzoo.hub.checkpoint import load  # the hub sits above models (import order)
+        from lipzoo.models.factory import load_checkpoint
 
-        model = load(pretrained_model_name_or_path, revision=revision, map_location=map_location,
-                     cache_dir=cache_dir, token=token, local_files_only=local_files_only,
-                     force_download=force_download)
+        model = load_checkpoint(pretrained_model_name_or_path, revision=revision, map_location=map_location,
+                                cache_dir=cache_dir, token=token, local_files_only=local_files_only,
+                                force_download=force_download)
         if not isinstance(model, cls):
             raise TypeError(f"{pretrained_model_name_or_path!r} holds a {type(model).__name__}, not a {cls.__name__}.")
         if num_classes is not None and num_classes != model.num_classes:
@@ -263,24 +267,48 @@ class LipschitzSequential(nn.Sequential):
                         storage_dtype: str = "float32", **push_to_hub_kwargs: Any) -> Any:
         """Write the checkpoint folder (``lipzoo.hub.save_pretrained``; ``config`` defaults to
         :attr:`metadata` or :meth:`get_config`); with ``push_to_hub=True`` upload it to ``repo_id``
-        (default: the folder's name) and return the commit info."""
-        from lipzoo.hub.checkpoint import push, save_pretrained
+        (default: the folder's name) with ``push_to_hub_kwargs`` (those of ``lipzoo.hub.push``:
+        ``token``, ``revision``, ``private``, ``commit_message``) and return the commit info."""
+        from lipzoo.models.factory import push_checkpoint, save_checkpoint
 
-        directory = save_pretrained(self, save_directory, config=config, card=card, storage_dtype=storage_dtype)
+        if push_to_hub:  # checked before anything is written
+            revision = _revision(push_to_hub_kwargs.pop("revision", None), push_to_hub_kwargs.pop("branch", None),
+                                 "save_pretrained")
+        directory = save_checkpoint(self, save_directory, config=config, card=card, storage_dtype=storage_dtype)
         if push_to_hub:
-            return push(directory, repo_id or Path(save_directory).name, **push_to_hub_kwargs)
+            return push_checkpoint(directory, repo_id or Path(save_directory).name, revision=revision,
+                                   **push_to_hub_kwargs)
         return None
 
     def push_to_hub(self, repo_id: str, *, config: Any = None, commit_message: str = "Upload lipzoo checkpoint",
-                    private: bool | None = None, token: str | None = None, branch: str | None = None,
-                    card: dict[str, Any] | None = None, storage_dtype: str = "float32") -> Any:
-        """Save to a temporary folder and upload it (``lipzoo.hub.push``); returns the commit info."""
+                    private: bool | None = None, token: str | None = None, revision: str | None = None,
+                    card: dict[str, Any] | None = None, storage_dtype: str = "float32",
+                    branch: str | None = None) -> Any:
+        """Save to a temporary folder and upload it (``lipzoo.hub.push``); returns the commit info.
+
+        ``revision`` is the branch to commit to (default ``main``), as in ``lipzoo.hub.push`` and
+        ``lipzoo push --revision``; ``branch`` is its deprecated name (lipzoo 0.1), removed in 0.3.
+        """
         import tempfile
 
+        from lipzoo.models.factory import push_checkpoint
+
+        revision = _revision(revision, branch, "push_to_hub")
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp) / "checkpoint"
             self.save_pretrained(folder, config=config, card=card, storage_dtype=storage_dtype)
-            from lipzoo.hub.checkpoint import push
+            return push_checkpoint(folder, repo_id, token=token, revision=revision, private=bool(private),
+                                   commit_message=commit_message)
 
-            return push(folder, repo_id, token=token, revision=branch, private=bool(private),
-                        commit_message=commit_message)
+
+def _revision(revision: str | None, branch: str | None, where: str) -> str | None:
+    """``revision``, or the deprecated ``branch=`` (lipzoo 0.1) with a ``DeprecationWarning``."""
+    if branch is None:
+        return revision
+    if revision is not None and revision != branch:
+        raise TypeError(f"{where}: got revision={revision!r} and branch={branch!r}; pass revision= only (branch= is "
+                        "its deprecated name).")
+    warnings.warn(f"{where}(branch=...) is deprecated and will be removed in lipzoo 0.3; pass revision=... (the Hub "
+                  "revision to commit to, as in lipzoo.hub.push and `lipzoo push --revision`).",
+                  DeprecationWarning, stacklevel=3)
+    return branch
