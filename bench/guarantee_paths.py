@@ -1,4 +1,4 @@
-"""Tightness and cost of the guaranteed bound against a converged power-iteration estimate, per zoo model.
+"""Tightness, cost and reproducibility of the guaranteed bound against a converged power-iteration estimate.
 
 For every model (architectures at PyTorch's default random initialisation, seed ``--seed``, and shipped
 weights), in one run:
@@ -6,7 +6,7 @@ weights), in one run:
 * **estimate**: mean pairwise LipLT bound from batched power iteration (float64) run until every
   inner norm moves by less than ``--rtol`` between iterations (at most ``--max-iter``); output rows exact.
   Power iteration under-estimates each norm, so this is (nearly) the smallest value any sound method can give.
-* **guaranteed**: ``lipschitz_bound(norm="auto", budget=--budget)`` (exact or proved), cache off.
+* **guaranteed**: ``lipschitz_bound(norm="auto", effort=...)`` (exact or proved), cache off.
 * ratio guaranteed / estimate and the seconds of each.
 * **at the estimates**: the library's own ``details["liplt_at_estimates"]`` (the recursion at every norm's
   Lanczos estimate from below, computed with the bound at no extra cost): the exact LipLT value lies
@@ -14,20 +14,16 @@ weights), in one run:
   without the converged estimate.
 
     python bench/guarantee_paths.py                       # every architecture and shipped model
-    python bench/guarantee_paths.py --models 4c3f crm-mnist-4c3f --budget 10 30
+    python bench/guarantee_paths.py --models 4c3f crm-mnist-4c3f --efforts low medium high
     python bench/guarantee_paths.py --models 4c3f --max-dense 4096   # the old fixed-size path
-    # 8C2F on a CPU, resumed: each round a new request that starts from the chains the earlier rounds
-    # certified (the certificate cache; as when a run is interrupted and started again)
-    python bench/guarantee_paths.py --models 8c2f --budget 300 --rounds 6 --estimate 8c2f=1.7325
-    # or the default 300 s, then a long run that starts from what it certified
-    python bench/guarantee_paths.py --models 8c2f --budget 300 3300 --carry --estimate 8c2f=1.7325
-    # side by side with another checkout (e.g. `git worktree add /tmp/old HEAD~3`), alternating per model:
+    # 8C2F: high effort after a medium run, from the chains it certified (the certificate cache)
+    python bench/guarantee_paths.py --models 8c2f --efforts medium high --carry --estimate 8c2f=1.7325
+    # side by side with another checkout (e.g. `git worktree add /tmp/old dcf624f`: the seconds budget before
+    # issue 23), alternating per model; this checkout runs twice and reports whether the bits agree:
     python bench/guarantee_paths.py --models crm-mnist-4c3f 4c3f --compare /tmp/old --threads 1
 
 With ``--compare`` every guaranteed bound (this checkout's and the other's) runs in its own subprocess
-(``PYTHONPATH`` set to the checkout), one after the other for each model, so both see the same machine
-load; the *phases* column sums the DEBUG log of ``lipzoo.bounds.proved`` (seconds certifying groups of
-chains, single chains in the refinement, and estimates).
+(``PYTHONPATH`` set to the checkout), one after the other for each model, so both see the same machine load.
 """
 
 from __future__ import annotations
@@ -109,7 +105,7 @@ class H(logging.Handler):
 log = logging.getLogger("lipzoo.bounds.proved"); log.setLevel(logging.DEBUG); log.addHandler(H())
 import lipzoo
 from lipzoo.bounds import lipschitz_bound
-name, seed, budget, threads = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+name, seed, options, threads = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4])
 if threads:
     torch.set_num_threads(threads)
 torch.manual_seed(seed)
@@ -118,11 +114,11 @@ if name in lipzoo.list_pretrained():
 else:
     model = lipzoo.create_model(name); shape = tuple(model.input_shape)
 t0 = time.perf_counter()
-b = lipschitz_bound(model, shape, norm="auto", cache=False, budget=budget, progress=False)
+b = lipschitz_bound(model, shape, norm="auto", cache=False, progress=False, **options)
 dt = time.perf_counter() - t0
 off = ~torch.eye(b.value.shape[0], dtype=torch.bool)
 print(json.dumps({"value": float(b.value[off].mean()), "guarantee": b.guarantee, "seconds": dt, "log": records,
-                  "lipzoo": lipzoo.__file__}))
+                  "bits": b.value.double().numpy().tobytes().hex(), "lipzoo": lipzoo.__file__}))
 """
 
 
@@ -134,35 +130,43 @@ def _phases(log: list[str]) -> str:
     return f"groups {groups:.0f}, single {single:.0f}, est. {est:.1f}"
 
 
-def _run_worker(checkout: str, name: str, seed: int, budget: float, threads: int) -> dict:
+def _run_worker(checkout: str, name: str, seed: int, options: dict, threads: int) -> dict:
     env = dict(os.environ, PYTHONPATH=checkout, LIPZOO_CACHE="off")
-    out = subprocess.run([sys.executable, "-c", _WORKER, name, str(seed), str(budget), str(threads or 0)],
+    out = subprocess.run([sys.executable, "-c", _WORKER, name, str(seed), json.dumps(options), str(threads or 0)],
                          env=env, capture_output=True, text=True, check=True, cwd="/")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def compare(args) -> int:
+    """This checkout (``--effort``, twice: the bits must agree) against another (``--compare``, with the options of
+    ``--compare-options``: e.g. the seconds budget of lipzoo before issue 23), each in its own subprocess, one
+    after the other per model so that they see the same machine load."""
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    print(f"# Guaranteed bound, {args.compare} (before) vs {here} (after), budget {args.budget[0]:g} s, "
+    before = json.loads(args.compare_options)
+    print(f"# Guaranteed bound, {args.compare} {before} (before) vs {here} effort {args.effort!r} (after), "
           f"{args.threads or torch.get_num_threads()} thread(s), torch {torch.__version__}\n")
-    print("| model | weights | estimate (mean L_ij) | before | ratio | s | phases | after | ratio | s | phases | speed-up |")
-    print("|---|---|---:|---:|---:|---:|---|---:|---:|---:|---|---:|")
+    print("| model | weights | estimate (mean L_ij) | before | ratio | s | after | ratio | s | after, again: same bits "
+          "| after / before (value) | speed-up |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+    effort = args.effort if args.effort in ("none", "low", "medium", "high") else float(args.effort)
     for name in args.models:
         model, shape, weights = _model(name, args.seed)
         est, _ = _estimate(args, name, model, shape)
-        old = _run_worker(args.compare, name, args.seed, args.budget[0], args.threads)
-        new = _run_worker(here, name, args.seed, args.budget[0], args.threads)
+        old = _run_worker(args.compare, name, args.seed, before, args.threads)
+        new = _run_worker(here, name, args.seed, {"effort": effort}, args.threads)
+        again = _run_worker(here, name, args.seed, {"effort": effort}, args.threads)
         assert os.path.dirname(os.path.dirname(old["lipzoo"])) == os.path.abspath(args.compare), old["lipzoo"]
-        print(f"| {name} | {weights} | {est:.4f} | {old['value']:.4f} | {old['value'] / est:.4f} | {old['seconds']:.1f} "
-              f"| {_phases(old['log'])} | {new['value']:.4f} | {new['value'] / est:.4f} | {new['seconds']:.1f} "
-              f"| {_phases(new['log'])} | {old['seconds'] / new['seconds']:.2f}x |", flush=True)
+        print(f"| {name} | {weights} | {est:.5f} | {old['value']:.5f} | {old['value'] / est:.4f} | {old['seconds']:.1f} "
+              f"| {new['value']:.5f} | {new['value'] / est:.4f} | {new['seconds']:.1f} "
+              f"| {'yes' if again['bits'] == new['bits'] else 'NO'} ({again['seconds']:.1f} s) "
+              f"| {new['value'] / old['value']:.6f} | {old['seconds'] / new['seconds']:.2f}x |", flush=True)
     return 0
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
-    p.add_argument("--budget", type=float, nargs="+", default=[10.0], help="refinement budgets (seconds) to compare")
+    p.add_argument("--efforts", nargs="+", default=["medium"], help="refinement efforts (levels or work units)")
     p.add_argument("--max-dense", type=int, help="also run the fixed-size path with this max_dense")
     p.add_argument("--rtol", type=float, default=1e-5)
     p.add_argument("--max-iter", type=int, default=500)
@@ -170,12 +174,16 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--compare", help="another lipzoo checkout: run its guaranteed bound side by side (subprocesses)")
+    p.add_argument("--compare-options", default='{"budget": 300}',
+                   help="JSON keyword arguments of the other checkout's lipschitz_bound (default: the 300 s budget "
+                        "of lipzoo before the deterministic planner)")
+    p.add_argument("--effort", default="medium", help="this checkout's effort (a level or work units)")
     p.add_argument("--rounds", type=int, default=1,
                    help="run each guaranteed bound this many times, each from the chains certified by the "
                         "rounds before it (a fresh certificate cache per model, the finished bound removed "
                         "between rounds)")
     p.add_argument("--carry", action="store_true",
-                   help="the budgets run one after the other on one certificate cache per model, each from the "
+                   help="the efforts run one after the other on one certificate cache per model, each from the "
                         "chains the runs before it certified (their times are the runs' own)")
     p.add_argument("--debug-log", metavar="FILE", help="write the DEBUG log of lipzoo.bounds (phases, certificates) here")
     p.add_argument("--estimate", nargs="+", default=[], metavar="MODEL=VALUE",
@@ -213,12 +221,13 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             est, iters = _estimate(args, name, model, shape)
             t_est = time.perf_counter() - t0
-            runs = [(f"auto, budget {b:g}s", {"budget": b}) for b in args.budget]
+            runs = [(f"auto, effort {e}", {"effort": e if e in ("none", "low", "medium", "high") else float(e)})
+                    for e in args.efforts]
             if args.max_dense:
                 runs.append((f"auto, max_dense={args.max_dense}", {"max_dense": args.max_dense}))
             total = 0.0
             for label, kw in runs:
-                if not args.carry:  # each budget from no certificate
+                if not args.carry:  # each effort from no certificate
                     shutil.rmtree(Path(cache) / "chains", ignore_errors=True)
                     total = 0.0
                 for r in range(1, args.rounds + 1):

@@ -35,6 +35,7 @@ from lipzoo.bounds.norms import (EXACT_MARGIN, chain_norm, output_norms, referen
 from lipzoo.bounds.options import BoundOptions
 from lipzoo.bounds.proved import proved_inner_norms
 from lipzoo.bounds.recursion import liplt_recursion, output_rows
+from lipzoo.bounds.shipped import known_chains
 from lipzoo.bounds.structure import Structure, build_structure
 from lipzoo.bounds.sweep import forward_sweep, power_iteration, row_norms
 from lipzoo.layers.torch_modules import operator_values
@@ -68,7 +69,7 @@ _OPTION_FIELDS = tuple(f.name for f in BoundOptions.__dataclass_fields__.values(
 
 
 def lipschitz_bound(model: nn.Module, input_shape, *, mode: str = "pairwise", options: BoundOptions | None = None,
-                    device=None, progress: bool | None = None, cache: bool | None = None,
+                    device=None, progress: bool | None = None, cache: bool | None = None, certificate=None,
                     **option_fields) -> LipschitzBound:
     """Upper bound on the Lipschitz constant of a model's logits (or logit differences).
 
@@ -119,10 +120,12 @@ def lipschitz_bound(model: nn.Module, input_shape, *, mode: str = "pairwise", op
             entry read is checked before use (:mod:`lipzoo.bounds.cache`). ``None`` (default): on, unless
             ``LIPZOO_CACHE=off`` (the folder is ``$LIPZOO_CACHE``, default ``~/.cache/lipzoo/bounds``). A cached
             bound is the bound a fresh run would return.
+        certificate: the model's shipped certificate record (:mod:`lipzoo.bounds.shipped`), checked and used for
+            its certified chain norms (another model's is refused).
     """
     _check_choice("mode", mode, MODES)
     return lipschitz_bounds(model, input_shape, modes=(mode,), options=options, device=device, progress=progress,
-                            cache=cache, **option_fields)[mode]
+                            cache=cache, certificate=certificate, **option_fields)[mode]
 
 
 def bound_options(options: BoundOptions | None = None, **fields) -> BoundOptions:
@@ -143,12 +146,13 @@ def bound_options(options: BoundOptions | None = None, **fields) -> BoundOptions
 @torch.inference_mode(False)
 def lipschitz_bounds(model: nn.Module, input_shape, *, modes=MODES, options: BoundOptions | None = None,
                      device=None, progress: bool | None = None, cache: bool | None = None,
-                     known: dict | None = None, **option_fields) -> dict[str, LipschitzBound]:
+                     certificate=None, **option_fields) -> dict[str, LipschitzBound]:
     """:func:`lipschitz_bound` for several modes at once, sharing the inner operator norms.
 
-    ``known``: ``{(t, j): (certified norm, estimate)}`` of a shipped certificate (:mod:`lipzoo.bounds.shipped`),
-    checked and used like the certificate cache. Runs outside ``torch.inference_mode`` (the refinement's
-    sensitivities and the cache's floors take gradients).
+    ``certificate``: a shipped certificate record of this very model (:mod:`lipzoo.bounds.shipped`; another
+    model's is refused): its certified chain norms are checked against this run's estimates from below and used
+    where the run would compute them, as the certificate cache is. Runs outside ``torch.inference_mode`` (the
+    refinement's sensitivities and the cache's floors take gradients).
     """
     opts = bound_options(options, **option_fields)
     for mode in modes:
@@ -160,7 +164,7 @@ def lipschitz_bounds(model: nn.Module, input_shape, *, modes=MODES, options: Bou
     seed = opts.seed if opts.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
     device_type = torch.device(device).type if device is not None else _model_device(model)
     key = on_certified = on_corrupt = None
-    known = dict(known or {})
+    known = {} if certificate is None or opts.norm != "auto" else known_chains(certificate, fp.digest)
     from lipzoo.bounds import cache as _cache
 
     if cache is None:

@@ -30,7 +30,7 @@ __all__ = ["certify", "format_table", "bounds_table"]
 
 def certify(model: nn.Module, dataset: Dataset, eps_list: Sequence[str], *, input_shape, out_dir=None,
             name: str = "model", limit: int | None = None, batch_size: int = 500, attack: dict | None = None,
-            options: BoundOptions | None = None, bound: LipschitzBound | None = None,
+            options: BoundOptions | None = None, bound: LipschitzBound | None = None, certificate=None,
             compare: dict[str, torch.Tensor] | None = None, device=None, progress: bool = True,
             allow_estimate: bool = False, cache: bool | None = None,
             arithmetic: torch.dtype | None = None, accumulate: torch.dtype | None = None) -> dict[str, Any]:
@@ -50,6 +50,8 @@ def certify(model: nn.Module, dataset: Dataset, eps_list: Sequence[str], *, inpu
         options: how the pairwise bound is computed (:class:`~lipzoo.bounds.options.BoundOptions`; default: the
             guaranteed LipLT bound at the default effort).
         bound: a precomputed :class:`~lipzoo.LipschitzBound` (skips the computation).
+        certificate: the model's shipped certificate (:mod:`lipzoo.bounds.shipped`), checked and used for the
+            bound's certified chain norms.
         cache: use the on-disk bound cache (see :func:`lipzoo.lipschitz_bound`; None: unless ``LIPZOO_CACHE=off``).
         compare: extra radii curves for the plot, ``{label: radii}``.
         allow_estimate: accept an estimate (``norm="power"``); everything is then labelled
@@ -75,7 +77,8 @@ def certify(model: nn.Module, dataset: Dataset, eps_list: Sequence[str], *, inpu
         dataset = Subset(dataset, range(min(limit, len(dataset))))
     t0 = time.time()
     if bound is None:
-        bound = lipschitz_bound(model, input_shape, mode="pairwise", options=options, cache=cache)
+        bound = lipschitz_bound(model, input_shape, mode="pairwise", options=options, cache=cache,
+                                certificate=certificate)
     bound_seconds = time.time() - t0
     kind = radius_kind(bound)
     if kind == "probabilistic":
@@ -180,19 +183,19 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def bounds_table(model: nn.Module, input_shape, *, options: BoundOptions | None = None,
-                 cache: bool | None = None, known: dict | None = None) -> dict[str, Any]:
+                 cache: bool | None = None, certificate=None) -> dict[str, Any]:
     """The paper's Table 2 for ``model``: mean ``L_ij``, ``L_i + L_j`` and ``sqrt(2) L``, naive and LipLT, and
     ``best`` (the entrywise minimum of LipLT and the ECLipsE-style bound) where the latter applies.
 
     ``norm="lanczos"`` is for the LipLT operators; the naive row then uses ``"auto"`` (its per-layer norms are
-    cheap to prove). ``known``: a shipped certificate's inner norms for the LipLT row (checked, then used as
-    the certificate cache is)."""
+    cheap to prove). ``certificate``: the model's shipped certificate for the LipLT row
+    (:mod:`lipzoo.bounds.shipped`: checked, then used as the certificate cache is)."""
     options = options if options is not None else BoundOptions()
     bounds = {}
     for method in ("naive", "liplt"):
         how = "auto" if method == "naive" and options.norm == "lanczos" else options.norm
         bounds[method] = lipschitz_bounds(model, input_shape, options=options.replace(method=method, norm=how),
-                                          cache=cache, known=known if method == "liplt" else None)
+                                          cache=cache, certificate=certificate if method == "liplt" else None)
     try:  # exact where it applies; both are upper bounds, so is their minimum
         eclipse = lipschitz_bounds(model, input_shape, method="eclipse", cache=cache)
     except (TypeError, ValueError):
@@ -212,6 +215,6 @@ def bounds_table(model: nn.Module, input_shape, *, options: BoundOptions | None 
             rows[method]["L_ij_at_estimates"] = float(below[off].mean())
             proofs = b["pairwise"].details["inner_proofs"]
             rows[method]["chains"] = {"certified": sum(p["guarantee"] == "exact" for p in proofs.values()),
-                                      "total": len(proofs), "work": b["pairwise"].details.get("work")}
+                                      "total": len(proofs), "work": dict(b["pairwise"].details.get("work") or {})}
     return rows
 
