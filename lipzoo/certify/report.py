@@ -101,6 +101,8 @@ def certify(model: nn.Module, dataset: Dataset, eps_list: Sequence[str], *, inpu
               "bound": {**bound.to_dict(),
                         "pairwise_mean": float(off.mean()), "pairwise_max": float(off.max()),
                         **({"pairwise_mean_at_estimates": float(below[mask].mean())} if below is not None else {}),
+                        **({"effort": bound.details["options"]["effort"]}
+                           if bound.norm == "auto" and "options" in bound.details else {}),
                         "seconds": round(bound_seconds, 2)},
               "attack": None if attack is None else {  # the workers change the speed, not the verdicts
                   **{k: v for k, v in attack.items() if k != "workers"},
@@ -126,6 +128,7 @@ def certify(model: nn.Module, dataset: Dataset, eps_list: Sequence[str], *, inpu
                              else f"{kind} robust accuracy ({_KIND_NOTE[kind]})")
         report["files"] = [str(out / f) for f in ("report.json", "radii.csv", f"{kind}_curve.png")]
     report["radii"] = result["radii"]
+    report["bound_object"] = bound  # the LipschitzBound itself (not in report.json): for a shipped certificate
     return report
 
 

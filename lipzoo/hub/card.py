@@ -77,9 +77,11 @@ def _eps_flags(config: Mapping[str, Any]) -> list[str]:
 
 
 def _bound_flags(bound: Any) -> list[str]:
-    """The bound's settings as ``lipzoo certify`` options (its tightening time)."""
-    if isinstance(bound, Mapping) and bound.get("budget") is not None:
-        return ["--bound-budget", f"{float(bound['budget']):g}"]
+    """The bound's settings as ``lipzoo certify`` options: its effort when not the default (a record of lipzoo
+    before 0.2 names a seconds budget instead, which no longer exists: the default effort applies)."""
+    if isinstance(bound, Mapping) and bound.get("effort") not in (None, "medium"):
+        effort = bound["effort"]
+        return ["--bound-effort", effort if isinstance(effort, str) else f"{float(effort):g}"]
     return []
 
 

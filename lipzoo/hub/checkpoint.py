@@ -58,12 +58,14 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     return read_metadata(directory).to_dict()
 
 
-def attach_results(directory: str | os.PathLike, report: Mapping[str, Any]) -> Metadata:
+def attach_results(directory: str | os.PathLike, report: Mapping[str, Any], certificate: Mapping | None = None
+                   ) -> Metadata:
     """Attach a ``lipzoo certify`` report to the checkpoint folder it was measured on.
 
     The weights file is hashed and must match ``config.json`` (and ``report["sha256"]`` when the
     report names one); ``config.json`` and the card are rewritten with the results, the weights are
-    untouched.
+    untouched. ``certificate``: the bound's shipped certificate (:func:`lipzoo.bounds.shipped.certificate_record`
+    of the report's bound), written as ``certificate.json``; it must name these weights and the report's bound.
 
     Returns:
         The folder's new metadata.
@@ -84,6 +86,12 @@ def attach_results(directory: str | os.PathLike, report: Mapping[str, Any]) -> M
         from lipzoo.bounds.fingerprint import check_owner  # a lower layer, heavy to import
 
         check_owner(bound["fingerprint"], bound.get("model_summary"), model, meta.input_shape, "attach_results")
+    if certificate is not None:
+        from lipzoo.bounds.shipped import write_certificate
+
+        if certificate.get("weights_sha256") != sha or certificate.get("fingerprint") != bound.get("fingerprint"):
+            raise ValueError("attach_results: the certificate is not of these weights and this report's bound.")
+        write_certificate(directory, certificate)
     results = Results.from_report(report, sha)
     trained = (meta.training or {}).get("epochs_trained")
     if results.epochs_trained is None and trained is not None:  # the weights' own training record

@@ -24,14 +24,15 @@ from safetensors.torch import load_file, save
 from lipzoo.hub.card import render_card
 from lipzoo.meta import Metadata, file_sha256
 
-__all__ = ["WEIGHTS_NAME", "CONFIG_NAME", "CARD_NAME", "CHECKPOINT_FILES", "STORAGE_DTYPES", "is_repo_id",
+__all__ = ["WEIGHTS_NAME", "CONFIG_NAME", "CARD_NAME", "CERTIFICATE_NAME", "CHECKPOINT_FILES", "STORAGE_DTYPES", "is_repo_id",
            "looks_local", "lipzoo_version", "storage_tensors", "serialize", "write_weights", "write_config_and_card",
            "read_config_json", "verified_weights", "read_tensors", "strict_state", "download", "upload"]
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 CARD_NAME = "README.md"
-CHECKPOINT_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME)  # all a download fetches and a push uploads
+CERTIFICATE_NAME = "certificate.json"  # optional: the bound the card's numbers come from (lipzoo.bounds.shipped)
+CHECKPOINT_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME, CERTIFICATE_NAME)  # all a download fetches, a push uploads
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # huggingface_hub's HTTP client and its transport: requests / urllib3 before 1.0, httpx / httpcore after
@@ -211,7 +212,8 @@ def _is_connection_error(err: BaseException) -> bool:
 
 def download(repo_id: str, revision: str | None, *, cache_dir: str | os.PathLike | None = None,
              token: str | bool | None = None, local_files_only: bool = False, force_download: bool = False) -> Path:
-    """Download (or find in the cache) the three checkpoint files of a Hub repo; the local folder.
+    """Download (or find in the cache) the checkpoint files of a Hub repo (:data:`CHECKPOINT_FILES`); the local
+    folder.
 
     Raises:
         ValueError: the repo or revision does not exist (or is private), or is gated.
@@ -260,7 +262,7 @@ def download(repo_id: str, revision: str | None, *, cache_dir: str | os.PathLike
 
 def upload(directory: Path, repo_id: str, *, token: str | None = None, revision: str | None = None,
            private: bool = False, commit_message: str = "Upload lipzoo checkpoint") -> Any:
-    """Create ``repo_id`` (and the branch ``revision``) if needed and upload the three checkpoint files.
+    """Create ``repo_id`` (and the branch ``revision``) if needed and upload the checkpoint files it holds.
 
     Returns:
         The ``huggingface_hub.CommitInfo`` of the upload.

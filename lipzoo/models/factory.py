@@ -240,13 +240,34 @@ def checkpoint_metadata(directory: str | os.PathLike) -> Metadata:
 def _load_folder(directory: Path, *, expected_sha256: str | None = None,
                  map_location: str | torch.device = "cpu") -> nn.Module:
     meta = checkpoint_metadata(directory)
-    weights, _ = files.verified_weights(directory, meta, expected_sha256)
+    weights, sha = files.verified_weights(directory, meta, expected_sha256)
     tensors = files.read_tensors(weights)
     model = build_model(meta)
     model.load_state_dict(files.strict_state(model.state_dict(), tensors, weights, type(model).__name__), strict=True)
     model = model.to(map_location).eval()
     model.lipzoo_config = meta
+    model.lipzoo_certificate = shipped_certificate(directory, sha)
     return model
+
+
+def shipped_certificate(directory: Path, sha256: str) -> dict | None:
+    """The folder's ``certificate.json`` (:mod:`lipzoo.bounds.shipped`) when it is one of these weights, else
+    ``None`` (a malformed one, or one of other weights, is ignored with a warning: the bound is then computed)."""
+    path = Path(directory) / files.CERTIFICATE_NAME
+    if not path.is_file():
+        return None
+    from lipzoo.bounds.shipped import CertificateError, read_certificate
+
+    try:
+        record = read_certificate(path)
+    except CertificateError as err:
+        logger.warning("Ignoring %s", err)
+        return None
+    if record["weights_sha256"] != sha256:
+        logger.warning("Ignoring %s: it certifies weights with sha256 %s, not these (%s).", path,
+                       record["weights_sha256"][:12], sha256[:12])
+        return None
+    return record
 
 
 def _resolve(name: str, revision: str | None, hub: dict[str, Any]) -> tuple[Path, str | None]:
@@ -289,8 +310,9 @@ def load_checkpoint(name_or_path: str | os.PathLike, revision: str | None = None
 
     The weights' sha256 is checked against ``config.json`` (and the zoo entry's pin), the model is
     rebuilt from the config and the state dict loaded strictly; the model is returned in eval mode
-    with ``model.lipzoo_config`` (and ``model.metadata``). A download fetches only
-    ``model.safetensors``, ``config.json`` and ``README.md``. Published as ``lipzoo.load``.
+    with ``model.lipzoo_config`` (and ``model.metadata``) and ``model.lipzoo_certificate`` (the folder's
+    ``certificate.json`` for these weights, or ``None``). A download fetches only ``model.safetensors``,
+    ``config.json``, ``README.md`` and ``certificate.json``. Published as ``lipzoo.load``.
 
     Args:
         name_or_path: an existing directory (always wins), a zoo name (``"crm-mnist-4c3f"``) or a Hub
@@ -431,8 +453,8 @@ def push_checkpoint(directory: str | os.PathLike, repo_id: str, *, token: str | 
 
     The folder must load (checksum, strict state dict); its card is re-rendered from its
     ``config.json``, so the uploaded card shows only numbers measured on the uploaded weights.
-    Only ``model.safetensors``, ``config.json`` and ``README.md`` are uploaded. Published as
-    ``lipzoo.push``.
+    Only ``model.safetensors``, ``config.json``, ``README.md`` and ``certificate.json`` (when present) are
+    uploaded. Published as ``lipzoo.push``.
 
     Args:
         directory: a folder written by :func:`save_checkpoint`.
