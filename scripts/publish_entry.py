@@ -7,7 +7,8 @@
 1. re-saves the run's checkpoint into ``lipzoo/weights/NAME`` (safetensors + config + card) and
    pins repo id, sha256, storage dtype and local path in ``lipzoo/zoo_configs/NAME.yaml``;
 3. attaches the report to the shipped folder (``lipzoo.hub.attach_results``: refused unless the
-   report was measured on exactly those weights) and copies the results into the entry's YAML.
+   report was measured on exactly those weights), with the ``certificate.json`` that ``lipzoo certify`` wrote
+   beside it, and copies the results into the entry's YAML.
 
 Numbers never travel from the run to the entry: only a report of the shipped bytes is attached.
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 import yaml
 
 import lipzoo
+from lipzoo.bounds.shipped import read_certificate
 from lipzoo.hub import attach_results, load, read_config, save_pretrained
 from lipzoo.models import zoo
 
@@ -75,7 +77,10 @@ def ship(name: str, checkpoint: str, dtype: str) -> None:
 def attach(name: str, report_path: str) -> None:
     entry_path = PKG / "zoo_configs" / f"{name}.yaml"
     out = PKG / "weights" / name
-    meta = attach_results(out, json.loads(Path(report_path).read_text()))
+    # the certificate `lipzoo certify` wrote beside the report: the bound these numbers come from
+    cert_path = Path(report_path).parent / "certificate.json"
+    certificate = read_certificate(cert_path) if cert_path.is_file() else None
+    meta = attach_results(out, json.loads(Path(report_path).read_text()), certificate=certificate)
     entry_path.write_text(_replace_top_level(entry_path.read_text(), "metrics", meta.results.to_dict()))
     _clear_zoo_cache()
     zoo.get_metadata(name)  # the entry still validates (metrics.sha256 == weights.sha256)

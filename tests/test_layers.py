@@ -15,7 +15,8 @@ from lipzoo.layers import (AvgPool2d, Flatten, LTConv2d, LTLinear, LTResidualCon
                            get_activation, module_state, register_activation)
 from lipzoo.layers.activations import _REGISTRY
 from lipzoo.layers.lt import AvgPool2dOp
-from lipzoo.layers.operators import (AdjointOp, ComposeOp, Conv2dOp, DenseOp, DiagonalOp, FlattenOp, PadOp,
+from lipzoo.layers.padding import PadOp
+from lipzoo.layers.operators import (AdjointOp, ComposeOp, Conv2dOp, DenseOp, DiagonalOp, FlattenOp,
                                      ScaleOp, SumOp, conv2d_norm_bound)
 from lipzoo.layers.residual import _SameConvTransposeOp
 

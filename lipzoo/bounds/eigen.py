@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Callable
+from typing import Any, Callable, Protocol
 
 import torch
 
@@ -28,10 +28,20 @@ from lipzoo.numerics import U, gamma
 logger = logging.getLogger(__name__)
 
 __all__ = ["lanczos_top", "ritz_top", "certify_by_shifts", "cholesky", "certified_lambda_max", "upper_product",
-           "certify_gram", "dense_norm_bound", "DELTAS"]
+           "certify_gram", "dense_norm_bound", "DELTAS", "DENSE_DELTAS"]
 
 DELTAS = (1e-7, 1e-5, 1e-3, 1e-2, 0.1, 1.0, 10.0)
-"""Relative shifts over the Lanczos estimate tried in turn until a Cholesky factorization completes."""
+"""Relative shifts over the Lanczos estimate tried in turn until a Cholesky factorization completes (block and
+in-part factorizations, where each failure costs a sweep or a large factorization)."""
+
+DENSE_DELTAS = (1e-7, 1e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 1.0, 10.0)
+"""The shifts of a dense certificate: finer, since a failed factorization there costs at most ``n^3 / 3`` flops
+and every step of the list that is skipped loosens the norm by half of it (6C2F's 4096-wide Gram matrices were
+certified at 1e-3 and 1e-2 with 64 Lanczos steps and the coarse list)."""
+
+DENSE_LANCZOS_STEPS = 256
+"""Lanczos steps of a dense certificate's estimate: a matrix-vector product costs ``2 n^2`` flops against the
+factorization's ``n^3 / 3``, and a converged estimate lets the first shift (1e-7) succeed."""
 
 
 def ritz_top(alpha: list[float], beta: list[float]) -> float:
@@ -45,7 +55,19 @@ def ritz_top(alpha: list[float], beta: list[float]) -> float:
     return float(torch.linalg.eigvalsh(t)[-1])
 
 
-def lanczos_top(a: torch.Tensor, steps: int, generator: torch.Generator | None = None,
+class _MatrixLike(Protocol):
+    """What :func:`lanczos_top` uses of its matrix: a tensor, or an operator that multiplies a column block."""
+
+    @property
+    def shape(self) -> Any: ...
+    @property
+    def dtype(self) -> torch.dtype: ...
+    @property
+    def device(self) -> Any: ...
+    def __matmul__(self, x: torch.Tensor, /) -> torch.Tensor: ...
+
+
+def lanczos_top(a: torch.Tensor | _MatrixLike, steps: int, generator: torch.Generator | None = None,
                  with_progress: bool = False):
     """Largest Ritz value of symmetric ``a`` after ``steps`` Lanczos steps (full reorthogonalization).
 
@@ -132,7 +154,7 @@ def cholesky(a: torch.Tensor) -> torch.Tensor | None:
 
 
 
-def certified_lambda_max(gram: torch.Tensor, *, deltas=DELTAS,
+def certified_lambda_max(gram: torch.Tensor, *, deltas=DENSE_DELTAS,
                          generator: torch.Generator | None = None, info: dict | None = None) -> float:
     """A proved upper bound on the largest eigenvalue of the symmetric float64 matrix ``gram``.
 
@@ -146,11 +168,11 @@ def certified_lambda_max(gram: torch.Tensor, *, deltas=DELTAS,
         raise ValueError("certified_lambda_max: the Gram matrix has non-finite entries")
     # the estimate only chooses tau (the Cholesky certifies whatever tau it gets): for large n in float32,
     # which halves the memory traffic of its matrix-vector products
-    lam, moved = lanczos_top(g.float() if n > 1024 else g, 64, generator, with_progress=True)
+    lam, moved = lanczos_top(g.float() if n > 1024 else g, DENSE_LANCZOS_STEPS, generator, with_progress=True)
     lam = max(lam, float(g.diagonal().max().clamp_min(0)))
     # A Ritz value that still moved by a relative `moved` over the last 8 steps is usually further than that
     # below lam_max: start where the first Cholesky is likely to succeed (each failure costs n^3/3 flops).
-    start_delta = min(2 * moved, 1e-3) if n > 1024 else None
+    start_delta = min(2 * moved, 1e-3) if n > 1024 and moved > 0 else None
     if info is not None:
         info["ritz"] = lam * (1 - 1e-6 if n > 1024 else 1)  # an estimate from below (Lanczos), for reports
     eye = torch.eye(n, dtype=g.dtype, device=g.device)

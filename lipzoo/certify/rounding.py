@@ -226,7 +226,8 @@ def _linear_step(m: nn.Linear, in_shape) -> tuple[_Step, tuple]:
 
 def _conv_step(m: nn.Conv2d, in_shape) -> tuple[_Step, tuple]:
     from lipzoo.layers.lt import conv2d_operator
-    from lipzoo.layers.operators import ComposeOp, PadOp
+    from lipzoo.layers.operators import ComposeOp
+    from lipzoo.layers.padding import PadOp
 
     w = m.weight.detach().to(torch.float64)
     b = None if m.bias is None else m.bias.detach().to(torch.float64)
@@ -354,7 +355,7 @@ def _leaf_steps(m: nn.Module, in_shape) -> tuple[list[_Step], tuple]:
 
     state = module_state(m)  # refuses hooks, overridden forwards, training-mode layers (as the bound does)
     if isinstance(m, (LTLinear, LTConv2d)):
-        step, shape = (_linear_step if isinstance(m, LTLinear) else _conv_step)(m, in_shape)
+        step, shape = _linear_step(m, in_shape) if isinstance(m, LTLinear) else _conv_step(m, in_shape)
         return [step, _activation_step(m.act, state.alpha, state.beta, m)], shape
     if isinstance(m, (LTResidualLinear, LTResidualConv)):
         step, shape = _residual_step(m, in_shape)

@@ -15,7 +15,8 @@ from torch import nn
 
 from lipzoo.layers.activations import get_activation, module_activation_slopes
 from lipzoo.layers.operators import (ComposeOp, Conv2dOp, DenseOp, DiagonalOp, FlattenOp, LinearOperator,
-                                     PadOp, ScaleOp)
+                                     ScaleOp)
+from lipzoo.layers.padding import PadOp
 from lipzoo.layers.state import LipschitzState, UnsupportedModule
 
 __all__ = ["LTLinear", "LTConv2d", "Normalize", "Flatten", "AvgPool2d", "AvgPool2dOp", "conv2d_operator",
@@ -116,16 +117,16 @@ class _ActivationMixin:
         self._slopes = (spec.alpha, spec.beta)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(super().forward(x))
+        return self.act(super().forward(x))  # type: ignore[misc]  # the torch layer's forward
 
     def _state(self, W, bias_shape) -> LipschitzState:
         # slopes of the activation module as it is now (its attributes may have changed since __init__)
         alpha, beta = module_activation_slopes(self.act, self.activation_name)
-        bias = None if self.bias is None else self.bias.reshape(bias_shape)
+        bias = None if self.bias is None else self.bias.reshape(bias_shape)  # type: ignore[attr-defined]  # the layer's
         return LipschitzState(W=W, alpha=alpha, beta=beta, activation=self.act, bias=bias)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, activation={self.activation_name!r}"
+        return f"{super().extra_repr()}, activation={self.activation_name!r}"  # type: ignore[misc]
 
 
 class LTLinear(_ActivationMixin, nn.Linear):
@@ -162,6 +163,9 @@ class Normalize(nn.Module):
     Keeping it inside the model keeps certificates in the input's own units (pixels in [0, 1]):
     the accountant sees the diagonal ``1/std`` scaling.
     """
+
+    mean: torch.Tensor  # buffers
+    std: torch.Tensor
 
     def __init__(self, mean: Sequence[float] | float, std: Sequence[float] | float):
         super().__init__()

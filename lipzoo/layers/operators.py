@@ -34,11 +34,12 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Sequence
+from typing import Sequence, overload
 
 import torch
 import torch.nn.functional as F
 
+from lipzoo.layers.fft_bound import NORM_ROUNDING, conv2d_norm_bound
 from lipzoo.numerics import FACTOR_MARGIN, U, gamma, up
 
 Shape = tuple[int, ...]
@@ -46,9 +47,6 @@ Shape = tuple[int, ...]
 EMPTY = 1 << 40
 """An empty index interval in :meth:`LinearOperator.reach` is ``(EMPTY, -EMPTY)``: disjoint from everything."""
 
-# Relative margin on norms computed by an SVD or FFT in float64: their backward error is a few
-# n * 2**-53 relative, far below this.
-NORM_ROUNDING = 1e-9
 # Relative margin per floating-point product or sum of bounds (one rounding each, 2**-53).
 _ULP = 2.0 ** -51
 
@@ -68,7 +66,6 @@ __all__ = [
     "ComposeOp",
     "SumOp",
     "AdjointOp",
-    "PadOp",
     "compose",
     "conv2d_norm_bound",
 ]
@@ -548,57 +545,6 @@ class AdjointOp(LinearOperator):
         return self.op.reach(self.base_in_shape, not adjoint, lo, hi, axis)
 
 
-class PadOp(LinearOperator):
-    """``F.pad(x, pads, mode)`` on ``(C, H, W)`` inputs for ``mode`` in ``reflect``, ``replicate``, ``circular``.
-
-    Every padded pixel is a copy of an input pixel: ``P x = x[idx]`` for an index map ``idx``. The
-    adjoint adds every output back onto its source; ``P^T P`` is diagonal with the number of copies
-    of each input pixel, so ``||P|| = sqrt(max copies)`` exactly (a product over the two axes).
-    """
-
-    MODES = ("reflect", "replicate", "circular")
-
-    def __init__(self, pads: Sequence[int], mode: str):
-        pads = tuple(int(p) for p in pads)  # (left, right, top, bottom), F.pad's order
-        if len(pads) != 4 or min(pads) < 0 or mode not in self.MODES:
-            raise ValueError(f"PadOp needs 4 non-negative pads and a mode in {self.MODES}, got {pads}, {mode!r}")
-        self.pads, self.mode = pads, mode
-
-    def _index(self, n: int, before: int, after: int) -> torch.Tensor:
-        # the source index of every padded position, by padding the positions themselves
-        pos = torch.arange(n, dtype=torch.float64).reshape(1, 1, n)
-        return F.pad(pos, (before, after), mode=self.mode).reshape(-1).round().long()
-
-    def _maps(self, in_shape):
-        if len(in_shape) != 3:
-            raise ValueError(f"padding expects (C, H, W) inputs, got {tuple(in_shape)}")
-        _, h, w = in_shape
-        l, r, t, b = self.pads
-        limit = {"reflect": lambda n, p: p < n, "circular": lambda n, p: p <= n, "replicate": lambda n, p: True}
-        if not all(limit[self.mode](n, p) for n, p in ((h, t), (h, b), (w, l), (w, r))):
-            raise ValueError(f"{self.mode} padding {self.pads} is too large for inputs {tuple(in_shape)}")
-        return self._index(h, t, b), self._index(w, l, r)
-
-    def forward(self, x):
-        return F.pad(x, self.pads, mode=self.mode)
-
-    def adjoint(self, y, in_shape):
-        ih, iw = self._maps(in_shape)
-        c, h, w = in_shape
-        src = (ih[:, None] * w + iw[None, :]).reshape(-1).to(y.device)
-        out = y.new_zeros(y.shape[0], c, h * w)
-        return out.index_add_(2, src, y.reshape(y.shape[0], c, -1)).reshape(y.shape[0], c, h, w)
-
-    def out_shape(self, in_shape):
-        ih, iw = self._maps(in_shape)
-        return (in_shape[0], len(ih), len(iw))
-
-    def norm_bound(self, in_shape):
-        ih, iw = self._maps(in_shape)
-        copies = int(torch.bincount(ih).max()) * int(torch.bincount(iw).max())
-        return torch.tensor(math.nextafter(math.sqrt(copies), math.inf), dtype=torch.float64)
-
-
 def _cast(value, dtype: torch.dtype):
     if isinstance(value, LinearOperator):
         return value.to(dtype)
@@ -609,6 +555,12 @@ def _cast(value, dtype: torch.dtype):
     return value
 
 
+@overload
+def compose(first: LinearOperator, /, *ops: LinearOperator | None) -> LinearOperator: ...
+@overload
+def compose(first: LinearOperator | None, second: LinearOperator, /, *ops: LinearOperator | None) -> LinearOperator: ...
+@overload
+def compose(*ops: LinearOperator | None) -> LinearOperator | None: ...
 def compose(*ops: LinearOperator | None) -> LinearOperator | None:
     """Compose operators (``None`` is the identity), flattening nested compositions."""
     flat: list[LinearOperator] = []
@@ -619,45 +571,6 @@ def compose(*ops: LinearOperator | None) -> LinearOperator | None:
     if not flat:
         return None
     return flat[0] if len(flat) == 1 else ComposeOp(flat)
-
-
-def conv2d_norm_bound(weight: torch.Tensor, spatial: Sequence[int], padding=0, dilation=1,
-                      groups: int = 1, stride=1) -> torch.Tensor:
-    """Proved upper bound on the spectral norm of a zero-padded, possibly strided 2-D convolution.
-
-    A zero-padded convolution on an ``n x n`` input is a restriction of the circular convolution on
-    an ``N x N`` grid with ``N >= n + 2p`` (embedding and cropping have norm <= 1). The circular
-    convolution is block-diagonalised by the 2-D DFT (Sedghi, Gupta & Long, ICLR 2019): its norm is
-    the largest singular value of the ``c_out x c_in`` kernel transforms over the ``N x N``
-    frequencies. With stride ``s`` (``N`` a multiple of ``s``), the polyphase decomposition
-    ``y[i] = sum_r sum_q w[s q + r] x[s (i + q) + r]`` turns the strided convolution into a stride-1
-    convolution with ``c_in s^2`` input channels on an ``N/s`` grid, which the DFT diagonalises
-    the same way, so strided layers get a bound as tight as stride-1 ones.
-    """
-    padding, dilation, stride = _pair(padding), _pair(dilation), _pair(stride)
-    weight = _f64(weight.detach())  # a guaranteed bound: computed in float64, then rounded up
-    c_out, c_in_g, kh, kw = weight.shape
-    if dilation != (1, 1):
-        dilated = weight.new_zeros(c_out, c_in_g, (kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1)
-        dilated[:, :, :: dilation[0], :: dilation[1]] = weight
-        weight, kh, kw = dilated, dilated.shape[-2], dilated.shape[-1]
-    sh, sw = stride
-    # kernel padded to a multiple of the stride, then split into its s x s phases
-    kh2, kw2 = -(-kh // sh) * sh, -(-kw // sw) * sw
-    w = F.pad(weight, (0, kw2 - kw, 0, kh2 - kh))
-    w = w.reshape(c_out, c_in_g, kh2 // sh, sh, kw2 // sw, sw).permute(0, 1, 3, 5, 2, 4)
-    w = w.reshape(groups, c_out // groups, c_in_g * sh * sw, kh2 // sh, kw2 // sw)
-    grid = [-(-(int(n) + 2 * p + k) // s) for n, p, k, s in zip(spatial, padding, (kh, kw), stride)]
-    spectrum = torch.fft.fft2(w, s=grid)  # (g, co, ci*s*s, N1/s, N2/s)
-    blocks = spectrum.permute(0, 3, 4, 1, 2)  # one small matrix per group and frequency
-    # the thousands of small SVDs on the CPU: CUDA's batched SVD takes only matrices up to 32 x 32 and loops
-    # over larger ones (the factor bounds of a random 8C2F took 77 s on an H100, ~10 s on 2 CPU cores)
-    top = torch.linalg.matrix_norm(blocks.cpu(), ord=2).max().to(weight.device)
-    # FFT rounding: every transform entry is a sum of the kernel's taps, off by at most
-    # ~(taps + log2 N) 2**-53 sum|w|; a margin far above that, plus the SVD's relative one.
-    taps = w.shape[-1] * w.shape[-2]
-    slack = 64 * (taps + math.log2(grid[0] * grid[1]) + 1) * 2.0 ** -53 * weight.abs().sum()
-    return top * (1 + NORM_ROUNDING) + slack
 
 
 def _pair(v) -> tuple[int, int]:
