@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+from typing import cast
 
 import torch
 from torch import nn
@@ -80,7 +81,20 @@ def lipschitz_bound(model: nn.Module, input_shape, *, mode: str = "pairwise", op
         model: a ``nn.Sequential`` (possibly nested) of lipzoo layers and supported torch modules.
         input_shape: per-sample input shape, e.g. ``(3, 32, 32)``.
         mode: ``"global"``, ``"per_class"`` or ``"pairwise"``.
-        options: a :class:`~lipzoo.bounds.options.BoundOptions`; or give its fields as keywords:
+        options: a :class:`~lipzoo.bounds.options.BoundOptions`; or give its fields as keywords (below).
+        device: where to compute (defaults to the model's device).
+        progress: tqdm progress bar (``None``: only on a terminal).
+        cache: reuse / store the result on disk, keyed by the structure's fingerprint (every number the
+            accountant bounds, after every acceptance check), the options and the package's code; every
+            entry read is checked before use (:mod:`lipzoo.bounds.cache`). ``None`` (default): on, unless
+            ``LIPZOO_CACHE=off`` (the folder is ``$LIPZOO_CACHE``, default ``~/.cache/lipzoo/bounds``). A cached
+            bound is the bound a fresh run would return.
+        certificate: the model's shipped certificate record (:mod:`lipzoo.bounds.shipped`), checked and used for
+            its certified chain norms (another model's is refused).
+        **option_fields: the fields of :class:`~lipzoo.bounds.options.BoundOptions`, as listed under Other
+            Parameters.
+
+    Other Parameters:
         method: ``"liplt"`` (Theorem 3), ``"naive"`` (product of per-layer eq. (11) constants),
             ``"lt_sdp"`` (product of per-layer Theorem 2 constants, the l2 refinement for
             residual layers; ``sdp_t`` picks ``T``: ``"sn"``, ``"aol"``, ``"sll"`` or ``"best"``),
@@ -113,15 +127,6 @@ def lipschitz_bound(model: nn.Module, input_shape, *, mode: str = "pairwise", op
         sdp_t: the diagonal ``T`` of ``method="lt_sdp"``.
         failure_probability: for ``norm="lanczos"``, the probability (over the start vectors) that the
             bound is below the Lipschitz constant.
-        device: where to compute (defaults to the model's device).
-        progress: tqdm progress bar (``None``: only on a terminal).
-        cache: reuse / store the result on disk, keyed by the structure's fingerprint (every number the
-            accountant bounds, after every acceptance check), the options and the package's code; every
-            entry read is checked before use (:mod:`lipzoo.bounds.cache`). ``None`` (default): on, unless
-            ``LIPZOO_CACHE=off`` (the folder is ``$LIPZOO_CACHE``, default ``~/.cache/lipzoo/bounds``). A cached
-            bound is the bound a fresh run would return.
-        certificate: the model's shipped certificate record (:mod:`lipzoo.bounds.shipped`), checked and used for
-            its certified chain norms (another model's is refused).
     """
     _check_choice("mode", mode, MODES)
     return lipschitz_bounds(model, input_shape, modes=(mode,), options=options, device=device, progress=progress,
@@ -248,7 +253,8 @@ def _bound_from_record(record, dtype: torch.dtype, fp) -> LipschitzBound:
 
 def _lipschitz_bounds(net, structure, opts: BoundOptions, *, modes, seed, progress, known, on_certified, on_corrupt,
                       fingerprint) -> dict[str, LipschitzBound]:
-    method, norm, max_dense, n_iter, dtype = opts.method, opts.norm, opts.max_dense, opts.n_iter, opts.dtype
+    method, norm, max_dense, dtype = opts.method, opts.norm, opts.max_dense, opts.dtype
+    n_iter = cast(int, opts.n_iter)  # BoundOptions resolves None to the norm path's default
     failure_probability = opts.failure_probability
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -258,6 +264,7 @@ def _lipschitz_bounds(net, structure, opts: BoundOptions, *, modes, seed, progre
         values = {}
         details: dict = {}
         fail = 0.0
+        m: list  # the layer bounds m_t
         eclipse = None
         if method in ("eclipse", "best"):
             try:
@@ -269,7 +276,7 @@ def _lipschitz_bounds(net, structure, opts: BoundOptions, *, modes, seed, progre
             else:
                 details["eclipse"] = {"value": {m: v.tolist() for m, v in eclipse.items()}}
         if method == "eclipse":
-            values, m = dict(eclipse), []
+            values, m = dict(cast(dict, eclipse)), []  # set: method="eclipse" raised otherwise
             kinds.append(ECLIPSE_GUARANTEE)
         elif method in ("liplt", "best"):
             inner_keys = [(t, j) for t in range(L) for j in range(-1, t)]
@@ -313,7 +320,7 @@ def _lipschitz_bounds(net, structure, opts: BoundOptions, *, modes, seed, progre
                 below = {k: torch.tensor(min(p.estimate, p.value), dtype=torch.float64) for k, p in proved.items()}
             else:
                 inner = {}
-                limit = max_dense if norm == "auto" else 10**12
+                limit = cast(int, max_dense) if norm == "auto" else 10**12
                 for (t, j) in inner_keys:
                     res = chain_norm(structure.chain(t, j), structure.space_shape(t, j)[0], max_dense=limit)
                     inner[(t, j)] = res.value
@@ -353,7 +360,7 @@ def _lipschitz_bounds(net, structure, opts: BoundOptions, *, modes, seed, progre
     return {mode: _vouch(LipschitzBound(
         value=values[mode], guaranteed=guarantee in PROVED, failure_probability=fail if guarantee == "probabilistic"
         else None, guarantee=guarantee, method=method, mode=mode, norm=norm,
-        layer_bounds=[round_cast(torch.as_tensor(x).detach(), torch.float64, float("inf")).item() for x in m],
+        layer_bounds=tuple(round_cast(torch.as_tensor(x).detach(), torch.float64, float("inf")).item() for x in m),
         details=details, fingerprint=fingerprint.digest, model_summary=fingerprint.summary)) for mode in modes}
 
 

@@ -11,7 +11,7 @@ import os
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -26,7 +26,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["ENV_VAR", "DATASETS", "ImageTensorDataset", "load_dataset", "dataset_info", "data_facts", "data_label"]
 
 ENV_VAR = "LIPZOO_DATA"
+"""The environment variable naming the folder with ``mnist.npz`` / ``cifar10.npz`` / ``tiny-imagenet-200``."""
 DATASETS = tuple(_FACTS)  # the names of lipzoo.meta.DATASETS
+"""The dataset names :func:`load_dataset` knows: ``mnist``, ``cifar10``, ``tinyimagenet``."""
 CACHE_DIR = Path.home() / ".cache" / "lipzoo"
 BUNDLED_MNIST_TEST = Path(__file__).with_name("mnist_test.npz")
 BUNDLED_MNIST_TEST_SHA256 = "b8d30bd15bf8aec9eb69ca5b88ee72078b29f27777d7b2a2d53a588f90a19fec"
@@ -137,7 +139,7 @@ class _AnnotatedImages(Dataset):
     """Tiny-ImageNet ``val/images/*.JPEG`` labelled by ``val/val_annotations.txt`` (the original layout)."""
 
     def __init__(self, folder: Path, class_to_idx: dict[str, int]) -> None:
-        self.classes, self.class_to_idx = sorted(class_to_idx, key=class_to_idx.get), class_to_idx
+        self.classes, self.class_to_idx = sorted(class_to_idx, key=class_to_idx.__getitem__), class_to_idx
         self.samples: list[tuple[str, int]] = []
         for line in (folder / "val_annotations.txt").read_text().splitlines():
             fields = line.split("\t")
@@ -276,8 +278,8 @@ def _load_image_folder(root: Path, split: str) -> ImageTensorDataset:
             if file.suffix.lower() not in _IMAGE_SUFFIXES:
                 continue
             try:
-                with Image.open(file) as image:
-                    image = image.convert("L" if image.mode in ("1", "L", "I", "I;16", "F") else "RGB")
+                with Image.open(file) as opened:
+                    image = opened.convert("L" if opened.mode in ("1", "L", "I", "I;16", "F") else "RGB")
                     pixels = np.asarray(image, dtype=np.uint8)
             except OSError as err:
                 raise ValueError(f"Cannot read image {file} ({err}); remove or re-save it.") from err
@@ -354,7 +356,7 @@ def data_facts(name_or_path: str | os.PathLike[str], root: str | os.PathLike[str
     if name in DATASETS:
         return dataset_facts(name)
     label = data_label(name)
-    train = load_dataset(name, split="train", root=root)
+    train = cast(ImageTensorDataset, load_dataset(name, split="train", root=root))  # a file or folder: images, labels
     num_classes = _check_labels(train.labels, "train", label, None)
     present = torch.bincount(train.labels, minlength=num_classes)
     empty = (present == 0).nonzero().flatten().tolist()
@@ -362,7 +364,8 @@ def data_facts(name_or_path: str | os.PathLike[str], root: str | os.PathLike[str
         raise ValueError(f"The training split of {label} has no image of class(es) {empty[:10]} although its labels "
                          f"go up to {num_classes - 1}: relabel the classes to 0..K-1 (scripts/make_subset.py does).")
     shape = tuple(int(s) for s in train.images.shape[1:])
-    test = load_dataset(name, split="test", root=root) if _has_test_split(Path(name).expanduser()) else None
+    test = (cast(ImageTensorDataset, load_dataset(name, split="test", root=root))
+            if _has_test_split(Path(name).expanduser()) else None)
     if test is None:
         logger.warning("%s has no test split (x_test / y_test, or test/): lipzoo certify will need other data.", label)
     else:
@@ -373,4 +376,5 @@ def data_facts(name_or_path: str | os.PathLike[str], root: str | os.PathLike[str
     mean, std = _channel_stats(train.images)
     if min(std) <= 0:
         raise ValueError(f"The training images of {label} are constant in a channel (std {std}); nothing to learn.")
-    return DatasetFacts(label, num_classes, shape, mean, std, f"computed from the training split of {label}")
+    return DatasetFacts(label, num_classes, cast(tuple[int, int, int], shape), mean, std,
+                        f"computed from the training split of {label}")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import difflib
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -307,7 +307,7 @@ def _constant(lo: float, hi: float):
     return lambda m: (lo, hi)
 
 
-_TORCH_ACTIVATIONS: dict[type, Callable[[nn.Module], tuple[float, float]]] = {
+_TORCH_ACTIVATIONS: dict[type, Callable[[Any], tuple[float, float]]] = {  # each takes a module of its key type
     nn.Identity: _constant(1.0, 1.0),
     nn.ReLU: _constant(0.0, 1.0),
     nn.ReLU6: _hardtanh,
@@ -390,10 +390,11 @@ def register_activation(name: str, factory: Callable[[], nn.Module], alpha: floa
         name: the name layers accept as ``activation=``.
         factory: builds the ``nn.Module`` (called once per layer); it must compute an elementwise,
             continuous function.
-        alpha, beta: slope bounds with ``alpha <= beta``; a wrong bound makes every certificate
-            built on it false, so take them from a proof, not a plot. When the factory builds a torch
-            activation lipzoo knows (``nn.ELU(alpha=2)``, ...), the bounds must contain the derived ones.
-            Check others with :func:`lipzoo.layers.check_lipschitz_state`.
+        alpha: the lower slope bound (``alpha <= beta``); a wrong bound makes every certificate
+            built on it false, so take it from a proof, not a plot. When the factory builds a torch
+            activation lipzoo knows (``nn.ELU(alpha=2)``, ...), ``[alpha, beta]`` must contain the
+            derived bounds. Check others with :func:`lipzoo.layers.check_lipschitz_state`.
+        beta: the upper slope bound, as ``alpha``.
         overwrite: allow replacing an existing name.
     """
     if not math.isfinite(alpha) or not math.isfinite(beta) or alpha > beta:
@@ -453,6 +454,7 @@ def get_activation(name: str | None) -> ActivationSpec:
 
 
 def list_activations() -> list[str]:
+    """The registered activation names (what layers accept as ``activation=``), sorted."""
     return sorted(_REGISTRY)
 
 

@@ -142,7 +142,10 @@ class CRMLoss(nn.Module):
     :meth:`set_epoch` at the start of every epoch.
 
     Args:
-        t, lam, r0, g: see :func:`crm_loss`.
+        t: see :func:`crm_loss`.
+        lam: see :func:`crm_loss`.
+        r0: see :func:`crm_loss`.
+        g: see :func:`crm_loss`.
         warmup_epochs: number of cross-entropy-only epochs (the paper uses 10).
     """
 

@@ -27,7 +27,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 import torch
 from torch import nn
@@ -74,7 +74,7 @@ def _unknown(name: Any) -> ValueError:
     return ValueError(f"Unknown model {name!r}.{hint} See lipzoo.list_models().")
 
 
-def resolve_name(name: str) -> tuple[str | None, str | None]:
+def resolve_name(name: str) -> tuple[str, str | None]:
     """``(architecture, entry)`` of a name: ``"6c2f"`` -> ``("6c2f", None)``; ``"crm-cifar10-6c2f"`` and
     ``"6c2f.crm_cifar10"`` -> ``("6c2f", "crm-cifar10-6c2f")``.
 
@@ -113,7 +113,7 @@ def build_model(config: Metadata | Mapping[str, Any], **overrides: Any) -> nn.Mo
         raise ValueError(f"{_what(meta)} names architecture {meta.architecture!r}, which is not registered; "
                          f"known: {list_architectures()}.")
     model = info.build(**{**meta.arch.builder_kwargs(), **overrides})
-    shape = tuple(model.input_shape)
+    shape = tuple(model.input_shape)  # type: ignore[arg-type]  # a registry model has one
     if "in_chans" not in overrides and "img_size" not in overrides and shape != tuple(meta.input_shape):
         raise ValueError(f"{_what(meta)} declares input_shape {list(meta.input_shape)} but architecture "
                          f"{meta.architecture!r} built with its model_args expects {list(shape)}; fix the "
@@ -205,7 +205,7 @@ def _pretrained(name: str, source: str, num_classes: int | None, kwargs: dict[st
     options = {k: kwargs.pop(k) for k in _LOAD_OPTIONS if k in kwargs}
     if local and not os.path.isdir(source):
         raise ValueError(f"{name!r}: {source!r} is not a checkpoint folder (model.safetensors + config.json).")
-    model = load_checkpoint(Path(source) if local else source, **options)
+    model: Any = load_checkpoint(Path(source) if local else source, **options)  # a lipzoo model
     saved = model.lipzoo_config
     builder = {**saved.get("model_args", {}), **(saved.get("normalization") or {})}
     # compared as JSON: (0.5,) and [0.5] are the same normalization
@@ -219,7 +219,7 @@ def _pretrained(name: str, source: str, num_classes: int | None, kwargs: dict[st
         model.reset_classifier(num_classes)
     if meta is not None and isinstance(getattr(model, "pretrained_cfg", None), dict):
         model.pretrained_cfg = {**model.pretrained_cfg, "tag": zoo.pretrained_tag(source),
-                                "hf_hub_id": meta.weights.repo_id}
+                                "hf_hub_id": meta.weights.repo_id}  # type: ignore[union-attr]  # checked above
     return model
 
 
@@ -245,8 +245,8 @@ def _load_folder(directory: Path, *, expected_sha256: str | None = None,
     model = build_model(meta)
     model.load_state_dict(files.strict_state(model.state_dict(), tensors, weights, type(model).__name__), strict=True)
     model = model.to(map_location).eval()
-    model.lipzoo_config = meta
-    model.lipzoo_certificate = shipped_certificate(directory, sha)
+    model.lipzoo_config = meta  # type: ignore[assignment]  # the lipzoo model's property
+    model.lipzoo_certificate = shipped_certificate(directory, sha)  # type: ignore[assignment]
     return model
 
 
@@ -283,6 +283,7 @@ def _resolve(name: str, revision: str | None, hub: dict[str, Any]) -> tuple[Path
             raise ValueError(f"Zoo entry {name!r} has no trained weights yet (weights: null). Train it with "
                              f"`lipzoo train {name}` and load the output folder, or push it and fill in the "
                              "entry's weights.")
+        sha: str | None
         pinned, sha = weights.revision, weights.sha256
         if revision is not None and revision != pinned:
             logger.warning("Loading %s at revision %s instead of the entry's %s: only the config.json "
@@ -351,7 +352,7 @@ def _save_metadata(config: Any, model: nn.Module) -> Metadata:
             return meta
         if not hasattr(model, "get_config"):
             raise TypeError(f"save_pretrained: pass config=... for a {type(model).__name__} (it has no get_config()).")
-        return Metadata.from_dict(model.get_config())
+        return Metadata.from_dict(model.get_config())  # type: ignore[operator]
     if isinstance(config, Metadata):
         return config
     if not isinstance(config, Mapping):
@@ -390,7 +391,7 @@ def _check_rebuilds(model: nn.Module, meta: Metadata) -> None:
 
 def _check_bound_owner(record: Mapping[str, Any] | None, model: nn.Module, input_shape, where: str) -> None:
     """Refuse results whose bound record names another model's fingerprint (one line naming both)."""
-    if (record or {}).get("fingerprint") is not None:
+    if record is not None and record.get("fingerprint") is not None:
         from lipzoo.bounds.fingerprint import check_owner  # a lower layer; the bounds package is heavy to import
 
         check_owner(record["fingerprint"], record.get("model_summary"), model, input_shape, where)
@@ -482,7 +483,7 @@ def push_checkpoint(directory: str | os.PathLike, repo_id: str, *, token: str | 
         raise ValueError(f"push: {str(directory)!r} lacks {absent}; write it with lipzoo.hub.save_pretrained.")
     if not files.is_repo_id(repo_id):
         raise ValueError(f"push: repo_id must look like 'owner/name'; got {repo_id!r}.")
-    meta = _load_folder(directory).metadata
+    meta = cast(Metadata, _load_folder(directory).metadata)  # the loaded lipzoo model's metadata
     files.write_config_and_card(directory, meta)  # the card and config say exactly what the folder holds
     info = files.upload(directory, repo_id, token=token, revision=revision, private=private,
                         commit_message=commit_message)

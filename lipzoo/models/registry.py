@@ -126,7 +126,7 @@ class ModelRegistry:
             import torch
 
             with torch.random.fork_rng(devices=[]):  # a probe build must not move the caller's RNG
-                probe = check_built_model(fn(), name)
+                probe: Any = check_built_model(fn(), name)  # a lipzoo model: num_classes, input_shape
             num_classes = probe.num_classes if num_classes is None else num_classes
             input_shape = probe.input_shape if input_shape is None else input_shape
         doc = inspect.getdoc(fn) or ""
@@ -172,6 +172,7 @@ def filter_names(names, pattern: str | None) -> list[str]:
 
 
 REGISTRY = ModelRegistry()
+"""The one registry of architectures: :func:`register_model` adds to it, the factory builds from it."""
 
 
 def register_model(fn: Callable[..., nn.Module] | None = None, *, num_classes: int | None = None,
