@@ -12,13 +12,15 @@ import importlib
 import importlib.abc
 import importlib.util
 import sys
-from typing import Any
+
+from lipzoo._lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
 # public name -> module that defines it (imported on first attribute access, PEP 562)
 _EXPORTS = {
     "LipschitzBound": "lipzoo.bounds", "lipschitz_bound": "lipzoo.bounds", "lipschitz_bounds": "lipzoo.bounds",
+    "BoundOptions": "lipzoo.bounds",
     "LipLTEstimator": "lipzoo.bounds.estimator",
     "AvgPool2d": "lipzoo.layers", "Flatten": "lipzoo.layers", "LTConv2d": "lipzoo.layers", "LTLinear": "lipzoo.layers",
     "LTResidualConv": "lipzoo.layers", "LTResidualLinear": "lipzoo.layers", "Normalize": "lipzoo.layers",
@@ -34,18 +36,7 @@ _SUBPACKAGES = ("bounds", "certify", "cli", "data", "hub", "layers", "losses", "
 __all__ = sorted([*_EXPORTS, "__version__"])
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    if name in _SUBPACKAGES:
-        return importlib.import_module(f"lipzoo.{name}")
-    raise AttributeError(f"module 'lipzoo' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS, *_SUBPACKAGES})
+__getattr__, __dir__ = lazy_attributes("lipzoo", globals(), _EXPORTS, _SUBPACKAGES)
 
 
 class _BridgeAfterTimm(importlib.abc.MetaPathFinder):

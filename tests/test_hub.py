@@ -355,7 +355,7 @@ def test_zoo_entry_downloads_pinned_revision(monkeypatch, saved, fake_zoo):
 
     def fake_snapshot_download(repo_id, **kwargs):
         seen.append((repo_id, kwargs["revision"], kwargs["local_files_only"]))
-        assert kwargs["allow_patterns"] == ["model.safetensors", "config.json", "README.md"]
+        assert kwargs["allow_patterns"] == ["model.safetensors", "config.json", "README.md", "certificate.json"]
         return str(saved[1])
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)

@@ -47,13 +47,14 @@ import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from lipzoo.bounds.fingerprint import code_hash
 
 try:  # POSIX: an exclusive lock around read-merge-write
     import fcntl
 except ImportError:  # pragma: no cover - Windows: atomic renames only (a concurrent merge may lose an entry)
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["cache_dir", "bound_key", "load_bounds", "store_bounds", "certificate_key",
            "load_certificates", "store_certificates", "drop_certificates", "secret_path", "summary", "clear"]
@@ -147,7 +148,7 @@ def secret_path() -> Path:
 def summary() -> dict:
     """``{"folder", "bounds", "chains", "bytes", "secret"}``: what the cache holds (``folder`` None when off)."""
     folder = cache_dir()
-    out = {"folder": None if folder is None else str(folder), "bounds": 0, "chains": 0, "bytes": 0,
+    out: dict[str, Any] = {"folder": None if folder is None else str(folder), "bounds": 0, "chains": 0, "bytes": 0,
            "secret": str(secret_path())}
     if folder is None or not folder.is_dir():
         return out

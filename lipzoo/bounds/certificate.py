@@ -98,7 +98,7 @@ class LipschitzBound:
             rounding, ~1e-6 relative) -- how much tighter any computation of LipLT could get.
     """
 
-    value: torch.Tensor = _ReadOnlyTensor()
+    value: torch.Tensor = _ReadOnlyTensor()  # type: ignore[assignment]  # a descriptor: reads give a tensor
     guaranteed: bool = True
     guarantee: str = "exact"
     method: str = "liplt"

@@ -94,12 +94,13 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import cast
 
 import torch
 
 from lipzoo.bounds.norms import output_norms
 from lipzoo.bounds.structure import Structure, numel
-from lipzoo.layers.operators import ComposeOp, DenseOp, FlattenOp, ScaleOp, compose
+from lipzoo.layers.operators import ComposeOp, DenseOp, FlattenOp, LinearOperator, ScaleOp, compose
 from lipzoo.numerics import U, gamma
 
 logger = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ def _materialize(factors, in_shape, max_side: int, what: str) -> tuple[torch.Ten
     n_in = numel(in_shape)
     if not factors:
         return torch.eye(n_in, dtype=torch.float64), 0.0
-    op = compose(*factors)
+    op = cast(LinearOperator, compose(*factors))  # factors is not empty
     out_shape = op.out_shape(tuple(in_shape))
     n_out = numel(out_shape)
     if max(n_in, n_out) > max_side:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from typing import cast
 
 import torch
 from torch import nn
@@ -53,6 +54,8 @@ class LipLTEstimator(nn.Module):
 
     Call it to get the bound (``(K, K)`` for pairwise) as a tensor that carries gradients.
     """
+
+    _model: nn.Module  # set with object.__setattr__: not a submodule
 
     def __init__(self, model: nn.Module, input_shape, *, mode: str = "pairwise", n_iter: int = 5,
                  seed: int = 0, iteration_dtype: torch.dtype | str | None = None, cuda_graph: bool = False):
@@ -126,7 +129,7 @@ class LipLTEstimator(nn.Module):
 
     def _iteration_dtype(self, ref: torch.Tensor | None) -> torch.dtype | None:
         if self.iteration_dtype != "auto":
-            return self.iteration_dtype
+            return cast("torch.dtype | None", self.iteration_dtype)
         native = ref is not None and ref.device.type == "cpu" and native_bfloat16(ref.device)
         return torch.bfloat16 if native else None
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from typing import Any
 
 import torch
 
@@ -40,6 +41,8 @@ __all__ = ["IterationGraph", "rebind", "structure_tensors"]
 def _walk(value, tensors: list, rebuild):
     """``(signature, copy)`` of ``value``: tensors appended to ``tensors`` in visiting order and, in the copy
     (only with ``rebuild``), replaced by ``rebuild(tensor)``."""
+    out: Any  # the copy, of value's type
+    parts: Any
     if torch.is_tensor(value):
         tensors.append(value)
         return ("tensor", tuple(value.shape), value.dtype, value.device), \
@@ -77,7 +80,7 @@ def rebind(structure: Structure, rebuild) -> tuple[Structure, list[torch.Tensor]
     """A copy of ``structure`` whose every tensor ``t`` is ``rebuild(t)``, and the new tensors in the order of
     :func:`structure_tensors`."""
     new: list = []
-    _, out = _walk(structure, [], lambda t: new.append(rebuild(t)) or new[-1])
+    _, out = _walk(structure, [], lambda t: new.append(rebuild(t)) or new[-1])  # type: ignore[func-returns-value]
     return out, new
 
 

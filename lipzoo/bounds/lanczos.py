@@ -235,6 +235,11 @@ def lanczos_estimates(structure: Structure, keys, steps: int, seed: int, device=
     depend on which other chains are estimated with it."""
     if dtype != torch.float64:
         structure = structure.to(dtype)
+    q: dict[tuple[int, int], torch.Tensor]
+    q_prev: dict[tuple[int, int], torch.Tensor]
+    alpha: dict[tuple[int, int], list[float]]
+    beta: dict[tuple[int, int], list[float]]
+    top: dict[tuple[int, int], float]
     q, q_prev, alpha, beta, top = {}, {}, {}, {}, {}
     for k in keys:
         x = torch.randn(1, *structure.space_shape(*k)[0], generator=key_generator(seed, k),

@@ -6,6 +6,8 @@ proved, or a power-iteration estimate) and the bound of the network is their pro
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 from lipzoo.bounds.norms import NormResult, chain_norm, mul_up, reference_tensor
@@ -27,7 +29,7 @@ def _single_norm(op, in_shape, norm: str, max_dense: int | None, n_iter: int, ge
             x = op.adjoint(y, in_shape)
             x = x / x.norm() if bool(x.norm() > 0) else x
         return NormResult(op.forward(x).norm(), "estimate")
-    limit = max_dense if norm == "auto" else 10**12  # the caller resolves the default
+    limit = cast(int, max_dense) if norm == "auto" else 10**12  # the caller resolves the default
     return chain_norm([op], in_shape, max_dense=limit)
 
 

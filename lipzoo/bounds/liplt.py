@@ -1,17 +1,8 @@
-"""The LipLT accountant: Theorem 3 / eq. (16) and the naive bound, globally, per class or per pair.
+"""The public entry points of the accountant: :func:`lipschitz_bound` and :func:`lipschitz_bounds`.
 
-For ``y_k = W_k x_k``, ``x_{k+1} = H_k x_k + G_k phi_k(y_k)`` and ``z = W_L x_L`` (see
-:mod:`lipzoo.bounds.structure`), with ``Hhat_k = H_k + (alpha_k+beta_k)/2 G_k W_k`` and
-``d_k = (beta_k - alpha_k)/2``::
-
-    m_0     = ||W_0||
-    m_{t}   = ||W_t Hhat_{t-1} ... Hhat_0|| + sum_{j<t} d_j ||W_t Hhat_{t-1} ... Hhat_{j+1} G_j|| m_j
-
-``m_t`` bounds the Lipschitz constant of ``x_0 -> y_t`` and ``m_L`` that of the network. For the
-output (``t = L``) the operators have as many rows as there are classes, so their rows
-``S^T e_i`` are computed exactly with one batched adjoint sweep; the pairwise bound of
-``z_i - z_j`` then uses the row differences ``S^T (e_i - e_j)`` directly (not ``L_i + L_j``), for
-any number of classes.
+They build the structure (every acceptance check), consult the cache and a shipped certificate, obtain the inner
+operator norms on the requested path (proved, exact, probabilistic or estimated) and apply eq. (16)
+(:mod:`lipzoo.bounds.recursion`) per mode, or the per-layer products of :mod:`lipzoo.bounds.layerwise`.
 """
 
 from __future__ import annotations

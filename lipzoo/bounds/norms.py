@@ -16,6 +16,7 @@ Three ways to get ``||A||_2`` for a matrix-free chain ``A = F_1 F_2 ... F_r``:
 from __future__ import annotations
 
 import math
+from typing import cast
 from dataclasses import dataclass
 
 import torch
@@ -154,7 +155,8 @@ def materialize_scaled(op: LinearOperator, in_shape: Shape, *, dtype=torch.float
         steps = [f.forward for f in reversed(factors)]
     else:
         small, start = n_out, shapes[-1]
-        steps = [(lambda y, f=f, s=shapes[r - 1 - j]: f.adjoint(y, s)) for j, f in enumerate(factors)]
+        steps = [(lambda y, f=f, s=shapes[r - 1 - j]: f.adjoint(y, s))  # type: ignore[misc]  # defaults bind f, s
+                 for j, f in enumerate(factors)]
     rows, exps = [], []
     for begin in range(0, small, chunk):
         idx = torch.arange(begin, min(begin + chunk, small), device=device)
@@ -196,7 +198,7 @@ def chain_norm(factors: list[LinearOperator], in_shape: Shape, *, max_dense: int
         shapes.append(f.out_shape(shapes[-1]))
     shapes = shapes[::-1]  # shapes[i] is the output shape of factors[i]; shapes[-1] the input
     if min(numel(shapes[0]), numel(shapes[-1])) <= max_dense:
-        return NormResult(exact_norm(compose(*factors), in_shape, chunk=chunk), "exact")
+        return NormResult(exact_norm(cast(LinearOperator, compose(*factors)), in_shape, chunk=chunk), "exact")
     if len(factors) == 1:
         op = factors[0]
         if isinstance(op, ComposeOp):

@@ -12,6 +12,7 @@ with a small side (:func:`lipzoo.bounds.gram.group_gram`).
 from __future__ import annotations
 
 import math
+from typing import cast
 
 from lipzoo.bounds.steps import FactorBounds, Step, adjoint_steps, primitive_steps
 from lipzoo.bounds.structure import Structure, numel
@@ -69,13 +70,15 @@ class ChainPlanner:
     def chain(self, t: int, j: int):
         """Labels, operators (leftmost first), the input shape of each, and the output shape of ``S_{t,j}``."""
         s = self.s
-        labels, ops = [("W", t)], [s.output if t == s.depth else s.blocks[t].W]
+        labels = [("W", t)]
+        ops: list[LinearOperator] = [cast(LinearOperator, s.output) if t == s.depth else s.blocks[t].W]  # W_L is set
         for k in range(t - 1, j, -1):
             labels.append(("H", k))
             ops.append(self.H(k))
-        if j >= 0 and s.blocks[j].G is not None:
+        G = s.blocks[j].G if j >= 0 else None
+        if G is not None:
             labels.append(("G", j))
-            ops.append(s.blocks[j].G)
+            ops.append(G)
         ins = [tuple(s.space_shape(t, j)[0])]
         for op in reversed(ops[1:]):
             ins.append(op.out_shape(ins[-1]))

@@ -143,7 +143,7 @@ class _Run:
         self.bounds = FactorBounds()
         self.plan = ChainPlanner(structure, self.bounds)
         self.chains = {k: self.plan.chain(*k) for k in keys}
-        self.known = {k: v for k, v in known.items() if k in self.chains}
+        self.known: dict[tuple[int, int], tuple[float, float]] = {k: v for k, v in known.items() if k in self.chains}
         self.est: dict = {k: 0.0 for k in keys}
         self.done: set = set()
         self.result: dict = {}

@@ -82,7 +82,7 @@ class Structure:
     def to(self, dtype: torch.dtype) -> "Structure":
         """The same structure with every operator's weights cast to ``dtype`` (:meth:`LinearOperator.to`)."""
         cast = (lambda op: None if op is None else op.to(dtype))
-        blocks = [dataclasses.replace(b, W=cast(b.W), H=cast(b.H), G=cast(b.G)) for b in self.blocks]
+        blocks = [dataclasses.replace(b, W=b.W.to(dtype), H=cast(b.H), G=cast(b.G)) for b in self.blocks]
         return dataclasses.replace(self, blocks=blocks, output=cast(self.output))
 
     def chain(self, t: int, j: int) -> list[LinearOperator]:
@@ -107,12 +107,12 @@ def flatten_modules(model: nn.Module) -> list[nn.Module]:
     check_hooks(model, recurse=hasattr(model, "lipschitz_modules"))
     if hasattr(model, "lipschitz_modules"):
         check_declared_forward(model, "lipschitz_modules")
-        return [m for sub in model.lipschitz_modules() for m in flatten_modules(sub)]
+        return [m for sub in model.lipschitz_modules() for m in flatten_modules(sub)]  # type: ignore[operator]
     if isinstance(model, nn.Sequential):
         check_sequential(model)
         return [m for sub in model for m in flatten_modules(sub)]
     if type(model) in (nn.parallel.DistributedDataParallel, nn.DataParallel):
-        return flatten_modules(model.module)
+        return flatten_modules(model.module)  # type: ignore[arg-type]
     return [model]  # a leaf: module_state checks it
 
 

@@ -14,6 +14,7 @@ vectors.
 from __future__ import annotations
 
 import functools
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +49,7 @@ def forward(op: LinearOperator, x: torch.Tensor) -> torch.Tensor:
             x = forward(f, x)
         return x
     if type(op) is SumOp:
-        return sum(forward(f, x) for f in op.ops)
+        return cast(torch.Tensor, sum(forward(f, x) for f in op.ops))  # ops is not empty
     return op.forward(x)
 
 
@@ -77,7 +78,7 @@ def adjoint(op: LinearOperator, y: torch.Tensor, in_shape) -> torch.Tensor:
             y = adjoint(f, y, shape)
         return y
     if type(op) is SumOp:
-        return sum(adjoint(f, y, in_shape) for f in op.ops)
+        return cast(torch.Tensor, sum(adjoint(f, y, in_shape) for f in op.ops))
     if type(op) is ScaleOp:
         return op.c * y
     return op.adjoint(y, in_shape)
@@ -107,7 +108,8 @@ class _Rows:
         return cls(None, keys, [parts[k].shape[0] for k in keys], [1.0] * len(keys), [parts[k] for k in keys])
 
     @property
-    def x(self) -> torch.Tensor | None:
+    def x(self) -> torch.Tensor:
+        """The rows as one tensor (read only when there are keys: ``None`` without rows)."""
         if self._x is None and self.parts:
             self._x = _join(self.parts)
         return self._x
@@ -297,12 +299,13 @@ def power_iteration(structure: Structure, v: dict[Key, torch.Tensor], n_iter: in
     the direction is iterated, and an error ``delta`` in the direction of ``v`` moves ``||S v||`` by
     ``O(delta^2)`` relative: evaluate ``||S v||`` in full precision (as :class:`LipLTEstimator` does).
     """
-    cast = dtype is not None and n_iter > 0 and any(x.dtype != dtype for x in v.values())
-    low, w = (structure.to(dtype), {k: x.to(dtype) for k, x in v.items()}) if cast else (structure, v)
+    to_dtype = dtype is not None and n_iter > 0 and any(x.dtype != dtype for x in v.values())
+    low, w = ((structure.to(dtype), {k: x.to(dtype) for k, x in v.items()})  # type: ignore[arg-type]  # not None
+              if to_dtype else (structure, v))
     for _ in range(n_iter):
         # normalised at the end, so positive factors along the way do not matter
         w = adjoint_sweep(low, forward_sweep(low, w, scaled=False), finish=_normalize, scaled=False)
-    return {k: _normalize(x.to(v[k].dtype)) for k, x in w.items()} if cast else w
+    return {k: _normalize(x.to(v[k].dtype)) for k, x in w.items()} if to_dtype else w
 
 
 def row_norms(x: torch.Tensor) -> torch.Tensor:

@@ -44,7 +44,7 @@ def parse_eps(eps: float | int | str) -> float:
     """
     from lipzoo.meta import parse_eps as parse_exact
 
-    value = eps
+    value: float | int | str | Fraction = eps
     if isinstance(eps, float) and not isinstance(eps, bool):
         if not math.isfinite(eps):
             raise ValueError(f"eps must be finite and >= 0; got {eps!r}.")

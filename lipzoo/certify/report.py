@@ -74,7 +74,7 @@ def certify(model: nn.Module, dataset: Dataset, eps_list: Sequence[str], *, inpu
     if limit is not None:
         if limit <= 0:
             raise ValueError(f"limit must be a positive number of samples, got {limit}.")
-        dataset = Subset(dataset, range(min(limit, len(dataset))))
+        dataset = Subset(dataset, range(min(limit, len(dataset))))  # type: ignore[arg-type]  # a sized dataset
     t0 = time.time()
     if bound is None:
         bound = lipschitz_bound(model, input_shape, mode="pairwise", options=options, cache=cache,
@@ -194,7 +194,7 @@ def bounds_table(model: nn.Module, input_shape, *, options: BoundOptions | None 
     cheap to prove). ``certificate``: the model's shipped certificate for the LipLT row
     (:mod:`lipzoo.bounds.shipped`: checked, then used as the certificate cache is)."""
     options = options if options is not None else BoundOptions()
-    bounds = {}
+    bounds: dict[str, dict[str, Any]] = {}  # per method and mode: a LipschitzBound, or (value, guarantee) for best
     for method in ("naive", "liplt"):
         how = "auto" if method == "naive" and options.norm == "lanczos" else options.norm
         bounds[method] = lipschitz_bounds(model, input_shape, options=options.replace(method=method, norm=how),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -16,6 +16,7 @@ __all__ = ["AUGMENTATIONS", "build_augmentation", "make_loaders", "DeviceAugment
 
 def _spec_item(item: str | dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """``"hflip"`` or ``{"affine": {...}}`` -> ``(name, kwargs)`` (a fresh kwargs dict), checked."""
+    kwargs: dict[str, Any]
     if isinstance(item, str):
         name, kwargs = item, {}
     elif isinstance(item, dict) and len(item) == 1:
@@ -123,13 +124,13 @@ def make_loaders(
     if distributed and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         raise ValueError("distributed=True needs an initialized process group; call "
                          "torch.distributed.init_process_group(...) first (e.g. launch with torchrun).")
-    train_idx, val_idx = _split(len(train_dataset), batch_size, validation_split, seed)
+    train_idx, val_idx = _split(len(train_dataset), batch_size, validation_split, seed)  # type: ignore[arg-type]
     image_size = tuple(train_dataset[0][0].shape[-2:]) if len(augmentation) else None
     train_part = _Part(train_dataset, train_idx, build_augmentation(augmentation, image_size))
     common: dict[str, Any] = dict(batch_size=batch_size, num_workers=num_workers,
                                   persistent_workers=False, pin_memory=torch.cuda.is_available())
     if distributed:
-        sampler = DistributedSampler(train_part, shuffle=True, seed=seed)
+        sampler: DistributedSampler[Any] = DistributedSampler(train_part, shuffle=True, seed=seed)
         train = DataLoader(train_part, sampler=sampler, **common)
     else:
         train = DataLoader(train_part, shuffle=True, generator=torch.Generator().manual_seed(seed), **common)
@@ -159,7 +160,7 @@ def _stack_images(dataset: Dataset) -> tuple[Tensor, Tensor]:
     images, labels = getattr(dataset, "images", None), getattr(dataset, "labels", None)
     if isinstance(images, Tensor) and isinstance(labels, Tensor):
         return images, labels.long()
-    xs, ys = zip(*(dataset[i] for i in range(len(dataset))))
+    xs, ys = zip(*(dataset[i] for i in range(len(dataset))))  # type: ignore[arg-type]
     return torch.stack(xs), torch.stack([torch.as_tensor(y) for y in ys]).long()
 
 
@@ -334,9 +335,10 @@ def make_device_loaders(train_dataset: Dataset, batch_size: int, *, device, vali
                         augmentation: Sequence[str | dict[str, Any]] = (), seed: int = 0, rank: int = 0,
                         world: int = 1) -> dict[str, DeviceLoader | None]:
     """:func:`make_loaders`' split (same seed, same indices) as :class:`DeviceLoader` s on ``device``."""
-    train_idx, val_idx = _split(len(train_dataset), batch_size, validation_split, seed)  # checked before stacking
+    # checked before stacking
+    train_idx, val_idx = _split(len(train_dataset), batch_size, validation_split, seed)  # type: ignore[arg-type]
     images, labels = _stack_images(train_dataset)
-    augment = DeviceAugment(augmentation, tuple(images.shape[-2:]))
+    augment = DeviceAugment(augmentation, cast(tuple[int, int], tuple(images.shape[-2:])))
     train = DeviceLoader(images[train_idx], labels[train_idx], batch_size, device=device, augment=augment or None,
                          seed=seed, rank=rank, world=world)
     val = (DeviceLoader(images[val_idx], labels[val_idx], batch_size, device=device, shuffle=False)

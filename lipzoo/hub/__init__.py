@@ -14,8 +14,7 @@ Importing this package changes nothing elsewhere.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from lipzoo._lazy import lazy_attributes
 
 # public name -> module that defines it
 _EXPORTS = {
@@ -30,15 +29,4 @@ _SUBMODULES = ("card", "checkpoint", "files")
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    if name in _SUBMODULES:
-        return importlib.import_module(f"lipzoo.hub.{name}")
-    raise AttributeError(f"module 'lipzoo.hub' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS, *_SUBMODULES})
+__getattr__, __dir__ = lazy_attributes("lipzoo.hub", globals(), _EXPORTS, _SUBMODULES)

@@ -40,7 +40,8 @@ def certify_command(config: Mapping[str, Any], target: str) -> str:
     Returns:
         A shell-quoted command, e.g. ``lipzoo certify crm-cifar10-6c2f --eps 36/255``.
     """
-    metrics = config.get("metrics") if isinstance(config.get("metrics"), Mapping) else {}
+    found = config.get("metrics")
+    metrics: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
     parts = ["lipzoo", "certify", target, *_data_flags(config), *_eps_flags(config)]
     attack = metrics.get("attack")
     attack = attack if attack is not None else config.get("certify_attack")
@@ -62,7 +63,8 @@ def attach_command(config: Mapping[str, Any], target: str) -> str:
 def _data_flags(config: Mapping[str, Any]) -> list[str]:
     """``--data X`` when ``lipzoo certify`` would not find the data by itself: the numbers were measured
     on other data (``metrics.data``), or the model's dataset is the user's own file or folder."""
-    metrics = config.get("metrics") if isinstance(config.get("metrics"), Mapping) else {}
+    found = config.get("metrics")
+    metrics: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
     data = metrics.get("data") or config.get("dataset")
     if data is None:  # e.g. a new classifier on an unnamed task: the user has to say which data
         return ["--data", _DATA_PLACEHOLDER]
@@ -100,8 +102,8 @@ def metric_table(metrics: Mapping[str, Any] | None, eps_list: list[str]) -> dict
         ``{eps_string: {"clean": v, "pgd": v, "certified": v}}`` with missing values as ``None``.
     """
     rows: dict[Eps, str] = {}
-    for eps in eps_list:
-        rows.setdefault(parse_eps(str(eps)), str(eps))
+    for given in eps_list:
+        rows.setdefault(parse_eps(str(given)), str(given))
     if not metrics:
         return {text: {"clean": None, "pgd": None, "certified": None} for text in rows.values()}
     # the owner does not matter for display; Results.parse checks the layout and the values

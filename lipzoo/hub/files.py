@@ -144,7 +144,7 @@ def read_config_json(directory: str | os.PathLike, *, zoo_weights: Mapping[str, 
         meta = Metadata.from_dict(config)
     except (TypeError, ValueError) as err:
         raise ValueError(f"Invalid {path}: {err}") from err
-    return meta.for_weights(meta.sha256, zoo_weights=zoo_weights)
+    return meta.for_weights(meta.sha256, zoo_weights=zoo_weights)  # type: ignore[arg-type]  # None: it raises
 
 
 def verified_weights(directory: Path, meta: Metadata, expected_sha256: str | None) -> tuple[Path, str]:
@@ -227,7 +227,9 @@ def download(repo_id: str, revision: str | None, *, cache_dir: str | os.PathLike
     offline = local_files_only or _offline()
     where = f"Hub repo {repo_id!r}" + (f" (revision {revision!r})" if revision else "")
     try:
-        path = huggingface_hub.snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, token=token,
+        path = huggingface_hub.snapshot_download(repo_id, revision=revision,
+                                                 cache_dir=cache_dir,  # type: ignore[arg-type]  # any PathLike works
+                                                 token=token,
                                                  local_files_only=offline, force_download=force_download,
                                                  allow_patterns=list(CHECKPOINT_FILES), library_name="lipzoo",
                                                  library_version=lipzoo_version())

@@ -37,6 +37,10 @@ _D_FLOOR = 1e-12  # raising D only shrinks T, so clamping keeps the Lipschitz gu
 class _ResidualBase(nn.Module):
     """Shared parameters and the Prop. 2 rescaling of both residual layers."""
 
+    weight: nn.Parameter  # set by the subclass
+    bias: nn.Parameter
+    log_rho: torch.Tensor  # a parameter, or a buffer when rho is not learnt
+
     def _init_common(self, hidden: int, activation: str | None, rho: float, learn_rho: bool):
         spec = get_activation(activation)
         if spec.alpha < 0 or spec.beta <= 0:
@@ -159,7 +163,7 @@ class LTResidualConv(_ResidualBase):
         self.padding = kernel_size // 2
         ref = nn.Conv2d(channels, hidden_channels, kernel_size)  # PyTorch default initialisation
         self.weight = nn.Parameter(ref.weight.detach().clone())
-        self.bias = nn.Parameter(ref.bias.detach().clone())
+        self.bias = nn.Parameter(ref.bias.detach().clone())  # type: ignore[union-attr]  # bias=True
         self._init_common(hidden_channels, activation, rho, learn_rho)
 
     def _gram_row_sums(self):

@@ -19,6 +19,7 @@ naming the module and the reason. See ``docs/bounds.md`` ("What the accountant a
 from __future__ import annotations
 
 import math
+from typing import Any, Callable, cast
 
 import torch
 import torch.nn.modules.module as torch_module
@@ -119,7 +120,7 @@ def check_finite_weights(module, name=None) -> None:
 
 def operator_values(op, path: str = "") -> list:
     """``(where, tensor or number)`` for every weight an operator (tree) holds."""
-    out = []
+    out: list[tuple[str, Any]] = []
     if op is None:
         return out
     for attr in ("weight", "scale", "c"):
@@ -156,7 +157,7 @@ def check_state_weights(state, module=None, name=None) -> None:
         found = torch.stack([values[i][-1].detach().abs().amax().to(dev, torch.float64) for i in tensors]).tolist()
         for i, m in zip(tensors, found):
             tops[i] = m
-    for (mod, mname, where, _), m in zip(values, tops):
+    for (mod, mname, where, _), m in zip(values, cast(list[float], tops)):  # every None filled in above
         if not math.isfinite(m):
             raise ValueError(f"Cannot bound the Lipschitz constant of {_one_line(mod, mname)}: its state's "
                              f"{where} has non-finite (NaN or inf) entries.")
@@ -271,7 +272,7 @@ def _dropout(m: nn.modules.dropout._DropoutNd) -> LipschitzState:
     return LipschitzState(W=ScaleOp(1.0))  # eval mode (or p = 0): the identity
 
 
-_TORCH_LAYERS = {
+_TORCH_LAYERS: dict[type, Callable[[Any], LipschitzState]] = {  # each takes a module of its key type
     nn.Conv2d: _conv2d,
     nn.Linear: _linear,
     nn.Flatten: _flatten,
@@ -299,7 +300,7 @@ def module_state(module: nn.Module) -> LipschitzState:
     try:
         if hasattr(module, "lipschitz_state"):
             check_declared_forward(module)
-            return module.lipschitz_state()
+            return module.lipschitz_state()  # type: ignore[operator]
         base = resolve_known_class(module, _TORCH_LAYERS)
         if base is not None:
             return _TORCH_LAYERS[base](module)

@@ -57,7 +57,7 @@ def resolve_normalization(mean: Sequence[float] | float | None, std: Sequence[fl
                 raise ValueError(f"{where}: in_chans={in_chans} but the default {dataset} {key} has "
                                  f"{len(values)} channel(s); pass {key}=[...] with {in_chans} values.")
         else:
-            values = [float(v) for v in (given if isinstance(given, (list, tuple)) else [given])]
+            values = [float(v) for v in (given if isinstance(given, (list, tuple)) else [given])]  # type: ignore[arg-type]
             if len(values) == 1:
                 values = values * in_chans
             if len(values) != in_chans:
@@ -75,7 +75,7 @@ def resolve_img_size(img_size: int | Sequence[int], where: str) -> tuple[int, in
 
 
 def build_pretrained_cfg(architecture: str, num_classes: int, input_shape: Sequence[int],
-                         classifier: str, first_conv: str | None) -> dict[str, Any]:
+                         classifier: str | None, first_conv: str | None) -> dict[str, Any]:
     """The timm ``pretrained_cfg`` dict of a lipzoo model (only fields of ``timm.models.PretrainedCfg``).
 
     ``mean`` is 0 and ``std`` is 1 on purpose: the model standardises its own input with its
@@ -137,7 +137,7 @@ class LipschitzSequential(nn.Sequential):
         self.model_args = dict(model_args or {})
         self.num_classes = int(readout.out_features)
         self.num_features = int(readout.in_features)
-        self._readout_spec = {"activation": readout.activation_name, "bias": readout.bias is not None}
+        self._readout_spec: dict[str, Any] = {"activation": readout.activation_name, "bias": readout.bias is not None}
         self.metadata: Metadata | None = None
         self.pretrained_cfg = self._make_pretrained_cfg()
 

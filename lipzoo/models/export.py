@@ -24,7 +24,7 @@ import json
 import logging
 import math
 import operator
-from typing import Any
+from typing import Any, overload
 
 import torch
 import torch.fx as fx
@@ -70,13 +70,20 @@ def _plain_activation(layer: nn.Module) -> nn.Module | None:
     return copy.deepcopy(act)
 
 
+@overload
+def _copy_param(t: torch.Tensor) -> nn.Parameter: ...
+@overload
+def _copy_param(t: torch.Tensor | None) -> nn.Parameter | None: ...
 def _copy_param(t: torch.Tensor | None) -> nn.Parameter | None:
     return None if t is None else nn.Parameter(t.detach().clone())
 
 
 def _conv(layer: nn.Conv2d) -> nn.Conv2d:
-    conv = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
-                     padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
+    # a Conv2d's kernel_size, stride, padding and dilation are pairs (typed as tuple[int, ...] in torch)
+    conv = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size,  # type: ignore[arg-type]
+                     stride=layer.stride,  # type: ignore[arg-type]
+                     padding=layer.padding, dilation=layer.dilation,  # type: ignore[arg-type]
+                     groups=layer.groups,
                      bias=layer.bias is not None, padding_mode=layer.padding_mode,
                      device=layer.weight.device, dtype=layer.weight.dtype)
     conv.weight, conv.bias = _copy_param(layer.weight), _copy_param(layer.bias)
@@ -86,14 +93,16 @@ def _conv(layer: nn.Conv2d) -> nn.Conv2d:
 def _linear(layer: nn.Linear) -> nn.Linear:
     lin = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,
                     device=layer.weight.device, dtype=layer.weight.dtype)
-    lin.weight, lin.bias = _copy_param(layer.weight), _copy_param(layer.bias)
+    lin.weight, lin.bias = _copy_param(layer.weight), _copy_param(layer.bias)  # type: ignore[assignment]  # bias: None
     return lin
 
 
-def _residual(b: _Builder, layer: nn.Module, x: fx.Node) -> fx.Node:
+def _residual(b: _Builder, layer: LTResidualConv | LTResidualLinear, x: fx.Node) -> fx.Node:
     p = layer.effective_parameters()
     weight, bias, scale = p["weight"], p["bias"], p["scale"]
     act = _plain_activation(layer)
+    inner: nn.Conv2d | nn.Linear
+    outer: nn.ConvTranspose2d | nn.Linear
     if isinstance(layer, LTResidualConv):
         k = weight.shape[-1]
         inner = nn.Conv2d(weight.shape[1], weight.shape[0], k, padding=k // 2, device=weight.device,
@@ -202,7 +211,7 @@ def export(model: nn.Module, bound: Any = None) -> fx.GraphModule:
         b.graph.output(_emit(b, model, x))
     gm = fx.GraphModule(b.root, b.graph, class_name="LipzooExport")
     gm.train(model.training)
-    config = model.get_config() if hasattr(model, "get_config") else {}
+    config = model.get_config() if hasattr(model, "get_config") else {}  # type: ignore[operator]
     metadata = {
         "format": "lipzoo-export/1",
         "architecture": config.get("architecture"),
@@ -212,7 +221,7 @@ def export(model: nn.Module, bound: Any = None) -> fx.GraphModule:
         "model_args": config.get("model_args"),
         "bound": None if bound is None else bound_to_dict(bound),
     }
-    gm.lipzoo_metadata = metadata
-    gm.lipzoo_metadata_json = json.dumps(metadata, sort_keys=True)
+    gm.lipzoo_metadata = metadata  # type: ignore[assignment]  # plain attributes of the GraphModule
+    gm.lipzoo_metadata_json = json.dumps(metadata, sort_keys=True)  # type: ignore[assignment]
     logger.debug("Exported %s to a GraphModule with %d nodes.", metadata["architecture"], len(b.graph.nodes))
     return gm

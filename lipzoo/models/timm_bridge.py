@@ -77,6 +77,7 @@ def _make_entrypoint(architecture: str) -> Callable[..., nn.Module]:
         if tag and tag not in tags:
             raise ValueError(f"{timm_name(architecture)} has no pretrained tag {tag!r}; its tags are "
                              f"{[f'{timm_name(architecture)}.{t}' for t in tags]} (timm.list_pretrained('lipzoo*')).")
+        model: Any  # a lipzoo model: pretrained_cfg, num_classes
         if pretrained:
             entry = tags[tag] if tag else zoo.default_entry(architecture)
             if entry is None:
@@ -91,8 +92,8 @@ def _make_entrypoint(architecture: str) -> Callable[..., nn.Module]:
         if isinstance(cfg, PretrainedCfg):
             cfg = cfg.to_dict()
         base = {**model.pretrained_cfg, "tag": tag or (zoo.pretrained_tag(entry) if entry else None)}
-        if entry is not None and zoo.get_metadata(entry).weights is not None:
-            base["hf_hub_id"] = zoo.get_metadata(entry).weights.repo_id
+        if entry is not None and (weights := zoo.get_metadata(entry).weights) is not None:
+            base["hf_hub_id"] = weights.repo_id
         model.pretrained_cfg = {**base, **(cfg if isinstance(cfg, dict) else {}), **overlay,
                                 "num_classes": model.num_classes}
         return model
@@ -108,7 +109,8 @@ def _bridge(info: ArchitectureInfo) -> None:
     if name in default_cfgs and callable(getattr(sys.modules[__name__], name, None)):
         return  # bridged already (a listener replays the registry): registering again would overwrite
     tags = timm_tag_names(info.name)
-    cfgs = {f"{name}.{tag}": _cfg(info, entry) for tag, entry in tags.items()} or {name: _cfg(info, None)}
+    cfgs: dict[str, dict[str, Any] | PretrainedCfg] = (
+        {f"{name}.{tag}": _cfg(info, entry) for tag, entry in tags.items()} or {name: _cfg(info, None)})
     default_cfgs[name] = generate_default_cfgs(cfgs)[name]
     entrypoint = _make_entrypoint(info.name)
     setattr(sys.modules[__name__], name, entrypoint)

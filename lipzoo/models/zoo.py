@@ -193,7 +193,7 @@ def default_entry(architecture: str) -> str | None:
 
 def published_sha256() -> dict[str, str]:
     """``{entry: sha256}`` of every entry with published weights (for provenance checks)."""
-    return {n: get_metadata(n).weights.sha256 for n in list_entries() if get_metadata(n).weights is not None}
+    return {n: w.sha256 for n in list_entries() if (w := get_metadata(n).weights) is not None}
 
 
 # -- docs table --------------------------------------------------------------------------------------
@@ -232,7 +232,8 @@ def markdown_table() -> str:
         trained = res.epochs_trained if res else None
         planned = m.recipe.epochs if m.recipe else "—"
         epochs = f"{trained} of {planned}" if trained is not None else str(planned)
-        recipe = f"{m.recipe.loss}" + (f" (`{m.recipe.name}`)" if m.recipe and m.recipe.name else "")
+        recipe = f"{m.recipe.loss}" + (  # type: ignore[union-attr]  # an entry without a recipe fails here
+            f" (`{m.recipe.name}`)" if m.recipe and m.recipe.name else "")
         timm_name = f"lipzoo_{m.architecture.replace('-', '_')}.{pretrained_tag(name)}"
         lines.append(f"| `{name}` | `{timm_name}` | {m.dataset} | {recipe} | {epochs} | "
                      f"{', '.join(e.text for e in m.eps)} | {_percent(res.clean if res else None)} | {cert} | "
@@ -263,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.markdown:
         sys.stdout.write(markdown_table())
     else:
-        sys.stdout.write("\n".join(get_metadata(n).name for n in list_entries()) + "\n")
+        sys.stdout.write("\n".join(get_metadata(n).name for n in list_entries()) + "\n")  # type: ignore[misc]  # set
     return 0
 
 
