@@ -8,8 +8,10 @@ time; the data's shape, channels and pixels right after loading, before any boun
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -45,9 +47,9 @@ def _positive_int(text: str) -> int:
     return value
 
 
-# The command line keeps guaranteed bounds on disk (keyed by the model's fingerprint), so certify after
+# Bounds are cached on disk as the Python API caches them (keyed by the model's fingerprint), so certify after
 # bounds is instant: ``$LIPZOO_CACHE`` or ``~/.cache/lipzoo/bounds``; ``LIPZOO_CACHE=off`` disables.
-_CACHE = True
+_CACHE = None
 
 
 def _seconds(text: str) -> float:
@@ -70,13 +72,63 @@ def _add_bound_options(p: argparse.ArgumentParser, power_note: str) -> None:
                    help="under --norm lanczos: the probability that the bound is below the Lipschitz constant")
     p.add_argument("--max-dense", type=_positive_int, default=None,
                    help="under --norm auto: materialize operators up to this side only (default: adaptive, "
-                        "small ones always, larger ones where they tighten the bound most within a time budget)")
-    p.add_argument("--bound-budget", type=_seconds, default=None, metavar="SECONDS",
-                   help="seconds the guaranteed bound may spend tightening large operators exactly (default: the "
-                        "library's, 300; it stops earlier once it cannot gain 0.2%%); every value is proved either way, "
-                        "a larger budget gives a tighter bound, and the result is cached by the model's fingerprint; so "
-                        "is each chain certified on the way, so an interrupted run, or a later one with a larger "
-                        "budget, starts from them")
+                        "small ones always, larger ones where they tighten the bound most within --bound-effort)")
+    p.add_argument("--bound-effort", type=_effort, default="medium", metavar="LEVEL|UNITS",
+                   help="work the guaranteed bound may spend tightening large operators exactly: none, low, medium "
+                        "(default), high, or a number of work units (1e9 GEMM-equivalent flops, counted from the "
+                        "shapes: the bound is the same on any machine, loaded or not). It stops earlier once it "
+                        "cannot gain 0.2%%; every value is proved either way. Results and the chains certified on "
+                        "the way are cached, so a later run with more effort starts from them")
+    p.add_argument("--bound-budget", type=_budget_replaced, help=argparse.SUPPRESS)
+    p.add_argument("--recompute", action="store_true",
+                   help="compute the bound from scratch: no shipped certificate (certificate.json), no cache; "
+                        "`lipzoo bounds --recompute` also compares it with the shipped one")
+
+
+def _shipped(model, args):
+    """The checkpoint's shipped certificate for this run (None with --recompute or when there is none), and a line
+    saying how the bound is obtained."""
+    record = getattr(model, "lipzoo_certificate", None)
+    if record is None or args.recompute or args.norm != "auto":
+        return None, None
+    return record, (f"bound: from the checkpoint's certificate.json ({len(record['chains'])} certified operator "
+                    "norms, each checked against this run's estimate from below; --recompute computes from scratch)")
+
+
+def _effort(text: str):
+    """argparse type: a named effort or a number of work units >= 0."""
+    from lipzoo.bounds.cost import EFFORT_LEVELS, resolve_effort
+
+    try:
+        value = text if text in EFFORT_LEVELS else float(text)
+        resolve_effort(value)
+        return value
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(EFFORT_LEVELS)} or a number of work units "
+                                         f">= 0, got {text!r}") from None
+
+
+def _budget_replaced(text: str):
+    raise argparse.ArgumentTypeError("--bound-budget (seconds) was replaced by --bound-effort (none, low, medium, "
+                                     "high or work units): a bound no longer depends on the machine's speed or load")
+
+
+def _bound_options(args):
+    """The bound's options from the command line: one :class:`~lipzoo.bounds.options.BoundOptions` for everything
+    after it (a probabilistic bound gets fresh random start vectors: ``seed=None``)."""
+    from lipzoo.bounds import BoundOptions
+
+    return BoundOptions(method=getattr(args, "method", "liplt"), norm=args.norm, max_dense=args.max_dense,
+                        effort=args.bound_effort, failure_probability=args.failure_probability,
+                        seed=None if args.norm == "lanczos" else 0)
+
+
+def _budget_seconds(text: str) -> float:
+    """argparse type: a finite number of seconds > 0 (``--time-budget``)."""
+    value = _seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
 
 
 def _probability(text: str) -> float:
@@ -138,21 +190,55 @@ def _check_data(dataset, input_shape, limit: int | None, num_classes: int | None
 
 
 def _cmd_train(args) -> int:
+    import time
+
+    started = time.monotonic()  # --time-budget caps the command, imports and data loading included
     from lipzoo.train import TrainOptions, resolve_config, train
 
-    # the data and the initial weights are checked here, before the first step
-    config = resolve_config(args.target, args.overrides, data=args.data, init=args.init,
-                            normalization=args.normalization, data_root=args.data_root)
-    out = args.out or _default_run(args.target, config, args.data)
-    opts = TrainOptions(out_dir=out, data_root=args.data_root, device=args.device, seed=args.seed,
-                        resume=args.resume, amp=args.amp, num_workers=args.workers,
-                        max_steps_per_epoch=args.max_steps, progress=not args.no_progress, threads=args.threads,
-                        time_budget=args.time_budget, compile=args.compile, init=args.init, data=args.data)
-    run_dir = train(config, opts)
+    with _train_log():
+        # the data and the initial weights are checked here, before the first step
+        config = resolve_config(args.target, args.overrides, data=args.data, init=args.init,
+                                normalization=args.normalization, data_root=args.data_root)
+        out = args.out or _default_run(args.target, config, args.data)
+        opts = TrainOptions(out_dir=out, data_root=args.data_root, device=args.device, seed=args.seed,
+                            resume=args.resume, amp=args.amp, num_workers=args.workers,
+                            max_steps_per_epoch=args.max_steps, progress=not args.no_progress, threads=args.threads,
+                            time_budget=args.time_budget, compile=args.compile, init=args.init, data=args.data,
+                            started=started)
+        run_dir = train(config, opts)
     data = f" --data {shlex.quote(args.data)}" if args.data and not _known_dataset(args.data) else ""
     print(f"Training finished: {run_dir}/final (metrics in {run_dir}/metrics.jsonl). Certify it with:\n"
           f"  lipzoo certify {run_dir}/final{data} --attach")
     return 0
+
+
+class _TrainLogFormat(logging.Formatter):
+    """``lipzoo train: epoch 3/10: ...`` and ``lipzoo train: warning: ...``, the command's own voice."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = "" if record.levelno <= logging.INFO else f"{record.levelname.lower()}: "
+        return f"lipzoo train: {level}{record.getMessage()}"
+
+
+@contextlib.contextmanager
+def _train_log():
+    """The trainer's INFO lines (one per epoch, the time budget's plan) and warnings on stderr, for this command."""
+    log = logging.getLogger("lipzoo.train")
+    if log.getEffectiveLevel() <= logging.INFO:  # -v: the root handler shows them already
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_TrainLogFormat())
+    level, propagate = log.level, log.propagate
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+        log.propagate = propagate
 
 
 def _default_run(target: str, config: dict, data: str | None) -> str:
@@ -227,6 +313,9 @@ def _cmd_certify(args) -> int:
                          f"{'estimates' if args.norm == 'power' else 'probabilistic bounds'}. Use --norm auto or exact.")
     device = _device(args.device)
     model, config = _load_model(args.model, device)  # evaluate() and the bound run where the model is
+    certificate, how = _shipped(model, args)
+    if how:
+        print(how)
     arithmetic = getattr(torch, args.arithmetic)
     model = model.to(arithmetic)  # the radii hold for the model run in this arithmetic (they account for it)
     data = args.data or config.get("dataset")
@@ -248,9 +337,8 @@ def _cmd_certify(args) -> int:
     if args.compare:
         other, other_cfg = _load_model(args.compare, device)
         rep = certify(other.to(arithmetic), dataset, eps_list, input_shape=other_cfg["input_shape"], limit=args.limit,
-                      attack=None, norm=args.norm, max_dense=args.max_dense, progress=not args.no_progress,
-                      name=args.compare, allow_estimate=args.norm == "power", method=args.method,
-                      failure_probability=args.failure_probability)
+                      attack=None, options=_bound_options(args), progress=not args.no_progress, cache=_CACHE,
+                      name=args.compare, allow_estimate=args.norm == "power")
         compare = {args.compare if rep["kind"] == "certified" else f"{args.compare} ({rep['kind']})": rep["radii"]}
     name = args.model
     out = args.out or _default_out("certify", name)
@@ -258,19 +346,25 @@ def _cmd_certify(args) -> int:
 
     try:
         report = certify(model, dataset, eps_list, input_shape=config["input_shape"], out_dir=out, name=name,
-                         limit=args.limit, batch_size=args.batch_size, attack=attack, norm=args.norm,
-                         max_dense=args.max_dense, compare=compare, device=device, progress=not args.no_progress,
-                         budget=args.bound_budget, cache=_CACHE, method=args.method,
-                         failure_probability=args.failure_probability,
+                         limit=args.limit, batch_size=args.batch_size, attack=attack, options=_bound_options(args),
+                         compare=compare, device=device, progress=not args.no_progress,
+                         cache=False if args.recompute else _CACHE, certificate=certificate,
                          allow_estimate=args.norm == "power")  # --norm power asks for an estimate explicitly
     except UnsoundBoundError as err:  # --attack-all broke a certified point
         print(f"lipzoo certify: UNSOUND BOUND: {err}", file=sys.stderr)
         return 3
+    shipped = None
     if config.get("sha256"):  # which weights these numbers belong to (checked by attach_results)
         report["sha256"] = config["sha256"]
         path = Path(out) / "report.json"
         if path.is_file():
             path.write_text(json.dumps({**json.loads(path.read_text()), "sha256": config["sha256"]}, indent=2))
+        if report["bound"].get("norm") == "auto" and report["bound"]["guaranteed"] and "bound_object" in report:
+            from lipzoo.bounds.shipped import certificate_record, write_certificate
+
+            # the bound these numbers come from, checkable (docs/certificate-format.md); --attach ships it
+            shipped = certificate_record(report["bound_object"], weights_sha256=config["sha256"])
+            report["files"].append(str(write_certificate(out, shipped)))
     print(format_table(report))
     print(f"\nFiles: {', '.join(report['files'])}")
     viol = [v for k, v in report["metrics"].items() if k.startswith("consistency_violations") and v]
@@ -281,8 +375,9 @@ def _cmd_certify(args) -> int:
 
         # the data's name (a file name, not this machine's path) when it is not the model's dataset
         given = data_label(args.data) if args.data and data_label(args.data) != config.get("dataset") else None
-        attach_results(args.model, {**report, "data": given})
-        print(f"Attached the results to {args.model} (config.json and README.md).")
+        attach_results(args.model, {**report, "data": given}, certificate=shipped)
+        print(f"Attached the results to {args.model} (config.json, README.md"
+              + (" and certificate.json)." if shipped else ")."))
     return 3 if viol else 0
 
 
@@ -306,11 +401,18 @@ def _cmd_bounds(args) -> int:
 
     model, config = _load_model(args.model, _device(args.device))  # the bound runs where the model is
     shape = args.input_shape or config["input_shape"]
-    table = bounds_table(model, shape, norm=args.norm, max_dense=args.max_dense, budget=args.bound_budget,
-                         cache=_CACHE, failure_probability=args.failure_probability)
+    certificate, how = _shipped(model, args) if args.input_shape is None else (None, None)
+    table = bounds_table(model, shape, options=_bound_options(args), cache=False if args.recompute else _CACHE,
+                         certificate=certificate)
+    shipped = getattr(model, "lipzoo_certificate", None)
+    if args.recompute and shipped is not None and args.input_shape is None:
+        table["liplt"]["shipped_certificate"] = {"L_ij": shipped["bound"]["mean"],
+                                                 "same": table["liplt"]["L_ij"] == shipped["bound"]["mean"]}
     if args.json:
         print(json.dumps(table, indent=2))
         return 0
+    if how:
+        print(how)
     print(f"{'method':>7} | {'mean L_ij':>10} | {'mean L_i+L_j':>12} | {'sqrt2*L':>10} | guarantee")
     for method, row in table.items():
         print(f"{method:>7} | {row['L_ij']:10.4g} | {row['L_i+L_j']:12.4g} | {row['sqrt2_L']:10.4g} | {row['guarantee']}")
@@ -320,10 +422,14 @@ def _cmd_bounds(args) -> int:
               f"this and the bound above ({table['liplt']['L_ij'] / below - 1:.2%} apart)")
     chains = table["liplt"].get("chains")
     if chains:
+        work = chains.get("work") or {}
         print(f"{chains['certified']} of {chains['total']} inner operators certified exactly"
-              + (f" ({chains['from_cache']} by an earlier run, from the cache)" if chains["from_cache"] else "")
-              + ("; a larger --bound-budget certifies more, starting from these" if chains["certified"] < chains["total"]
-                 else ""))
+              + (f"; refinement work {work['spent']:.4g} of {work['effort']:.4g} units" if work else "")
+              + ("; --bound-effort high certifies more" if chains["certified"] < chains["total"] else ""))
+    check = table["liplt"].get("shipped_certificate")
+    if check:
+        print(f"recomputed from scratch: mean L_ij {table['liplt']['L_ij']!r}; the shipped certificate's {check['L_ij']!r}"
+              f" ({'identical' if check['same'] else 'different: see docs/certificate-format.md, Reproducing'})")
     return 0
 
 
@@ -347,9 +453,9 @@ def _cmd_list(args) -> int:
             if res is None:
                 measured = "not trained yet" if meta.weights is None else "not certified yet"
             else:
-                cells = [f"{100 * res.at(e).certified:.2f}% @ {e.text}" for e in meta.eps
+                cells = [f"{100 * res.at(e).certified:.2f}% @ {e.text}" for e in meta.eps  # type: ignore[operator]
                          if res.at(e).certified is not None]
-                measured = f"clean {100 * res.clean:.2f}%, certified " + ", ".join(cells)
+                measured = f"clean {100 * res.clean:.2f}%, certified " + ", ".join(cells)  # type: ignore[operator]
             tag = f"{meta.architecture}.{zoo.pretrained_tag(name)}"
             print(f"  {name:<22} {tag:<22} {measured}")
     if not archs and not entries:
@@ -360,8 +466,12 @@ def _cmd_list(args) -> int:
 def _cmd_push(args) -> int:
     from lipzoo.hub import push
 
-    info = push(args.directory, args.repo_id, token=args.token, revision=args.revision, private=args.private)
-    print(f"Pushed {args.directory} to {args.repo_id}: {info}")
+    try:
+        info = push(args.directory, args.repo_id, token=args.token, revision=args.revision, private=args.private)
+    except (ConnectionError, PermissionError) as err:  # no network, no token: one line with the fix, as `load`
+        print(f"lipzoo push: error: {err}", file=sys.stderr)
+        return 2
+    print(f"Pushed {args.directory} to {args.repo_id}: {getattr(info, 'commit_url', info)}")
     return 0
 
 
@@ -374,7 +484,7 @@ def _version() -> str:
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Defaults in every help line, once: a help that states its default itself is left as written."""
 
-    def _get_help_string(self, action: argparse.Action) -> str:
+    def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
         return text if "default:" in text else super()._get_help_string(action)
 
@@ -392,7 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a zoo entry or YAML recipe (CRM or cross-entropy)", parents=[common],
                        formatter_class=fmt)
     t.add_argument("target", help="zoo entry (e.g. crm-mnist-4c3f) or a YAML file")
-    t.add_argument("overrides", nargs="*", help="recipe overrides key=value, e.g. recipe.epochs=5")
+    t.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, anywhere on the line, e.g. recipe.epochs=5 (the scheduler's start epoch and "
+                        "the CE warm-up scale with recipe.epochs unless they are given too)")
     t.add_argument("--out", help="run directory (default: runs/<name>, runs/<name>-<data> with --data)")
     t.add_argument("--init", metavar="SOURCE",
                    help="start from these weights (checkpoint folder, zoo entry, arch.tag or hf-hub:owner/name); "
@@ -411,8 +523,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     t.add_argument("--amp", action="store_true", help="bfloat16 autocast for the network (the bound stays float32)")
     t.add_argument("--compile", action="store_true", help="torch.compile the network's forward")
-    t.add_argument("--time-budget", type=float, metavar="SECONDS",
-                   help="shrink the recipe's epochs, schedule and warm-up to what fits (measured on epoch 2)")
+    t.add_argument("--time-budget", type=_budget_seconds, metavar="SECONDS",
+                   help="wall-clock cap on the whole run (the final save excepted; a resumed run counts its earlier "
+                        "sessions): a few steps are timed before the first epoch and the recipe is fitted to what "
+                        "is left -- its warm-up, constant phase and decay scaled together, with shorter epochs when "
+                        "fewer than 10 fit -- and every epoch re-checks the rate and shortens the rest if it dropped "
+                        "(docs/training.md)")
     t.add_argument("--workers", type=int, default=0, help="data loader workers")
     t.add_argument("--max-steps", type=_positive_int, help="cap steps per epoch (smoke tests)")
     t.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's choice)")
@@ -470,7 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("directory", help="a folder written by save_pretrained / lipzoo train")
     u.add_argument("--repo-id", required=True, help="owner/name on the Hub (created if needed)")
     u.add_argument("--token", help="Hub token (default: HF_TOKEN / the cached login)")
-    u.add_argument("--revision", help="branch to commit to (default: main)")
+    u.add_argument("--revision", help="the Hub revision (branch) to commit to, created if needed (default: main)")
     u.add_argument("--private", action="store_true", help="create the repo as private")
     u.set_defaults(func=_cmd_push)
 
@@ -486,8 +602,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# a ``lipzoo train`` override written as an option (``--recipe.epochs=5``) gets a hint
+_OVERRIDE = re.compile(r"[A-Za-z_][\w-]*(\.[\w-]+)*=")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with ``lipzoo train``'s ``key=value`` overrides taken anywhere on it.
+
+    argparse gives positionals after an option back as unknown; for ``train`` they join
+    ``args.overrides`` in the order written (one that is not ``key=value`` is reported with the
+    others by :func:`lipzoo.train.config.apply_overrides`); an unknown option is still an error.
+    """
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    train = getattr(args, "command", None) == "train"
+    rest = [a for a in extra if not train or a.startswith("-")]
+    if rest:
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        sub = commands.choices.get(args.command, parser)  # the subcommand's usage, not lipzoo's
+        hint = ""
+        if train and any(a.startswith("--") and _OVERRIDE.match(a[2:]) for a in rest):
+            hint = " (overrides are written without dashes, e.g. recipe.epochs=5)"
+        sub.error(f"unrecognized arguments: {' '.join(rest)}{hint}")
+    if train:
+        args.overrides = list(args.overrides) + extra
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -49,7 +49,9 @@ LOSSES = ("crm", "ce")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("exponential", "constant")
 G_FUNCTIONS = ("linear", "exp")
+"""The CRM loss's radius transforms ``g`` (paper eq. 6): ``linear`` or ``exp``."""
 AUGMENTATIONS = ("hflip", "affine", "crop")
+"""The augmentations a recipe may name: horizontal flip, random affine, random crop."""
 STORAGE_DTYPES = ("float32", "float16", "bfloat16")
 # precision of the training estimator's power iterations (``LipLTEstimator(iteration_dtype=...)``):
 # float32 (the default, first) is the model's own, auto is bfloat16 on CPUs that compute it natively (float32 on CUDA)
@@ -267,7 +269,8 @@ class Scheduler:
     final_lr: float | None = None
 
     @classmethod
-    def parse(cls, d: Any, epochs: int, path: str = "recipe.scheduler") -> "Scheduler":
+    def parse(cls, d: Any, epochs: int | None, path: str = "recipe.scheduler") -> "Scheduler":
+        """``epochs``: the recipe's, to check ``start_epoch`` against (None: :meth:`Recipe.parse` checks it)."""
         if not isinstance(d, Mapping) or "name" not in d:
             raise _fail(path, "a mapping with a name", d)
         if _choice(d["name"], f"{path}.name", SCHEDULERS) == "constant":
@@ -292,7 +295,8 @@ class CRMSettings:
     warmup_epochs: int
 
     @classmethod
-    def parse(cls, d: Any, epochs: int, path: str = "recipe.crm") -> "CRMSettings":
+    def parse(cls, d: Any, epochs: int | None, path: str = "recipe.crm") -> "CRMSettings":
+        """``epochs``: the recipe's, to check ``warmup_epochs`` against (None: :meth:`Recipe.parse` checks it)."""
         _keys(d, path, ("t", "lam", "r0", "g", "warmup_epochs"))
         return cls(t=float(_number(d["t"], f"{path}.t", low=0, low_open=True)),
                    lam=float(_number(d["lam"], f"{path}.lam", low=0)),
@@ -318,6 +322,7 @@ class Augmentation:
 
     @classmethod
     def parse(cls, item: Any, path: str) -> "Augmentation":
+        args: Any  # the kind's arguments, a mapping once checked
         if isinstance(item, str):
             name, args = item, {}
         elif isinstance(item, Mapping) and len(item) == 1:
@@ -365,27 +370,61 @@ class Recipe:
 
     @classmethod
     def parse(cls, d: Any, path: str = "recipe") -> "Recipe":
-        _keys(d, path, cls._KEYS, ("name", *cls.DEFAULTED))
-        loss = _choice(d["loss"], f"{path}.loss", LOSSES)
-        epochs = _number(d["epochs"], f"{path}.epochs", low=1, integer=True)
-        aug = d["augmentation"]
-        if not isinstance(aug, (list, tuple)):
-            raise _fail(f"{path}.augmentation", "a list such as [hflip, {affine: {degrees: 10, translate: 0.1}}]", aug)
-        crm = d["crm"]
-        if loss == "crm" and crm is None:
-            raise _fail(f"{path}.crm", "a mapping {t, lam, r0, g, warmup_epochs} when recipe.loss is 'crm'", crm)
-        return cls(loss=loss, epochs=epochs,
-                   batch_size=_number(d["batch_size"], f"{path}.batch_size", low=1, integer=True),
-                   optimizer=Optimizer.parse(d["optimizer"], f"{path}.optimizer"),
-                   scheduler=Scheduler.parse(d["scheduler"], epochs, f"{path}.scheduler"),
-                   augmentation=tuple(Augmentation.parse(a, f"{path}.augmentation[{i}]") for i, a in enumerate(aug)),
-                   crm=None if crm is None else CRMSettings.parse(crm, epochs, f"{path}.crm"),
-                   power_iterations=_number(d["power_iterations"], f"{path}.power_iterations", low=1, integer=True),
-                   validation_split=float(_number(d["validation_split"], f"{path}.validation_split", low=0, high=1,
-                                                  high_open=True)),
-                   name=None if d.get("name") is None else _string(d["name"], f"{path}.name"),
-                   power_iteration_dtype=_choice(d.get("power_iteration_dtype", POWER_ITERATION_DTYPES[0]),
-                                                 f"{path}.power_iteration_dtype", POWER_ITERATION_DTYPES))
+        """The recipe, checked key by key; every problem is reported in one ``ValueError`` (never one at a time).
+
+        The settings counted in epochs (``scheduler.start_epoch``, ``crm.warmup_epochs``) are checked
+        against ``epochs`` with the fix spelled out (``lipzoo train`` scales them with an overridden
+        ``recipe.epochs`` that comes alone).
+        """
+        if not isinstance(d, Mapping):
+            raise _fail(path, "a mapping", d)
+        problems: list[str] = []
+
+        def check(key: str, parse):  # parse(value) for a present key; a problem is noted, None returned
+            if key not in d:
+                return None
+            try:
+                return parse(d[key])
+            except ValueError as err:
+                problems.append(str(err))
+                return None
+
+        try:
+            _keys(d, path, cls._KEYS, ("name", *cls.DEFAULTED))
+        except ValueError as err:
+            problems.append(str(err))
+        loss = check("loss", lambda v: _choice(v, f"{path}.loss", LOSSES))
+        epochs = check("epochs", lambda v: _number(v, f"{path}.epochs", low=1, integer=True))
+        problems += _epoch_conflicts(d, epochs, path)
+
+        def augmentation(aug):
+            if not isinstance(aug, (list, tuple)):
+                raise _fail(f"{path}.augmentation", "a list such as [hflip, {affine: {degrees: 10, translate: 0.1}}]",
+                            aug)
+            return tuple(Augmentation.parse(a, f"{path}.augmentation[{i}]") for i, a in enumerate(aug))
+
+        if loss == "crm" and "crm" in d and d["crm"] is None:
+            problems.append(str(_fail(f"{path}.crm", "a mapping {t, lam, r0, g, warmup_epochs} when recipe.loss is "
+                                                     "'crm'", None)))
+        fields = dict(
+            loss=loss, epochs=epochs,
+            batch_size=check("batch_size", lambda v: _number(v, f"{path}.batch_size", low=1, integer=True)),
+            optimizer=check("optimizer", lambda v: Optimizer.parse(v, f"{path}.optimizer")),
+            scheduler=check("scheduler", lambda v: Scheduler.parse(v, None, f"{path}.scheduler")),
+            augmentation=check("augmentation", augmentation),
+            crm=check("crm", lambda v: None if v is None else CRMSettings.parse(v, None, f"{path}.crm")),
+            power_iterations=check("power_iterations", lambda v: _number(v, f"{path}.power_iterations", low=1,
+                                                                         integer=True)),
+            validation_split=check("validation_split", lambda v: float(_number(
+                v, f"{path}.validation_split", low=0, high=1, high_open=True))),
+            name=check("name", lambda v: None if v is None else _string(v, f"{path}.name")),
+            power_iteration_dtype=check("power_iteration_dtype", lambda v: _choice(
+                v, f"{path}.power_iteration_dtype", POWER_ITERATION_DTYPES)) or POWER_ITERATION_DTYPES[0])
+        if len(problems) == 1:
+            raise ValueError(problems[0])
+        if problems:
+            raise ValueError(f"{path}: {len(problems)} problems:\n  - " + "\n  - ".join(problems))
+        return cls(**fields)
 
     def to_dict(self) -> dict[str, Any]:
         out = {"loss": self.loss, "epochs": self.epochs, "batch_size": self.batch_size,
@@ -398,6 +437,25 @@ class Recipe:
         if self.power_iteration_dtype != POWER_ITERATION_DTYPES[0]:
             out["power_iteration_dtype"] = self.power_iteration_dtype
         return out
+
+
+def _epoch_conflicts(d: Mapping[str, Any], epochs: int | None, path: str) -> list[str]:
+    """The settings counted in epochs that do not fit ``epochs``, each with its fix (all of them, at once)."""
+    if epochs is None:
+        return []
+    out = []
+    sched, crm = d.get("scheduler"), d.get("crm")
+    start = sched.get("start_epoch") if isinstance(sched, Mapping) and sched.get("name") == "exponential" else None
+    if isinstance(start, int) and not isinstance(start, bool) and start >= epochs:
+        out.append(f"{path}.scheduler.start_epoch: expected an int < {epochs} (the decay starts within "
+                   f"{path}.epochs={epochs}), got {start}; set it to at most {epochs - 1}, e.g. "
+                   f"{path}.scheduler.start_epoch={epochs // 2}.")
+    warmup = crm.get("warmup_epochs") if isinstance(crm, Mapping) else None
+    if isinstance(warmup, int) and not isinstance(warmup, bool) and warmup > epochs:
+        out.append(f"{path}.crm.warmup_epochs: expected an int <= {epochs} (the warm-up fits in {path}.epochs="
+                   f"{epochs}), got {warmup}; set it to at most {epochs}, e.g. {path}.crm.warmup_epochs="
+                   f"{epochs // 10}.")
+    return out
 
 
 # -- architecture ------------------------------------------------------------------------------------

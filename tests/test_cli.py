@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import re
@@ -61,7 +62,7 @@ def test_certify_report_files_and_table(checkpoint, tmp_path, capsys):
     out = tmp_path / "cert"
     assert _certify(checkpoint, out) == 0
     printed = capsys.readouterr().out
-    assert {p.name for p in out.iterdir()} == {"report.json", "radii.csv", "certified_curve.png"}
+    assert {p.name for p in out.iterdir()} == {"report.json", "radii.csv", "certified_curve.png", "certificate.json"}
     assert (out / "certified_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     report = json.loads((out / "report.json").read_text())
@@ -181,13 +182,16 @@ def test_the_command_line_caches_bounds_without_touching_the_environment(checkpo
     assert list((tmp_path / "cache").glob("*.json"))  # `certify` after `bounds` reads these
     assert list((tmp_path / "cache" / "chains").glob("*.json"))  # and a longer or resumed run starts from these
     capsys.readouterr()
-    assert main(["bounds", str(checkpoint.dir), "--bound-budget", "900"]) == 0  # more time: computed again ...
-    assert "by an earlier run, from the cache" in capsys.readouterr().out  # ... from the chains certified before
+    assert main(["bounds", str(checkpoint.dir), "--bound-effort", "high"]) == 0  # another effort: computed again
+    assert len(list((tmp_path / "cache").glob("*.json"))) > 1
+    with pytest.raises(SystemExit):
+        main(["bounds", str(checkpoint.dir), "--bound-budget", "900"])
+    assert "replaced by --bound-effort" in capsys.readouterr().err
     monkeypatch.delenv("LIPZOO_CACHE")
     monkeypatch.setattr("lipzoo.bounds.cache.cache_dir", lambda: tmp_path / "default")
     assert main(["bounds", str(checkpoint.dir), "--json"]) == 0
-    assert list((tmp_path / "default").glob("*.json"))  # on by default for the command line ...
-    assert "LIPZOO_CACHE" not in os.environ  # ... without turning it on for library calls in the process
+    assert list((tmp_path / "default").glob("*.json"))  # on by default, as for library calls ...
+    assert "LIPZOO_CACHE" not in os.environ  # ... without touching the environment
 
 
 def test_bounds_json_naive_is_never_tighter(checkpoint, capsys):
@@ -247,11 +251,56 @@ def test_push_uploads_the_checkpoint_without_network(checkpoint, monkeypatch, ca
     upload = calls[3][1]
     assert upload["repo_id"] == "someone/tiny" and upload["revision"] == "v1"
     assert Path(upload["folder_path"]) == checkpoint.dir
-    assert sorted(upload["allow_patterns"]) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(upload["allow_patterns"]) == ["README.md", "certificate.json", "config.json", "model.safetensors"]
 
     calls.clear()
     assert main(["push", str(checkpoint.dir), "--repo-id", "no-owner"]) == 2
     assert "repo_id must look like 'owner/name'" in capsys.readouterr().err and not calls
+
+
+@pytest.mark.parametrize("failure, message", [
+    ("network", r"lipzoo push: error: push: the Hub cannot be reached to upload to 'someone/tiny' \(ConnectError: "
+                r"\[Errno 101\] Network is unreachable\)\. Fix: check the network and retry\."),
+    ("token", r"lipzoo push: error: push: not allowed to upload to 'someone/tiny' \(401: the token was refused\)\. "
+              r"Fix: pass --token"),
+    ("repo", r"lipzoo push: error: push: Hub repo 'someone/tiny' not found, or not visible to this token\. Fix: check "
+             r"the repo id"),
+    ("folder", r"lipzoo push: error: push: directory '.*nowhere' does not exist\."),
+])
+def test_push_failures_are_one_line_with_the_fix(checkpoint, monkeypatch, capsys, failure, message):
+    """Issue 24 (3): no network, a refused token, a missing repo or folder: exit 2 and one line, like `load`."""
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    class ConnectError(Exception):  # what huggingface_hub 2.x's HTTP client raises without a network
+        __module__ = "httpx2"
+
+    def answer(status):
+        return SimpleNamespace(status_code=status, headers={}, request=None)
+
+    raised = {"network": ConnectError("[Errno 101] Network is unreachable"),
+              "token": HfHubHTTPError("401 Client Error: Unauthorized\n\nInvalid credentials", response=answer(401)),
+              "repo": RepositoryNotFoundError("404 Client Error\n\nRepository Not Found", response=answer(404))}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, exist_ok, private):
+            if failure in ("network", "token"):
+                raise raised[failure]
+
+        def create_branch(self, repo_id, branch, exist_ok):
+            pass
+
+        def upload_folder(self, **kwargs):
+            raise raised[failure]
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    folder = checkpoint.dir if failure != "folder" else checkpoint.dir.parent / "nowhere"
+    assert main(["push", str(folder), "--repo-id", "someone/tiny", "--revision", "v1"]) == 2
+    out = capsys.readouterr()
+    assert re.fullmatch(message + r".*\n", out.err) and out.err.count("\n") == 1 and out.out == "", out.err
 
 
 def test_unknown_model_and_missing_data_exit_2(checkpoint, tmp_path, capsys):
@@ -342,6 +391,38 @@ def test_certify_attach_puts_the_numbers_in_the_card(checkpoint, tmp_path, capsy
     card = (checkpoint.dir / "README.md").read_text()
     assert "Not certified yet" not in card and f"{100 * report['metrics']['clean']:.2f}" in card
     assert lipzoo.load(checkpoint.dir).lipzoo_config["metrics"]["clean"] == report["metrics"]["clean"]
+
+
+def test_attach_ships_the_certificate_and_bounds_uses_it(checkpoint, tmp_path, capsys, monkeypatch):
+    """`certify --attach` writes certificate.json (the bound the card's numbers come from); `bounds` and `certify`
+    then check and use it, printing the same value as a computation from scratch (`--recompute`)."""
+    import lipzoo.bounds.proved as proved
+
+    monkeypatch.setenv("LIPZOO_CACHE", "off")
+    assert _certify(checkpoint, tmp_path / "cert", "--attach") == 0
+    shipped = json.loads((checkpoint.dir / "certificate.json").read_text())
+    config = json.loads((checkpoint.dir / "config.json").read_text())
+    assert shipped["weights_sha256"] == config["sha256"] and shipped["chains"]
+    assert lipzoo.load(checkpoint.dir).lipzoo_certificate == shipped
+    capsys.readouterr()
+
+    def boom(*a, **k):
+        raise AssertionError("certified again although shipped")
+
+    with monkeypatch.context() as m:
+        m.setattr(proved, "group_gram", boom)
+        m.setattr(proved, "certified_chain_norm", boom)
+        assert main(["bounds", str(checkpoint.dir), "--json"]) == 0
+        used = json.loads(capsys.readouterr().out)["liplt"]["L_ij"]
+        assert main(["bounds", str(checkpoint.dir)]) == 0
+        assert "from the checkpoint's certificate.json" in capsys.readouterr().out
+    assert used == shipped["bound"]["mean"]
+    assert main(["bounds", str(checkpoint.dir), "--recompute"]) == 0
+    assert "(identical)" in capsys.readouterr().out
+    # a certificate of other weights is ignored (with a warning), never used
+    shipped["weights_sha256"] = "0" * 64
+    (checkpoint.dir / "certificate.json").write_text(json.dumps(shipped))
+    assert lipzoo.load(checkpoint.dir).lipzoo_certificate is None
 
 
 def test_certify_and_bounds_default_to_the_gpu_when_present(checkpoint, monkeypatch):
@@ -531,3 +612,50 @@ def test_cache_command_shows_and_clears(tmp_path, monkeypatch, capsys):
     assert "Removed 3 file(s)" in out and "0 bound file(s), 0 certificate file(s)" in out  # two entries, one lock
     monkeypatch.setenv("LIPZOO_CACHE", "off")
     assert main(["cache"]) == 0 and "off" in capsys.readouterr().out
+
+
+# -- lipzoo train's command line (issue 24): overrides anywhere, options still checked -----------------------
+@pytest.mark.parametrize("argv,overrides", [
+    (["train", "T", "a.b=1", "--out", "x", "c=2"], ["a.b=1", "c=2"]),
+    (["train", "T", "--max-steps", "1", "recipe.epochs=1"], ["recipe.epochs=1"]),  # the issue's command
+    (["train", "T", "--out", "x", "a=1", "--seed", "3", "b=[1, 2]"], ["a=1", "b=[1, 2]"]),
+    (["train", "--out", "runs/lr=1e-3", "T", "x.y_z=3"], ["x.y_z=3"]),  # an option's value with '=' stays its value
+    (["-v", "train", "T", "--no-progress"], []),
+    # not key=value, before or after an option: an override that apply_overrides reports with the others
+    (["train", "T", "stray", "--seed", "1", "other"], ["stray", "other"]),
+])
+def test_train_overrides_anywhere_on_the_line(argv, overrides):
+    from lipzoo.cli import parse_args
+
+    args = parse_args(argv)
+    assert args.target == "T" and args.overrides == overrides
+    assert args.out in (None, "x", "runs/lr=1e-3")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "T", "--bogus", "3"], "lipzoo train: error: unrecognized arguments: --bogus"),
+    (["train", "T", "--recipe.epochs=3"], "unrecognized arguments: --recipe.epochs=3 (overrides are written without "
+                                          "dashes, e.g. recipe.epochs=5)"),
+    (["train", "T", "--out", "x", "-q"], "lipzoo train: error: unrecognized arguments: -q"),
+    (["certify", "m", "a=1"], "lipzoo certify: error: unrecognized arguments: a=1"),  # overrides are train's only
+    (["train", "T", "--time-budget", "0"], "argument --time-budget: expected a number of seconds > 0, got '0'"),
+    (["train", "T", "--time-budget", "nan"], "argument --time-budget: expected a number of seconds >= 0, got 'nan'"),
+])
+def test_train_unknown_options_still_fail(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_time_budget_help_and_docs_agree():
+    """--time-budget's help and docs/training.md say the same thing (the issue found them disagreeing)."""
+    from lipzoo.cli import build_parser
+
+    train = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["train"]
+    help_text = " ".join(next(a.help for a in train._actions if "--time-budget" in a.option_strings).split()).lower()
+    docs = (Path(lipzoo.__file__).parents[1] / "docs" / "training.md").read_text().replace("**", "")
+    docs = " ".join(docs.split()).lower()
+    for phrase in ("wall-clock cap on the whole run", "the final save excepted", "a resumed run counts its earlier "
+                   "sessions", "a few steps are timed before the first epoch", "warm-up, constant phase and decay",
+                   "scaled together", "shorter epochs when fewer than 10 fit", "re-checks the rate"):
+        assert phrase in help_text and phrase in docs, phrase

@@ -11,10 +11,13 @@ import copy
 import json
 import math
 import os
+import re
 import resource
 import shutil
 import subprocess
 import sys
+import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +30,12 @@ import lipzoo
 from lipzoo.cli import main
 from conftest import interrupted_in_epoch, register_tiny, tiny_builder
 from lipzoo.train import apply_overrides, exponential_decay, resolve_config
+from lipzoo.train import budget
 from lipzoo.train import trainer as trainer_mod
 
 ARCH = "train-tiny"
 METRIC_KEYS = {"epoch", "lr", "train_loss", "train_acc", "train_radius_est", "val_acc", "val_radius_est",
-               "val_cert_est@1/255", "val_cert_est@0.5", "epoch_seconds"}
+               "val_cert_est@1/255", "val_cert_est@0.5", "epoch_seconds", "steps"}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -299,6 +303,48 @@ def test_overrides_set_values_and_reject_unknown_keys(recipe_file):
     assert lrs["name"] == "1e-4x"
 
 
+def test_recipe_epochs_alone_implies_the_fields_counted_in_epochs(recipe_file, caplog):
+    """The issue: `recipe.epochs=1` alone was rejected until two more overrides were added, one error at a time."""
+    with caplog.at_level("INFO", logger="lipzoo.train"):
+        one = resolve_config("crm-mnist-4c3f", ["recipe.epochs=1"])["recipe"]
+    assert (one["epochs"], one["scheduler"]["start_epoch"], one["crm"]["warmup_epochs"]) == (1, 0, 0)
+    assert "recipe.scheduler.start_epoch 25 -> 0, recipe.crm.warmup_epochs 10 -> 0, scaled with it" in caplog.text
+    forty = resolve_config("crm-mnist-4c3f", ["recipe.epochs=40"])["recipe"]
+    assert (forty["scheduler"]["start_epoch"], forty["crm"]["warmup_epochs"]) == (3, 1)  # 25/10, 10/10 rounded up
+    # a field given too is kept: the other one still scales
+    kept = resolve_config("crm-mnist-4c3f", ["recipe.crm.warmup_epochs=0", "recipe.epochs=40"])["recipe"]
+    assert (kept["scheduler"]["start_epoch"], kept["crm"]["warmup_epochs"]) == (3, 0)
+    longer = resolve_config(str(recipe_file), ["recipe.epochs=30"])["recipe"]  # 3 -> 30 epochs: start 1 -> 10
+    assert (longer["scheduler"]["start_epoch"], longer["crm"]["warmup_epochs"]) == (10, 10)
+
+
+def test_conflicting_overrides_are_listed_at_once(recipe_file):
+    with pytest.raises(ValueError) as info:
+        resolve_config("crm-mnist-4c3f", ["recipe.epochs=1", "recipe.scheduler.start_epoch=5",
+                                          "recipe.crm.warmup_epochs=9", "recipe.batch_size=0"])
+    text = str(info.value)
+    assert text.startswith("recipe: 3 problems:")
+    assert "recipe.scheduler.start_epoch: expected an int < 1 (the decay starts within recipe.epochs=1), got 5; " \
+           "set it to at most 0, e.g. recipe.scheduler.start_epoch=0." in text
+    assert "recipe.crm.warmup_epochs: expected an int <= 1 (the warm-up fits in recipe.epochs=1), got 9; set it to " \
+           "at most 1, e.g. recipe.crm.warmup_epochs=0." in text
+    assert "recipe.batch_size: expected an int >= 1, got 0" in text
+    # every unknown key too, in one error
+    with pytest.raises(ValueError, match=r"(?s)2 overrides are wrong:.*'recipe\.epoch'.*'recipe\.crm\.lamda'"):
+        resolve_config(str(recipe_file), ["recipe.epoch=2", "recipe.crm.lamda=1"])
+    with pytest.raises(ValueError, match=r"Override 'recipe.augmentation=\[hflip': the value is not valid YAML"):
+        resolve_config(str(recipe_file), ["recipe.augmentation=[hflip"])
+
+
+def test_overrides_after_options_reach_the_run(recipe_file, data_root, tmp_path):
+    out = tmp_path / "run"  # `--max-steps 1 recipe.epochs=1`: the issue's order
+    assert main(["train", str(recipe_file), "--max-steps", "1", "recipe.epochs=1", "--out", str(out), "--data-root",
+                 str(data_root), "--device", "cpu", "--threads", "1", "--no-progress", "recipe.crm.lam=0.5"]) == 0
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["recipe"]["epochs"] == 1 and config["recipe"]["crm"]["lam"] == 0.5
+    assert [r["steps"] for r in _rows(out)] == [1]
+
+
 def test_cli_reports_bad_overrides(recipe_file, data_root, tmp_path, capsys):
     assert _train(recipe_file, tmp_path / "r1", data_root, "recipe.epoch=2") == 2
     err = capsys.readouterr().err
@@ -431,6 +477,106 @@ def test_exponential_decay_matches_formula():
     assert exponential_decay(3, epochs=3, start_epoch=5, lr=lr, final_lr=final) == 1.0
 
 
+# -- time budgets: the arithmetic (lipzoo.train.budget), with made-up costs --------------------------
+MNIST_RECIPE = {"loss": "crm", "epochs": 400, "batch_size": 512,
+                "optimizer": {"name": "adam", "lr": 1.0e-3, "betas": [0.9, 0.999], "eps": 1.0e-7},
+                "scheduler": {"name": "exponential", "start_epoch": 25, "final_lr": 1.0e-6}, "augmentation": [],
+                "crm": {"t": 5.0, "lam": 30.0, "r0": 2.2, "g": "linear", "warmup_epochs": 10},
+                "power_iterations": 10, "validation_split": 0.1}  # crm-mnist-4c3f's
+# the issue's machine: 106 steps an epoch, 1.5 s a CRM step, 1.0 s a CE step, 5.5 s of validation
+MNIST_COSTS = budget.StepCosts(warmup=1.0, crm=1.5, overhead=5.5)
+
+
+def _lr_factor(recipe: dict, epoch: int) -> float:
+    s = recipe["scheduler"]
+    if s["name"] == "constant":
+        return 1.0
+    return exponential_decay(epoch, epochs=recipe["epochs"], start_epoch=s["start_epoch"],
+                             lr=recipe["optimizer"]["lr"], final_lr=s["final_lr"])
+
+
+@pytest.mark.parametrize("warmup,start", [(10, 25), (0, 200), (0, 0), (3, 3), (10, 5), (400, 399)])
+def test_scaled_schedules_start_crm_at_the_full_learning_rate(warmup, start):
+    recipe = {**MNIST_RECIPE, "crm": {**MNIST_RECIPE["crm"], "warmup_epochs": warmup},
+              "scheduler": {**MNIST_RECIPE["scheduler"], "start_epoch": start}}
+    for n in range(1, 401):
+        r = budget.scale_schedule(recipe, n)
+        w, d = r["crm"]["warmup_epochs"], r["scheduler"]["start_epoch"]
+        assert 0 <= d <= n - 1 and 0 <= w <= n, (n, w, d)
+        if warmup < 400:
+            assert w < n, "a recipe with a CRM phase keeps one"
+            if start >= warmup:
+                assert d >= w and _lr_factor(r, w) == 1.0, "the first CRM epoch runs at the full learning rate"
+        if warmup > 0:
+            assert w >= 1 or n == 1 and warmup < 400, "a recipe with a warm-up keeps one epoch of it"
+        # scaled, not cut: within one epoch (plus the rules' one) of the proportional value
+        assert abs(d - start * n / 400) <= 2 and abs(w - warmup * n / 400) <= 1
+    assert budget.scale_schedule(recipe, 400) == recipe
+    assert budget.scale_schedule(MNIST_RECIPE, 10, keep=("crm.warmup_epochs",))["crm"]["warmup_epochs"] == 10
+    with pytest.raises(ValueError, match=r"epochs must be an int >= 1, got 0"):
+        budget.scale_schedule(MNIST_RECIPE, 0)
+
+
+def test_the_issue_schedule_no_longer_starts_crm_at_a_decayed_rate():
+    """The issue: 600 s fitted after two CE epochs left CRM starting at 6.3e-5. Now the fit comes first."""
+    plan = budget.plan_budget(MNIST_RECIPE, 600, steps_per_epoch=106, costs=MNIST_COSTS)
+    r = plan.recipe
+    assert plan.fitted and plan.useful and plan.seconds <= 600
+    # fewer than 10 whole epochs fit (3): 10 shorter ones; validating 10 times takes <= 10 % of the budget
+    assert r["epochs"] == 10 and plan.steps_per_epoch < 106
+    w = r["crm"]["warmup_epochs"]
+    assert w == 1 and r["scheduler"]["start_epoch"] == 2
+    assert _lr_factor(r, w) == 1.0  # CRM starts at 1e-3
+    # the steps fill the budget: one more step an epoch would not fit
+    assert MNIST_COSTS.epochs(r, plan.steps_per_epoch + 1) > 600 >= MNIST_COSTS.epochs(r, plan.steps_per_epoch)
+    assert plan.crm_steps == 9 * plan.steps_per_epoch
+    assert "10 epochs of" in plan.describe() and "CE warm-up 1 epoch," in plan.describe()
+
+
+def test_plan_budget_keeps_fits_shortens_and_says_when_it_is_not_useful():
+    costs = budget.StepCosts(warmup=1.0, crm=2.0, overhead=10.0)
+    recipe = MNIST_RECIPE
+    whole = costs.epochs(recipe, 106)
+    same = budget.plan_budget(recipe, whole, steps_per_epoch=106, costs=costs)
+    assert not same.fitted and same.recipe is recipe and same.steps_per_epoch == 106
+    # whole epochs when at least 10 fit: the most that fit, an independent count
+    plan = budget.plan_budget(recipe, 5000, steps_per_epoch=106, costs=costs)
+    n = plan.recipe["epochs"]
+    assert plan.steps_per_epoch == 106 and n >= 10
+    assert costs.epochs(budget.scale_schedule(recipe, n), 106) <= 5000 < costs.epochs(budget.scale_schedule(recipe, n + 1), 106)
+    assert "name" not in plan.recipe and plan.record(costs, 5100)["recipe_epochs"] == 400
+    # a budget that holds less than one CRM pass is said to be not useful; useful_budget is the threshold
+    small = budget.plan_budget(recipe, 90, steps_per_epoch=106, costs=costs)
+    assert not small.useful and small.recipe["epochs"] >= 1 and small.seconds <= 90
+    need = budget.useful_budget(recipe, steps_per_epoch=106, costs=costs)
+    assert budget.plan_budget(recipe, need, steps_per_epoch=106, costs=costs).useful
+    assert not budget.plan_budget(recipe, need * 0.98, steps_per_epoch=106, costs=costs).useful
+    # validation may take at most 10 % of a short budget: fewer, longer epochs
+    slow_eval = budget.plan_budget(recipe, 300, steps_per_epoch=106, costs=budget.StepCosts(1.0, 1.0, 10.0))
+    assert slow_eval.recipe["epochs"] == 3
+    # a cross-entropy recipe is always "useful"
+    ce = {**recipe, "loss": "ce", "crm": None}
+    assert budget.plan_budget(ce, 50, steps_per_epoch=106, costs=costs).useful
+    with pytest.raises(ValueError, match=r"seconds must be a finite number >= 0, got -1"):
+        budget.plan_budget(recipe, -1, steps_per_epoch=106, costs=costs)
+    with pytest.raises(ValueError, match=r"steps_per_epoch must be >= 1, got 0"):
+        budget.plan_budget(recipe, 10, steps_per_epoch=0, costs=costs)
+    with pytest.raises(ValueError, match=r"StepCosts.crm must be a finite number of seconds >= 0, got nan"):
+        budget.StepCosts(1.0, float("nan"), 1.0)
+
+
+def test_allot_steps_only_shortens():
+    r = budget.fit_recipe(MNIST_RECIPE, 10)
+    costs = budget.StepCosts(warmup=1.0, crm=1.0, overhead=2.0)
+    # 5 epochs left (5 to 9, all CRM): 5 * (k + 2) <= 60  ->  k = 10, capped at the plan's 8
+    assert budget.allot_steps(r, epoch=5, seconds_left=60, planned=8, costs=costs) == 8
+    assert budget.allot_steps(r, epoch=5, seconds_left=45, planned=8, costs=costs) == 7
+    slower = budget.StepCosts(warmup=1.0, crm=3.0, overhead=2.0)
+    assert budget.allot_steps(r, epoch=5, seconds_left=45, planned=8, costs=slower) == 2
+    assert budget.allot_steps(r, epoch=5, seconds_left=12, planned=8, costs=slower) == 0
+    assert budget.allot_steps(r, epoch=10, seconds_left=100, planned=8, costs=costs) == 0
+
+
 def test_fit_recipe_scales_schedule_and_warmup():
     recipe = _entry(epochs=400, scheduler={"name": "exponential", "start_epoch": 200, "final_lr": 1e-6},
                     crm={"t": 5.0, "lam": 15.0, "r0": 0.2, "g": "linear", "warmup_epochs": 10})["recipe"]
@@ -446,21 +592,166 @@ def test_fit_recipe_scales_schedule_and_warmup():
     assert "name" not in trainer_mod.fit_recipe({**recipe, "name": "crm-cifar10"}, 95)  # no longer that recipe
 
 
-def test_time_budget_shortens_the_run_and_resume_keeps_it(recipe_file, data_root, tmp_path, monkeypatch):
+# -- time budgets in the trainer: injected costs and a fake clock (never the machine's speed) ---------
+class _Clock:
+    """A fake ``trainer._now``: time moves only when a training step runs (``per_step`` seconds, or
+    ``per_step(epoch)``, each)."""
+
+    def __init__(self):
+        self.t, self.per_step = 1000.0, 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def fake_budget(monkeypatch):
+    """Install a fake clock (advanced by every training step) and injected measured costs."""
+    clock = _Clock()
+    real_loss = trainer_mod._Run.loss
+
+    def loss(self, x, y, regularize):
+        clock.t += clock.per_step(self.epoch) if callable(clock.per_step) else clock.per_step
+        return real_loss(self, x, y, regularize)
+
+    def install(costs: budget.StepCosts | None, per_step=0.0):
+        clock.per_step = per_step
+        monkeypatch.setattr(trainer_mod, "_now", clock)
+        monkeypatch.setattr(trainer_mod._Run, "loss", loss)
+        if costs is not None:
+            monkeypatch.setattr(trainer_mod._Run, "measure_costs", lambda self, repeats=2: costs)
+        return clock
+
+    return install
+
+
+def _budget_recipe(tmp_path: Path, **recipe) -> Path:
+    path = tmp_path / "budget.yaml"
+    entry = _entry(**{"epochs": 20, "scheduler": {"name": "exponential", "start_epoch": 10, "final_lr": 1e-4},
+                      "crm": {"t": 5.0, "lam": 1.0, "r0": 2.0, "g": "linear", "warmup_epochs": 4}, **recipe})
+    path.write_text(yaml.safe_dump(entry, sort_keys=False))
+    return path
+
+
+def _library_train(recipe: Path, out: Path, data_root: Path, **opts):
+    config = resolve_config(str(recipe), [])
+    options = trainer_mod.TrainOptions(out_dir=str(out), data_root=str(data_root), device="cpu", progress=False,
+                                       threads=1, **opts)
+    return trainer_mod.train(config, options)
+
+
+def test_time_budget_fits_whole_epochs_before_the_first(tiny_arch, data_root, tmp_path, fake_budget, caplog):
+    fake_budget(budget.StepCosts(warmup=1.0, crm=1.0, overhead=1.0))
+    recipe = _budget_recipe(tmp_path)  # 20 epochs of 3 steps (72 training images, batch 24): 80 s
     out = tmp_path / "run"
-    # a budget far below one epoch: the run stops after the two epochs that measure it
-    assert _train(recipe_file, out, data_root, "recipe.epochs=6", "--time-budget", "1e-6") == 0
+    with caplog.at_level("WARNING", logger="lipzoo.train"):
+        _library_train(recipe, out, data_root, time_budget=50)
+    # 50 s less the 2 % margin: 12 epochs of 3 steps + 1 s of validation (48 s), decided before epoch 1
+    assert "fitted: 12 epochs of 3 steps, CE warm-up 3 epochs, decay from epoch 6" in caplog.text
     rows = _rows(out)
-    assert [r["epoch"] for r in rows] == [1, 2]
+    assert [r["epoch"] for r in rows] == list(range(1, 13)) and {r["steps"] for r in rows} == {3}
     config = yaml.safe_load((out / "config.yaml").read_text())
-    assert config["recipe"]["epochs"] == 2 and config["time_budget"] == {"seconds": 1e-6, "recipe_epochs": 6}
-    final = json.loads((out / "final" / "config.json").read_text())
-    assert final["recipe"]["epochs"] == 2 and final["time_budget"]["recipe_epochs"] == 6
-    # the schedule was scaled with it (decay start 1 of 6 epochs -> 0 of 2)
-    assert config["recipe"]["scheduler"]["start_epoch"] == 0
-    # a resumed budgeted run keeps its shortened recipe (the command line still says 6 epochs)
-    assert _train(recipe_file, out, data_root, "recipe.epochs=6", "--resume") == 0
-    assert len(_rows(out)) == 2
+    assert config["recipe"]["epochs"] == 12 and config["time_budget"]["recipe_epochs"] == 20
+    assert config["time_budget"]["steps_per_epoch"] == 3 and config["time_budget"]["seconds"] == 50
+    # the CE warm-up ends where the decay has not started: CRM's first epoch (index 3) has the full rate
+    assert rows[3]["lr"] == pytest.approx(1e-2) and rows[-1]["lr"] == pytest.approx(1e-4)
+
+
+def test_time_budget_short_epochs_warn_before_training(tiny_arch, data_root, tmp_path, fake_budget, caplog):
+    fake_budget(budget.StepCosts(warmup=10.0, crm=10.0, overhead=1.0))
+    recipe = _budget_recipe(tmp_path)
+    out = tmp_path / "run"
+    with caplog.at_level("WARNING", logger="lipzoo.train"):
+        _library_train(recipe, out, data_root, time_budget=40)
+    # 39.2 s: one whole epoch (31 s); 3 epochs (validation <= 10 %) of 1 step, 1 of them CE
+    assert "fitted: 3 epochs of 1 step (of 3), CE warm-up 1 epoch" in caplog.text
+    assert "it holds 2 CRM steps, less than one pass over the training split (3 steps)" in caplog.text
+    assert "fitted" in caplog.records[0].getMessage()  # said before the first epoch
+    rows = _rows(out)
+    assert len(rows) == 3 and all(r["steps"] == 1 for r in rows)
+    # no budget at all: nothing fits, nothing is written
+    with pytest.raises(ValueError, match=r"--time-budget 5: .* cannot hold one step and one validation .*nothing "
+                                         r"was trained. A useful run of this recipe needs about --time-budget \d+"):
+        _library_train(recipe, tmp_path / "none", data_root, time_budget=5)
+    assert not (tmp_path / "none").exists()
+
+
+def test_time_budget_rechecks_every_epoch_and_keeps_the_cap(tiny_arch, data_root, tmp_path, fake_budget, caplog):
+    # measured 1 s a step; from the fourth epoch (index 3) on each step takes 3 s
+    clock = fake_budget(budget.StepCosts(warmup=1.0, crm=1.0, overhead=0.0), per_step=lambda e: 1.0 if e < 3 else 3.0)
+    recipe = _budget_recipe(tmp_path, epochs=12, scheduler={"name": "constant"})
+    out = tmp_path / "run"
+    with caplog.at_level("WARNING", logger="lipzoo.train"):
+        _library_train(recipe, out, data_root, time_budget=40)  # 36 s planned: the recipe fits as it is
+    steps = [r["steps"] for r in _rows(out)]
+    assert steps[:4] == [3, 3, 3, 3] and min(steps) < 3
+    assert steps == sorted(steps, reverse=True)  # shortened, never lengthened
+    assert clock.t - 1000.0 <= 40  # the cap holds
+    assert "at the rates measured so far" in caplog.text and "stopping after epoch" in caplog.text
+
+
+def test_time_budget_resume_keeps_the_plan_without_scheduler_warnings(tiny_arch, data_root, tmp_path, fake_budget,
+                                                                        monkeypatch):
+    fake_budget(budget.StepCosts(warmup=1.0, crm=1.0, overhead=1.0))
+    recipe = _budget_recipe(tmp_path)
+    run_a, run_b = tmp_path / "a", tmp_path / "b"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=r".*lr_scheduler\.step\(\)")  # the issue's torch warning
+        _library_train(recipe, run_a, data_root, time_budget=50)
+        with interrupted_in_epoch(monkeypatch, epoch=4):
+            _library_train(recipe, run_b, data_root, time_budget=50)
+        fake_budget(budget.StepCosts(warmup=1.0, crm=1.0, overhead=1.0))  # interrupted_in_epoch restored the loss
+        assert _ckpt(run_b)["epoch"] == 4
+        # resumed with another budget: the fitted recipe and steps come from the checkpoint
+        _library_train(recipe, run_b, data_root, time_budget=500, resume=True)
+    a, b = _ckpt(run_a), _ckpt(run_b)
+    assert b["config"]["recipe"] == a["config"]["recipe"] and b["config"]["recipe"]["epochs"] == 12
+    assert b["config"]["time_budget"] == a["config"]["time_budget"]
+    for key in ("model", "optimizer", "scheduler", "estimator"):
+        _assert_same(a[key], b[key], key)
+    assert _without_time(_rows(run_a)) == _without_time(_rows(run_b))
+
+
+def test_measuring_the_costs_changes_nothing(recipe_file, data_root, tmp_path, monkeypatch):
+    """The real measurement, on a clock that never moves (every cost 0: the recipe fits), trains what an unbudgeted
+    run trains, bit for bit: no optimizer step, and the weights, estimator vectors and RNGs are restored."""
+    monkeypatch.setattr(trainer_mod, "_now", lambda: 1000.0)
+    _library_train(recipe_file, tmp_path / "budget", data_root, time_budget=10)
+    monkeypatch.setattr(trainer_mod, "_now", time.monotonic)
+    _library_train(recipe_file, tmp_path / "plain", data_root)
+    a, b = _ckpt(tmp_path / "budget"), _ckpt(tmp_path / "plain")
+    for key in ("model", "optimizer", "scheduler", "estimator", "rng", "loader_generator"):
+        _assert_same(a[key], b[key], key)
+    assert a["config"]["recipe"] == b["config"]["recipe"] and a["config"]["time_budget"]["steps_per_epoch"] == 3
+    run = trainer_mod._Run(resolve_config(str(recipe_file)), trainer_mod.TrainOptions(
+        out_dir=str(tmp_path / "m"), data_root=str(data_root), device="cpu", progress=False))
+    costs = run.measure_costs()  # the real clock: the warm-up and CRM modes, validation and checkpoint
+    assert costs.warmup > 0 and costs.crm > 0 and costs.overhead > 0
+
+
+# -- what a run shows -------------------------------------------------------------------------------
+def test_no_progress_prints_one_line_per_epoch(recipe_file, data_root, tmp_path, capsys):
+    assert _train(recipe_file, tmp_path / "run", data_root, "recipe.epochs=2") == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("lipzoo train: epoch ")]
+    assert len(lines) == 2, err
+    assert re.fullmatch(r"lipzoo train: epoch 2/2: loss -?\d+\.\d+, accuracy \d+\.\d+ % \(validation \d+\.\d+ %\), "
+                        r"certified \(estimated\) \d+\.\d+ % at 1/255, \d+\.\d+ % at 0\.5, lr 0\.01, 3 steps, "
+                        r"\d+\.\d s", lines[1]), lines[1]
+
+
+def test_curves_legend_names_the_data_of_a_data_run(recipe_file, data_root, tmp_path, monkeypatch):
+    from lipzoo.train import curves
+
+    labels = []
+    real = curves.plot_training_curves
+    monkeypatch.setattr(curves, "plot_training_curves", lambda runs, path, **kw: labels.extend(runs) or real(
+        runs, path, **kw))
+    mine = tmp_path / "my-digits.npz"
+    shutil.copy(data_root / "mnist.npz", mine)
+    assert _train(recipe_file, tmp_path / "run", data_root, "recipe.epochs=1", "--data", str(mine)) == 0
+    assert _train(recipe_file, tmp_path / "run2", data_root, "recipe.epochs=1") == 0
+    assert labels == ["my-digits", "train-tiny-test"]  # never "None"
 
 
 # -- distributed ----------------------------------------------------------------------------------
@@ -490,3 +781,12 @@ def test_ddp_two_processes_on_cpu(tmp_path, data_root):
     assert model.lipzoo_config["training"]["epochs_trained"] == 1
     _assert_same(model.state_dict(), _ckpt(out)["model"], "model")
     print(f"DDP run: {cpu:.1f} s CPU")  # shown with -s; decides whether this test needs @slow
+    # with a time budget the ranks agree on rank 0's measurement, plan and steps (each on its own would wait forever)
+    budgeted = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", "-m", "lipzoo.cli",
+         "train", str(recipe), "recipe.epochs=2", "--out", str(tmp_path / "budget"), "--data-root", str(data_root),
+         "--device", "cpu", "--threads", "1", "--no-progress", "--time-budget", "3600"],
+        capture_output=True, text=True, env=env, timeout=900)
+    assert budgeted.returncode == 0, budgeted.stderr[-3000:]
+    assert [r["epoch"] for r in _rows(tmp_path / "budget")] == [1, 2]
+    assert "time_budget" in lipzoo.load(tmp_path / "budget" / "final").lipzoo_config

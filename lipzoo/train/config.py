@@ -20,7 +20,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -70,7 +70,9 @@ def resolve_metadata(target: str, overrides: list[str] | None = None, *, data: s
         target: a zoo entry (``"crm-mnist-4c3f"``) or a path to a YAML file with the same schema
             (its ``recipe`` may name a shared recipe, e.g. ``recipe: crm-cifar10``).
         overrides: ``"dotted.key=value"`` strings, e.g. ``["recipe.epochs=5", "recipe.crm.lam=10"]``;
-            values are parsed as YAML. A key that is not in the config is an error.
+            values are parsed as YAML. A key that is not in the config is an error (all of them are
+            listed). ``recipe.epochs`` alone implies the decay start and the CE warm-up: they scale
+            with it (:func:`lipzoo.train.budget.scale_schedule`) unless they are overridden too.
         data: train on this data instead of the recipe's dataset: a known dataset name, a Keras-layout
             ``.npz`` or an image folder (see :func:`lipzoo.data.data_facts`). Its class count and
             input shape replace the recipe's; it is checked here, before anything is trained.
@@ -90,8 +92,11 @@ def resolve_metadata(target: str, overrides: list[str] | None = None, *, data: s
     if normalization not in NORMALIZATION_CHOICES:
         raise ValueError(f"normalization must be one of {list(NORMALIZATION_CHOICES)}; got {normalization!r}.")
     overrides = list(overrides or [])
-    entry = apply_overrides(_raw(target), overrides)
+    raw = _raw(target)
+    entry = apply_overrides(raw, overrides)
     keys = [item.split("=", 1)[0].strip() for item in overrides]
+    if "recipe.epochs" in keys:
+        entry["recipe"] = _with_epochs(raw.get("recipe"), entry.get("recipe"), keys)
     if any(k.startswith("recipe.") for k in keys) and isinstance(entry.get("recipe"), dict):
         entry["recipe"].pop("name", None)  # a modified shared recipe is not that recipe any more
     meta = zoo.parse_entry(entry)
@@ -100,6 +105,34 @@ def resolve_metadata(target: str, overrides: list[str] | None = None, *, data: s
     told = any(k == "normalization" or k.startswith("normalization.") for k in keys)
     return _fit_run(meta, data=data, init=init, normalization="config" if told else normalization,
                     data_root=data_root)
+
+
+def _with_epochs(before: Any, after: Any, keys: list[str]) -> Any:
+    """An overridden ``recipe.epochs`` implies the settings counted in epochs: the decay start and the CE warm-up
+    scale with it (:func:`lipzoo.train.budget.scale_schedule`), unless the command line sets them too. A recipe
+    that cannot be scaled is returned as it is: the schema check names its problems."""
+    from lipzoo.train.budget import DEPENDENT, scale_schedule
+
+    if not (isinstance(before, dict) and isinstance(after, dict)):
+        return after
+    old, new = before.get("epochs"), after.get("epochs")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (old, new)) or old == new:
+        return after
+    keep = tuple(k for k in DEPENDENT if f"recipe.{k}" in keys or f"recipe.{k.split('.')[0]}" in keys)
+    try:
+        scaled = scale_schedule({**after, "epochs": old}, cast(int, new), keep=keep)  # an int: checked above
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return after
+    changed = []
+    for dotted in DEPENDENT:
+        section, key = dotted.split(".")
+        was, now = (after.get(section) or {}).get(key), (scaled.get(section) or {}).get(key)
+        if was != now:
+            changed.append(f"recipe.{dotted} {was} -> {now}")
+    if changed:
+        logger.info("recipe.epochs=%d (the recipe has %d): %s, scaled with it (set them on the command line to choose).",
+                    new, old, ", ".join(changed))
+    return scaled
 
 
 def init_metadata(init: str) -> Metadata:
@@ -136,6 +169,7 @@ def _fit_run(meta: Metadata, *, data: str | None, init: str | None, normalizatio
                              "(no --init).")
         # from scratch: the family builds for the data's image size and channels
         model_args.update(in_chans=shape[0], img_size=list(shape[1:]))
+    norm: dict[str, list[float]] | None
     if normalization == "data" or (normalization == "auto" and start is None and facts is not None
                                    and facts.name != meta.dataset):
         if facts is None:
@@ -188,27 +222,43 @@ def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, A
     ``1e-4`` is read as a number (plain YAML would read a string).
 
     Raises:
-        ValueError: an override without ``=``, or a key that is not in the config (nor in
-            :data:`OPTIONAL_KEYS`).
+        ValueError: an override without ``=``, a key that is not in the config (nor in
+            :data:`OPTIONAL_KEYS`) or a value that is not YAML; every wrong override is listed.
     """
     config = copy.deepcopy(config)
+    problems = []
     for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"Override {item!r} must look like key=value, e.g. recipe.epochs=5.")
-        key, raw = item.split("=", 1)
-        parts = key.strip().split(".")
-        node = config
-        for i, part in enumerate(parts):
-            optional = i == len(parts) - 1 and key.strip() in OPTIONAL_KEYS and isinstance(node, dict)
-            if not isinstance(node, dict) or part not in node and not optional:
-                where = ".".join(parts[:i]) or "the config"
-                known = sorted(node) if isinstance(node, dict) else []
-                raise ValueError(f"Unknown config key {key!r}: {part!r} is not in {where} (known: {known}).")
-            if i == len(parts) - 1:
-                value = yaml.safe_load(raw)
-                if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(raw.strip()):
-                    value = float(raw)
-                node[part] = value
-            else:
-                node = node[part]
+        try:
+            _apply(config, item)
+        except ValueError as err:
+            problems.append(str(err))
+    if len(problems) == 1:
+        raise ValueError(problems[0])
+    if problems:
+        raise ValueError(f"{len(problems)} overrides are wrong:\n  - " + "\n  - ".join(problems))
     return config
+
+
+def _apply(config: dict[str, Any], item: str) -> None:
+    """One ``key=value`` override, in place."""
+    if "=" not in item:
+        raise ValueError(f"Override {item!r} must look like key=value, e.g. recipe.epochs=5.")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    node = config
+    for i, part in enumerate(parts):
+        optional = i == len(parts) - 1 and key.strip() in OPTIONAL_KEYS and isinstance(node, dict)
+        if not isinstance(node, dict) or part not in node and not optional:
+            where = ".".join(parts[:i]) or "the config"
+            known = sorted(node) if isinstance(node, dict) else []
+            raise ValueError(f"Unknown config key {key!r}: {part!r} is not in {where} (known: {known}).")
+        if i == len(parts) - 1:
+            try:
+                value = yaml.safe_load(raw)
+            except yaml.YAMLError as err:
+                raise ValueError(f"Override {item!r}: the value is not valid YAML ({err.problem}).") from None  # type: ignore[attr-defined]
+            if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(raw.strip()):
+                value = float(raw)
+            node[part] = value
+        else:
+            node = node[part]

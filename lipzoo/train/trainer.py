@@ -13,6 +13,11 @@ class count differs and the ``Normalize`` statistics, which come from the config
 the weights. ``TrainOptions.data`` trains on the user's own data (``.npz`` or image folder) instead
 of the config's dataset; the config must already describe it (``resolve_config(..., data=...)``).
 
+``TrainOptions.time_budget`` caps the run's wall clock: a few steps are timed before the first
+epoch, the recipe is fitted to what is left (:mod:`lipzoo.train.budget`: the arithmetic, tested with
+made-up costs; :class:`_Budget` here: the clock), and every epoch re-checks the rate. The plan is
+stored in the checkpoint's config, so a resumed run keeps it.
+
 The hot loop is built for accelerators: the training split lives on the device as uint8
 (:class:`lipzoo.data.DeviceLoader`), augmentation runs there in batches, and a step never waits for
 the device: losses, accuracy, radii and the finiteness checks accumulate in device tensors that are
@@ -21,6 +26,8 @@ read every ``sync_every`` steps and at the end of the epoch.
 
 from __future__ import annotations
 
+import copy
+import io
 import json
 import logging
 import math
@@ -30,7 +37,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -43,10 +50,14 @@ from tqdm.auto import tqdm
 from lipzoo.bounds.estimator import LipLTEstimator
 from lipzoo.bounds.radius import certified_radius
 from lipzoo.losses import CRMLoss
+from lipzoo.train.budget import (BudgetPlan, StepCosts, allot_steps, fit_recipe, plan_budget, plural,
+                                 regularized, scale_schedule, useful_budget)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainOptions", "train", "exponential_decay"]
+__all__ = ["TrainOptions", "train", "exponential_decay", "fit_recipe"]
+
+_now = time.monotonic  # the one clock of the loop (tests replace it)
 
 
 @dataclass
@@ -63,7 +74,8 @@ class TrainOptions:
     max_steps_per_epoch: int | None = None  # for smoke tests
     progress: bool = True
     threads: int | None = None
-    time_budget: float | None = None  # seconds: shrink the recipe's epochs (and schedule) to fit
+    time_budget: float | None = None  # seconds of wall clock for the whole run (the final save excepted): see budget.py
+    started: float | None = None  # time.monotonic() when the budget's clock started (default: when train() is called)
     sync_every: int = 50  # steps between reads of the device-side running metrics
     compile: bool = False  # torch.compile the network's forward (the bound stays eager, float32)
     init: str | None = None  # pretrained weights a fresh run starts from (folder, entry, arch.tag, hf-hub:...)
@@ -80,7 +92,7 @@ def exponential_decay(epoch: int, *, epochs: int, start_epoch: int, lr: float, f
 
 def _rng_state() -> dict[str, Any]:
     """Every RNG state as tensors and plain containers (loadable with ``weights_only=True``)."""
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    name, keys, pos, has_gauss, gauss = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())  # legacy
     version, internal, gauss_next = random.getstate()
     state = {"torch": torch.get_rng_state(),
              "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
@@ -170,36 +182,6 @@ def _check_fits(config: dict, data: str, loaders: list) -> None:
                              "the config with the data (lipzoo train --data, resolve_config(..., data=...)).")
 
 
-def fit_recipe(recipe: dict, epochs: int) -> dict:
-    """``recipe`` shortened to ``epochs``, its schedule and CRM warm-up scaled by the same factor.
-
-    Used by ``time_budget``: the learning-rate decay then still spans the second part of the run
-    and the warm-up keeps its share, instead of a long recipe cut off before its decay. The result
-    is checked against the recipe schema here (a shortened recipe that breaks it fails now, not
-    in ``save_pretrained`` at the end of the run), and it loses a shared recipe's ``name``.
-
-    Raises:
-        ValueError: ``epochs`` outside ``[1, recipe epochs]``, or a shortened recipe that breaks the schema.
-    """
-    from lipzoo.meta import Recipe
-
-    recipe = json.loads(json.dumps(recipe))
-    recipe.pop("name", None)  # a shortened shared recipe is not that recipe any more
-    old = int(recipe["epochs"])
-    if not 1 <= epochs <= old:
-        raise ValueError(f"epochs must be in [1, {old}]; got {epochs}.")
-    scale = epochs / old
-    recipe["epochs"] = epochs
-    sched = recipe.get("scheduler") or {}
-    if sched.get("name") == "exponential":
-        sched["start_epoch"] = min(epochs - 1, int(round(int(sched["start_epoch"]) * scale)))
-    crm = recipe.get("crm") or {}
-    if "warmup_epochs" in crm:
-        crm["warmup_epochs"] = int(math.ceil(int(crm["warmup_epochs"]) * scale))
-    Recipe.parse(recipe, path=f"recipe (shortened to {epochs} epochs)")
-    return recipe
-
-
 class _Run:
     """All the state of one training run (what a checkpoint holds)."""
 
@@ -231,12 +213,13 @@ class _Run:
         self.scheduler = _make_scheduler(self.optimizer, self.recipe)
         self.criterion = self._criterion()
         self.epoch = 0
+        self.seconds = 0.0  # wall clock spent on the run up to its last checkpoint, all sessions
         self.net = self.model
         if self.world > 1:
             self.net = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if opts.compile:
-            self.net = torch.compile(self.net)
+            self.net = torch.compile(self.net)  # type: ignore[assignment]  # of a module: a module
         self.train_loader, self.val_loader = _loaders(config, opts, self.device, self.rank, self.world)
 
     def start_from(self, source: str) -> None:
@@ -265,37 +248,97 @@ class _Run:
         return CRMLoss(t=float(crm.get("t", 5.0)), lam=float(crm.get("lam", 15.0)), r0=crm.get("r0"),
                        g=crm.get("g", "linear"), warmup_epochs=int(crm.get("warmup_epochs", 0)))
 
-    def fit_budget(self, epoch_seconds: float, elapsed: float) -> bool:
-        """Shrink the recipe to the epochs that fit ``opts.time_budget`` (``elapsed`` seconds are spent).
+    # -- time budget (lipzoo.train.budget) ------------------------------------------------------------
+    @property
+    def full_steps(self) -> int:
+        """Steps of one pass over the training split (``max_steps_per_epoch`` applied)."""
+        steps = len(self.train_loader)
+        return min(steps, self.opts.max_steps_per_epoch) if self.opts.max_steps_per_epoch else steps
 
-        Returns whether the recipe changed."""
-        budget, epochs = self.opts.time_budget, int(self.recipe["epochs"])
-        fit = max(self.epoch + int(max(0.0, budget - elapsed) // max(epoch_seconds, 1e-9)), self.epoch, 1)
-        if fit >= epochs:
-            return False
-        logger.warning("time budget %.0f s: %d of %d epochs fit (%.1f s each); the schedule is scaled to %d epochs.",
-                       budget, fit, epochs, epoch_seconds, fit)
-        original = self.config.get("time_budget", {}).get("recipe_epochs", epochs)
-        self.config = dict(self.config, recipe=fit_recipe(self.recipe, fit),
-                           time_budget={"seconds": budget, "recipe_epochs": original})
+    @property
+    def planned_steps(self) -> int:
+        """Steps of each epoch: the budget's plan when it shortened them, else one pass."""
+        return int((self.config.get("time_budget") or {}).get("steps_per_epoch", self.full_steps))
+
+    def measure_costs(self, repeats: int = 2) -> StepCosts:
+        """Seconds per training step (in each mode the recipe uses) and per epoch's validation and checkpoint.
+
+        Measured on the first batch of the training split, each mode once untimed (allocation,
+        compilation) and then ``repeats`` times, without changing the run: no optimizer step, and
+        the weights, the estimator's vectors and every RNG are restored, so a budgeted run trains
+        what an unbudgeted run of the fitted recipe would.
+        """
+        saved = {"model": copy.deepcopy(self.model.state_dict()), "estimator": copy.deepcopy(self.estimator.state_dict()),
+                 "rng": _rng_state()}
+        loader = self.train_loader
+        x, y = loader.images[:loader.batch_size], loader.labels[:loader.batch_size]
+        x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+        gen = torch.Generator(device=self.device).manual_seed(0)  # not the loader's: its draws stay as they are
+        crm = self.recipe.get("loss", "crm") == "crm"
+        warmup = int((self.recipe.get("crm") or {}).get("warmup_epochs", 0)) if crm else int(self.recipe["epochs"])
+        modes = ([False] if warmup > 0 else []) + ([True] if warmup < int(self.recipe["epochs"]) else [])
+        seconds = {}
+        try:
+            self.net.train()
+            for regularize in modes:
+                times = []
+                for _ in range(repeats + 1):
+                    t0 = _now()
+                    batch = loader.augment(x, gen) if loader.augment else x
+                    loss = self.loss(batch, y, regularize)[2]
+                    loss.backward()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self._sync()
+                    times.append(_now() - t0)
+                seconds[regularize] = sum(times[1:]) / repeats
+            t0 = _now()
+            self.evaluate(batches=1)
+            val = self.val_loader
+            overhead = (_now() - t0) * (len(val) if val is not None else 0)
+            t0 = _now()
+            torch.save(self.state(), io.BytesIO())
+            overhead += _now() - t0
+        finally:
+            self.model.load_state_dict(saved["model"])
+            self.estimator.load_state_dict(saved["estimator"])
+            _set_rng_state(saved["rng"])
+            self.optimizer.zero_grad(set_to_none=True)
+        step = seconds.get(True, seconds.get(False, 0.0))
+        return StepCosts(warmup=seconds.get(False, step), crm=step, overhead=overhead)
+
+    def apply_plan(self, plan: BudgetPlan, costs: StepCosts) -> None:
+        """Train ``plan``'s recipe and steps from here (epoch 0: nothing of the old schedule has run)."""
+        budget = cast(float, self.opts.time_budget)  # a plan is made for a time budget only
+        self.config = dict(self.config, recipe=plan.recipe, time_budget=plan.record(costs, budget))
         self.recipe = self.config["recipe"]
         self._rebuild_schedule()
-        return True
 
     def _rebuild_schedule(self) -> None:
-        """A scheduler and criterion for ``self.recipe``, positioned at ``self.epoch``."""
+        """A scheduler and criterion for ``self.recipe``, at epoch 0; a resumed run then loads the scheduler's
+        state (never steps it: a step before the optimizer's is the warning torch gives)."""
         for group in self.optimizer.param_groups:
             group["lr"] = group.get("initial_lr", group["lr"])
         self.scheduler = _make_scheduler(self.optimizer, self.recipe)
-        for _ in range(self.epoch):
-            self.scheduler.step()
         self.criterion = self._criterion()
+
+    def agree(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank (a plan measured by each rank would differ, and the ranks would wait)."""
+        if self.world == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     # -- checkpoints -----------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "estimator": self.estimator.state_dict(),
-                "rng": _rng_state(), "loader_generator": self.train_loader.state_dict(), "config": self.config}
+                "rng": _rng_state(), "loader_generator": self.train_loader.state_dict(), "config": self.config,
+                "seconds": float(self.seconds)}
 
     def save(self) -> None:
         if self.rank != 0:
@@ -322,7 +365,8 @@ class _Run:
                              f"run's data {self.config['num_classes']}: resume with the same --data, or choose "
                              "another --out.")
         self.epoch = int(state["epoch"])
-        if "time_budget" in state["config"]:  # the run was shortened to fit a budget: keep its schedule
+        self.seconds = float(state.get("seconds", 0.0))  # wall clock of the earlier sessions (what a budget counts)
+        if "time_budget" in state["config"]:  # the run was fitted to a budget: keep its schedule and steps
             self.config = dict(self.config, recipe=state["config"]["recipe"], time_budget=state["config"]["time_budget"])
             self.recipe = self.config["recipe"]
             self._rebuild_schedule()
@@ -351,14 +395,16 @@ class _Run:
             parts = {"ce": loss.detach(), "mean_radius": radius}
         return logits, pairwise.detach(), loss, parts
 
-    def train_epoch(self) -> dict[str, float]:
+    def train_epoch(self, steps: int | None = None, *, stop_at: float | None = None,
+                    step_seconds: float = 0.0) -> dict[str, float]:
+        """One epoch of ``steps`` steps (default :attr:`planned_steps`); with ``stop_at`` (a :func:`_now` time) no
+        step after the first starts unless it ends, at ``step_seconds`` a step, before ``stop_at``."""
         self.net.train()
         self.train_loader.set_epoch(self.epoch)
         self.criterion.set_epoch(self.epoch)
         regularize = self.criterion.regularize
-        steps = len(self.train_loader)
-        if self.opts.max_steps_per_epoch:
-            steps = min(steps, self.opts.max_steps_per_epoch)
+        steps = self.planned_steps if steps is None else steps
+        done = 0
         bar = tqdm(total=steps, desc=f"epoch {self.epoch + 1}/{self.recipe['epochs']}",
                    disable=not self.opts.progress or self.rank != 0, leave=False)
         # Running sums on the device: read every sync_every steps, never per step.
@@ -366,8 +412,9 @@ class _Run:
         first_bad = torch.full((2,), -1.0, dtype=torch.float64, device=self.device)  # step, loss value
         logits_bad = torch.zeros((), dtype=torch.bool, device=self.device)
         for step, (x, y) in enumerate(self.train_loader):
-            if step >= steps:
+            if step >= steps or (stop_at is not None and step > 0 and _now() + step_seconds > stop_at):
                 break
+            done += 1
             logits, _, loss, parts = self.loss(x, y, regularize)
             logits_inf = ~torch.isfinite(logits).all()
             fresh = (logits_inf | ~torch.isfinite(loss)) & (first_bad[0] < 0)
@@ -389,7 +436,8 @@ class _Run:
         bar.close()
         loss_sum, correct, radius_sum, n = totals.tolist()
         n = max(1.0, n)
-        return {"train_loss": loss_sum / n, "train_acc": correct / n, "train_radius_est": radius_sum / n}
+        return {"train_loss": loss_sum / n, "train_acc": correct / n, "train_radius_est": radius_sum / n,
+                "steps": done}
 
     def _check(self, first_bad: torch.Tensor, logits_bad: torch.Tensor, bar) -> None:
         step, value = first_bad.tolist()
@@ -402,14 +450,17 @@ class _Run:
             f"checkpoint ({self.ckpt}) is kept: lower the learning rate or lambda and resume.")
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, batches: int | None = None) -> dict[str, float]:
+        """Validation accuracy and estimated radii (the first ``batches`` batches only: the budget's measurement)."""
         if self.val_loader is None:
             return {}
         self.model.eval()
         pairwise = self.estimator(n_iter=0)
         correct = n = 0
         radii = []
-        for x, y in self.val_loader:
+        for i, (x, y) in enumerate(self.val_loader):
+            if batches is not None and i >= batches:
+                break
             logits = self.model(x)
             correct += int((logits.argmax(1) == y).sum())
             n += y.shape[0]
@@ -440,6 +491,7 @@ def train(config: dict, opts: TrainOptions) -> Path:
         FileExistsError: the run directory has a checkpoint and ``resume`` is False.
         FloatingPointError: the loss became NaN/inf (the last good checkpoint is kept).
     """
+    session = opts.started if opts.started is not None else _now()
     run = _Run(config, opts)
     out = run.out
     if run.ckpt.exists() and not opts.resume:
@@ -447,40 +499,151 @@ def train(config: dict, opts: TrainOptions) -> Path:
     if opts.resume and run.ckpt.exists():
         run.load()
         logger.info("Resumed %s at epoch %d.", out, run.epoch)
+    before = run.seconds  # the earlier sessions' wall clock: a budget caps the whole run
+    budget = _Budget(run, opts.time_budget, session) if opts.time_budget is not None else None
     if run.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    start = time.time()
-    first_epoch, seconds = run.epoch, []
+        (out / "config.yaml").write_text(yaml.safe_dump(run.config, sort_keys=False))
     while run.epoch < int(run.recipe["epochs"]):
-        t0 = time.time()
+        steps, stop_at = run.planned_steps, None
+        if budget is not None:
+            steps, stop_at = budget.allot()
+            if steps == 0:
+                break
+        t0 = _now()
         row = {"epoch": run.epoch + 1, "lr": run.optimizer.param_groups[0]["lr"]}
-        row.update(run.train_epoch())
+        step_seconds = budget.costs.step(run.recipe, run.epoch) if budget is not None else 0.0
+        row.update(run.train_epoch(steps, stop_at=stop_at, step_seconds=step_seconds))
+        train_seconds = _now() - t0
         run.scheduler.step()
         run.epoch += 1
         row.update(run.evaluate())
-        row["epoch_seconds"] = time.time() - t0
-        # Fit the budget from the second epoch of this session on (the first pays for warm-up and
-        # autotuning), every epoch, on the mean of the last three: a run that slows down (another
-        # job starts on the same GPU) is shortened again, never lengthened.
-        seconds.append(row["epoch_seconds"])
-        if opts.time_budget and run.epoch >= first_epoch + 2:
-            recent = seconds[1:][-3:]
-            if run.fit_budget(sum(recent) / len(recent), time.time() - start) and run.rank == 0:
-                (out / "config.yaml").write_text(yaml.safe_dump(run.config, sort_keys=False))
         if not all(math.isfinite(v) for v in row.values() if isinstance(v, float)):
             raise FloatingPointError(f"Non-finite metrics at epoch {run.epoch}: {row}; last good checkpoint kept.")
+        run.seconds = before + (_now() - session)
         run.save()
+        row["epoch_seconds"] = _now() - t0
+        if budget is not None:
+            budget.observe(run.epoch - 1, row["steps"], train_seconds, row["epoch_seconds"])
         if run.rank == 0:
             with open(out / "metrics.jsonl", "a") as fh:
                 fh.write(json.dumps(row) + "\n")
-            logger.info("epoch %d: %s", run.epoch, row)
+        logger.info("%s", _epoch_line(row, int(run.recipe["epochs"])))
     if run.rank == 0:
-        _finish(run, time.time() - start)
+        _finish(run, _now() - session)
     if run.world > 1 and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
     return out
+
+
+def _epoch_line(row: dict, epochs: int) -> str:
+    """One line per epoch: what a run without progress bars shows."""
+    cert = [f"{100 * v:.2f} % at {k.split('@', 1)[1]}" for k, v in row.items() if k.startswith("val_cert_est@")]
+    acc = f"{100 * row['train_acc']:.2f} %" + (f" (validation {100 * row['val_acc']:.2f} %)" if "val_acc" in row else "")
+    return (f"epoch {row['epoch']}/{epochs}: loss {row['train_loss']:.4f}, accuracy {acc}"
+            + (f", certified (estimated) {', '.join(cert)}" if cert else "")
+            + f", lr {row['lr']:.3g}, {plural(row['steps'], 'step')}, {row['epoch_seconds']:.1f} s")
+
+
+class _Budget:
+    """``--time-budget``: the plan before the first epoch, the steps of every epoch, the costs measured so far.
+
+    The arithmetic is :mod:`lipzoo.train.budget`'s (pure, tested with made-up costs); this class holds the
+    clock. The cap covers the whole run, earlier sessions included (their seconds are in the checkpoint),
+    and excepts the final save.
+    """
+
+    MARGIN = 0.02  # of the budget, kept free for the noise of a shared machine
+
+    def __init__(self, run: _Run, seconds: float, session: float):
+        self.run, self.seconds = run, float(seconds)
+        self.deadline = session + self.seconds - run.seconds  # a _now() time
+        self.costs = self.measured = run.agree(run.measure_costs())
+        self.seen: dict[str, list[float]] = {"warmup": [], "crm": [], "overhead": []}
+        self.last_steps: int | None = None
+        if run.epoch == 0 and "time_budget" not in run.config:
+            self.plan()
+        elif "time_budget" not in run.config:
+            logger.warning("time budget %g s: this run started without one, so its recipe stays as it is; the budget "
+                           "shortens the steps of its remaining epochs (or stops it).", self.seconds)
+        else:
+            logger.info("time budget %g s: %.0f s left for the planned recipe (%s epochs of %d steps).", self.seconds,
+                        self.left(), run.recipe["epochs"], run.planned_steps)
+
+    def left(self) -> float:
+        return self.deadline - _now()
+
+    def plan(self) -> None:
+        """Fit the recipe to what is left, before the first epoch, and say what it did."""
+        run, costs = self.run, self.costs
+        left = max(0.0, self.left() - self.MARGIN * self.seconds)
+        one = costs.epochs(scale_schedule(run.recipe, 1), 1)  # the least a run can be: one step, one validation
+        if left < one:
+            raise ValueError(f"--time-budget {self.seconds:g}: {self.seconds - self.left():.0f} s went to loading and "
+                             f"measuring, and what is left ({max(0.0, self.left()):.0f} s) cannot hold one step and one "
+                             f"validation (~{one:.0f} s); nothing was trained. A useful run of this recipe needs about "
+                             f"--time-budget {self._useful():.0f}.")
+        plan = run.agree(plan_budget(run.recipe, left, steps_per_epoch=run.full_steps, costs=costs))
+        rates = (f"measured {costs.crm:.2f} s per CRM step, {costs.warmup:.2f} s per CE step, {costs.overhead:.1f} s of "
+                 "validation and checkpoint per epoch")
+        if not plan.fitted:
+            logger.info("time budget %g s: the recipe fits (~%.0f s; %s).", self.seconds, plan.seconds, rates)
+            run.config = dict(run.config, time_budget=plan.record(costs, self.seconds))  # what a resume keeps
+            return
+        full = costs.epochs(run.recipe, run.full_steps)
+        logger.warning("time budget %g s (%.0f s left to train): the recipe's %s epochs of %d steps need ~%.0f s (%s); "
+                       "fitted: %s.", self.seconds, left, run.recipe["epochs"], run.full_steps, full, rates,
+                       plan.describe())
+        if not plan.useful:
+            logger.warning("time budget %g s: it holds %d CRM steps, less than one pass over the training split (%d "
+                           "steps); the model will certify little. A useful CRM phase needs about --time-budget %.0f. "
+                           "Training the schedule that fits.", self.seconds, plan.crm_steps, run.full_steps,
+                           self._useful())
+        run.apply_plan(plan, costs)
+
+    def _useful(self) -> float:
+        """The budget a useful plan needs, setup and margin included."""
+        run = self.run
+        setup = self.seconds - self.left()
+        need = useful_budget(run.recipe, steps_per_epoch=run.full_steps, costs=self.costs) + setup
+        return need / (1 - self.MARGIN)
+
+    def allot(self) -> tuple[int, float | None]:
+        """Steps of the next epoch (0: stop) and the time after which no step starts."""
+        run = self.run
+        steps = run.agree(allot_steps(run.recipe, epoch=run.epoch, seconds_left=self.left(), planned=run.planned_steps,
+                                      costs=self.costs))
+        if steps == 0:
+            logger.warning("time budget %g s: %.0f s left cannot hold a step and a validation in each of the %d "
+                           "remaining epochs; stopping after epoch %d of %s.", self.seconds, self.left(),
+                           int(run.recipe["epochs"]) - run.epoch, run.epoch, run.recipe["epochs"])
+            run.config["time_budget"] = {**run.config.get("time_budget", {}), "stopped_after_epoch": run.epoch}
+        elif steps < run.planned_steps and steps != self.last_steps:
+            logger.warning("time budget %g s: %.0f s left; at the rates measured so far (%.2f s per step, %.1f s of "
+                           "validation per epoch) the remaining %s get %d steps each (planned %d).",
+                           self.seconds, self.left(), self.costs.step(run.recipe, run.epoch), self.costs.overhead,
+                           plural(int(run.recipe["epochs"]) - run.epoch, "epoch"), steps, run.planned_steps)
+        self.last_steps = steps
+        # no step starts that would leave too little for the epoch's validation and checkpoint; ranks cannot
+        # each stop on their own clock (they would wait for each other), so DDP relies on the allotment
+        stop_at = self.deadline - 1.25 * self.costs.overhead if run.world == 1 else None
+        return steps, stop_at
+
+    def observe(self, epoch: int, steps: int, train_seconds: float, epoch_seconds: float) -> None:
+        """Costs from the epoch just trained (the mean of the last three per kind): a slower machine shortens the rest."""
+        mode = "crm" if regularized(self.run.recipe, epoch) else "warmup"
+        if steps:
+            self.seen[mode].append(train_seconds / steps)
+        self.seen["overhead"].append(max(0.0, epoch_seconds - train_seconds))
+        mean = {k: sum(v[-3:]) / len(v[-3:]) for k, v in self.seen.items() if v}
+        measured = self.measured
+        # a kind of step not seen yet is as much slower than measured as the kind seen (the machine's load)
+        seen = [k for k in ("warmup", "crm") if k in mean and getattr(measured, k) > 0]
+        load = mean[seen[-1]] / getattr(measured, seen[-1]) if seen else 1.0
+        self.costs = self.run.agree(StepCosts(warmup=mean.get("warmup", measured.warmup * load),
+                                              crm=mean.get("crm", measured.crm * load),
+                                              overhead=mean.get("overhead", measured.overhead)))
 
 
 def _finish(run: _Run, seconds: float) -> None:
@@ -507,9 +670,20 @@ def _finish(run: _Run, seconds: float) -> None:
     try:  # a picture of the run beside its numbers; never a reason to fail a finished run
         from lipzoo.train.curves import plot_training_curves
 
-        plot_training_curves({config.get("name", "run"): run.out}, run.out / "curves.png")
+        plot_training_curves({_curve_label(config, run): run.out}, run.out / "curves.png")
     except Exception as err:  # noqa: BLE001 - matplotlib back ends vary
         logger.warning("could not draw %s: %s", run.out / "curves.png", err)
+
+
+def _curve_label(config: dict, run: _Run) -> str:
+    """The legend's name of a run: its own name, else the data file's stem (``--data``), else the recipe's entry."""
+    if config.get("name"):
+        return str(config["name"])
+    if run.opts.data:
+        from lipzoo.data import data_label
+
+        return Path(data_label(run.opts.data)).stem
+    return str((config.get("training") or {}).get("recipe_of") or run.out.name)
 
 
 def _data_record(data: str) -> dict[str, str]:
