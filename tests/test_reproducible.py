@@ -91,7 +91,6 @@ _CHILD = textwrap.dedent("""
 """)
 
 
-@pytest.mark.slow
 def test_the_same_bits_under_load(monkeypatch):
     """Computed here, then in a fresh process beside two processes that keep every core busy."""
     _refining(monkeypatch)
