@@ -356,15 +356,19 @@ def _cmd_certify(args) -> int:
     shipped = None
     if config.get("sha256"):  # which weights these numbers belong to (checked by attach_results)
         report["sha256"] = config["sha256"]
-        path = Path(out) / "report.json"
-        if path.is_file():
-            path.write_text(json.dumps({**json.loads(path.read_text()), "sha256": config["sha256"]}, indent=2))
         if report["bound"].get("norm") == "auto" and report["bound"]["guaranteed"] and "bound_object" in report:
             from lipzoo.bounds.shipped import certificate_record, write_certificate
 
             # the bound these numbers come from, checkable (docs/certificate-format.md); --attach ships it
             shipped = certificate_record(report["bound_object"], weights_sha256=config["sha256"])
             report["files"].append(str(write_certificate(out, shipped)))
+            report["bound"]["certificate"] = "certificate.json"
+        path = Path(out) / "report.json"
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            path.write_text(json.dumps({**saved, "sha256": config["sha256"],
+                                        "bound": {**saved["bound"], **({"certificate": "certificate.json"}
+                                                                        if shipped else {})}}, indent=2))
     print(format_table(report))
     print(f"\nFiles: {', '.join(report['files'])}")
     viol = [v for k, v in report["metrics"].items() if k.startswith("consistency_violations") and v]

@@ -193,11 +193,18 @@ def _bound(config: Mapping[str, Any]) -> list[str]:
     if not bound:
         return []
     lines = ["## Lipschitz bound", ""]
-    for key in ("method", "mode", "guarantee", "mean", "max", "failure_probability"):
+    for key in ("method", "mode", "guarantee", "effort", "mean", "max", "failure_probability"):
         if key in bound:
             lines.append(f"- {key}: `{bound[key]}`")
-    if "values" in bound:
-        lines.append("- values: stored in `config.json` (`bound.values`)")
+    if "pairwise_mean" in bound:
+        lines.append(f"- mean L_ij (i != j): `{bound['pairwise_mean']!r}`, the `liplt` row of `lipzoo bounds` "
+                     "on these weights")
+    if "values" in bound or "value" in bound:
+        lines.append("- values: stored in `config.json` (`metrics.bound.value`)")
+    if bound.get("certificate"):
+        lines.append(f"- certificate: `{bound['certificate']}` beside the weights: the certified operator norms this "
+                     "bound was computed from, checked and used by `lipzoo bounds` / `lipzoo certify` "
+                     "(`--recompute` computes from scratch; the format is lipzoo's docs/certificate-format.md)")
     return lines
 
 
