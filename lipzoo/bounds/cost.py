@@ -35,8 +35,8 @@ W_CHOLESKY = 3.0
 
 EFFORT_LEVELS = {"none": 0.0, "low": 200.0, "medium": 2000.0, "high": 20000.0}
 """Named efforts (work units the refinement may spend on top of the small chains, which are always certified):
-``none`` stops at the split bounds, ``medium`` (the default) brought every zoo model within 0.3 % of its
-converged estimate, ``high`` is for the last tenths of a percent."""
+``none`` stops at the split bounds, ``medium`` is the default, ``high`` is for networks whose large chains need
+more (8C2F). What each gives on the zoo models, and in how long: docs/benchmarks.md, "Issue 23"."""
 
 DEFAULT_EFFORT = "medium"
 
