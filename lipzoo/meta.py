@@ -29,7 +29,8 @@ from typing import Any, Mapping, Sequence
 
 __all__ = [
     "Eps", "parse_eps", "DatasetFacts", "DATASETS", "dataset_facts", "LOSSES", "OPTIMIZERS", "SCHEDULERS",
-    "G_FUNCTIONS", "AUGMENTATIONS", "STORAGE_DTYPES", "Optimizer", "Scheduler", "CRMSettings", "Augmentation",
+    "G_FUNCTIONS", "AUGMENTATIONS", "STORAGE_DTYPES", "Optimizer", "Scheduler", "CRMSettings", "GloRoSettings",
+    "EMMASettings", "HKRSettings", "Augmentation",
     "Recipe", "Normalization", "ArchitectureConfig", "WeightsRef", "Measured", "Results", "Parent", "Metadata",
     "file_sha256",
 ]
@@ -45,7 +46,8 @@ def file_sha256(path) -> str:
             digest.update(block)
     return digest.hexdigest()
 
-LOSSES = ("crm", "ce")
+LOSSES = ("crm", "ce", "gloro", "emma", "hkr")
+"""``recipe.loss``: CRM, plain cross-entropy, GloRo (Leino et al. 2021), EMMA (Hu et al. 2023), hinge-KR (deel-torchlip)."""
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("exponential", "constant")
 G_FUNCTIONS = ("linear", "exp")
@@ -310,6 +312,120 @@ class CRMSettings:
         return dataclasses.asdict(self)
 
 
+class _Problems(ValueError):
+    """A ``ValueError`` listing several problems of one block (``Recipe.parse`` lists them with its own)."""
+
+    def __init__(self, path: str, problems: list[str]):
+        self.problems = problems
+        super().__init__(problems[0] if len(problems) == 1 else
+                         f"{path}: {len(problems)} problems:\n  - " + "\n  - ".join(problems))
+
+
+def _optional_block(d: Any, path: str, checks: Mapping[str, Any]) -> dict[str, Any]:
+    """The values of a block whose keys are all optional: ``checks`` maps each key to ``check(value, path)``.
+
+    ``None`` is the empty block. Unknown keys and every bad value are reported together (:class:`_Problems`).
+    """
+    d = {} if d is None else d
+    if not isinstance(d, Mapping):
+        raise _fail(path, f"a mapping with keys among {list(checks)} (or null for the defaults)", d)
+    problems = []
+    unknown = sorted(set(d) - set(checks), key=str)
+    if unknown:
+        problems.append(f"{path}: unknown key(s) {unknown}; allowed: {list(checks)}.")
+    values = {}
+    for key, check in checks.items():
+        if key in d:
+            try:
+                values[key] = check(d[key], f"{path}.{key}")
+            except ValueError as err:
+                problems.append(str(err))
+    if problems:
+        raise _Problems(path, problems)
+    return values
+
+
+def _radius_or_null(v: Any, path: str) -> float | None:
+    """A training radius ``> 0``, or ``None``: the entry's first certification radius (``certify.eps[0]``)."""
+    return None if v is None else float(_number(v, f"{path} (a radius, or null for certify.eps[0])", low=0,
+                                                low_open=True))
+
+
+def _share(v: Any, path: str) -> float:
+    return float(_number(v, f"{path} (a share of recipe.epochs)", low=0, high=1))
+
+
+@dataclass(frozen=True)
+class GloRoSettings:
+    """``recipe.gloro``: the GloRo loss (:mod:`lipzoo.losses.gloro`). Every key is optional.
+
+    Attributes:
+        eps: training radius; ``None`` (default): the entry's first certification radius.
+        eps_ramp: share of ``recipe.epochs`` over which the radius ramps linearly up to ``eps``
+            (default 0: ``eps`` from the first epoch).
+        trades_lam: ``None`` (default): cross-entropy over the ``K + 1`` logits; a number ``>= 0``: the
+            TRADES form ``CE + trades_lam · KL`` (the CRM reference code's GloRo baseline).
+    """
+
+    eps: float | None = None
+    eps_ramp: float = 0.0
+    trades_lam: float | None = None
+
+    @classmethod
+    def parse(cls, d: Any, path: str = "recipe.gloro") -> "GloRoSettings":
+        return cls(**_optional_block(d, path, {
+            "eps": _radius_or_null, "eps_ramp": _share,
+            "trades_lam": lambda v, p: None if v is None else float(_number(v, f"{p} (or null)", low=0))}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class EMMASettings:
+    """``recipe.emma``: the EMMA loss (:mod:`lipzoo.losses.emma`). Every key is optional.
+
+    Attributes:
+        eps: training radius; ``None`` (default): the entry's first certification radius.
+        eps_ramp: share of ``recipe.epochs`` over which the radius ramps linearly up to ``eps`` (default 0).
+    """
+
+    eps: float | None = None
+    eps_ramp: float = 0.0
+
+    @classmethod
+    def parse(cls, d: Any, path: str = "recipe.emma") -> "EMMASettings":
+        return cls(**_optional_block(d, path, {"eps": _radius_or_null, "eps_ramp": _share}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class HKRSettings:
+    """``recipe.hkr``: the hinge-Kantorovich-Rubinstein loss on radius-unit margins (:mod:`lipzoo.losses.hkr`).
+
+    Attributes:
+        alpha: weight in [0, 1] of the hinge against the KR term (default 0.99, deel-torchlip's examples).
+        min_margin: the hinge's margin, a radius; ``None`` (default): the entry's first certification radius.
+    """
+
+    alpha: float = 0.99
+    min_margin: float | None = None
+
+    @classmethod
+    def parse(cls, d: Any, path: str = "recipe.hkr") -> "HKRSettings":
+        return cls(**_optional_block(d, path, {
+            "alpha": lambda v, p: float(_number(v, p, low=0, high=1)), "min_margin": _radius_or_null}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# recipe.loss -> the settings type of its block (the losses other than crm and ce, whose blocks are optional)
+LOSS_SETTINGS: dict[str, Any] = {"gloro": GloRoSettings, "emma": EMMASettings, "hkr": HKRSettings}
+
+
 _AUG_ARGS = {"hflip": ((), ("p",)), "affine": (("degrees", "translate"), ()), "crop": ((), ("size", "padding"))}
 
 
@@ -350,7 +466,12 @@ class Augmentation:
 
 @dataclass(frozen=True)
 class Recipe:
-    """``recipe``: how the weights are (to be) trained. ``name`` is set for a shared, named recipe."""
+    """``recipe``: how the weights are (to be) trained. ``name`` is set for a shared, named recipe.
+
+    ``crm`` holds the CRM loss's settings (required key, ``null`` for other losses); ``gloro``, ``emma``
+    and ``hkr`` the settings of those losses (optional keys, every setting defaulted: the block of
+    ``loss`` is filled in with its defaults when the recipe leaves it out).
+    """
 
     loss: str
     epochs: int
@@ -363,10 +484,16 @@ class Recipe:
     validation_split: float
     name: str | None = None
     power_iteration_dtype: str = POWER_ITERATION_DTYPES[0]
+    gloro: GloRoSettings | None = None
+    emma: EMMASettings | None = None
+    hkr: HKRSettings | None = None
 
     _KEYS = ("loss", "epochs", "batch_size", "optimizer", "scheduler", "augmentation", "crm", "power_iterations",
              "validation_split")
     DEFAULTED = ("power_iteration_dtype",)  # settings a recipe may leave out (default applies); overrides may set them
+    # the blocks of the losses other than crm: optional, every key defaulted; the recipe of such a loss gets its
+    # block with the defaults filled in, and an override may set one key of an absent block (recipe.gloro.eps=0.5)
+    LOSS_BLOCKS = tuple(LOSS_SETTINGS)
 
     @classmethod
     def parse(cls, d: Any, path: str = "recipe") -> "Recipe":
@@ -386,11 +513,11 @@ class Recipe:
             try:
                 return parse(d[key])
             except ValueError as err:
-                problems.append(str(err))
+                problems.extend(getattr(err, "problems", [str(err)]))
                 return None
 
         try:
-            _keys(d, path, cls._KEYS, ("name", *cls.DEFAULTED))
+            _keys(d, path, cls._KEYS, ("name", *cls.DEFAULTED, *cls.LOSS_BLOCKS))
         except ValueError as err:
             problems.append(str(err))
         loss = check("loss", lambda v: _choice(v, f"{path}.loss", LOSSES))
@@ -406,8 +533,12 @@ class Recipe:
         if loss == "crm" and "crm" in d and d["crm"] is None:
             problems.append(str(_fail(f"{path}.crm", "a mapping {t, lam, r0, g, warmup_epochs} when recipe.loss is "
                                                      "'crm'", None)))
+        blocks = {key: check(key, lambda v, key=key: None if v is None and key != loss else
+                             LOSS_SETTINGS[key].parse(v, f"{path}.{key}")) for key in cls.LOSS_BLOCKS}
+        if loss in LOSS_SETTINGS and blocks[loss] is None:
+            blocks[loss] = LOSS_SETTINGS[loss]()  # the loss's block left out (or null): its defaults
         fields = dict(
-            loss=loss, epochs=epochs,
+            **blocks, loss=loss, epochs=epochs,
             batch_size=check("batch_size", lambda v: _number(v, f"{path}.batch_size", low=1, integer=True)),
             optimizer=check("optimizer", lambda v: Optimizer.parse(v, f"{path}.optimizer")),
             scheduler=check("scheduler", lambda v: Scheduler.parse(v, None, f"{path}.scheduler")),
@@ -436,6 +567,10 @@ class Recipe:
             out["name"] = self.name
         if self.power_iteration_dtype != POWER_ITERATION_DTYPES[0]:
             out["power_iteration_dtype"] = self.power_iteration_dtype
+        for key in self.LOSS_BLOCKS:
+            block = getattr(self, key)
+            if block is not None:
+                out[key] = block.to_dict()
         return out
 
 
@@ -450,7 +585,8 @@ def _epoch_conflicts(d: Mapping[str, Any], epochs: int | None, path: str) -> lis
         out.append(f"{path}.scheduler.start_epoch: expected an int < {epochs} (the decay starts within "
                    f"{path}.epochs={epochs}), got {start}; set it to at most {epochs - 1}, e.g. "
                    f"{path}.scheduler.start_epoch={epochs // 2}.")
-    warmup = crm.get("warmup_epochs") if isinstance(crm, Mapping) else None
+    # the CE warm-up belongs to the CRM loss: another loss ignores the block (crm-mnist-4c3f recipe.loss=gloro)
+    warmup = crm.get("warmup_epochs") if isinstance(crm, Mapping) and d.get("loss") == "crm" else None
     if isinstance(warmup, int) and not isinstance(warmup, bool) and warmup > epochs:
         out.append(f"{path}.crm.warmup_epochs: expected an int <= {epochs} (the warm-up fits in {path}.epochs="
                    f"{epochs}), got {warmup}; set it to at most {epochs}, e.g. {path}.crm.warmup_epochs="

@@ -199,3 +199,250 @@ def test_module_rejects_bad_epochs():
 def test_invalid_inputs_name_the_argument(logits, labels, L, match):
     with pytest.raises(ValueError, match=match):
         crm_loss(logits, labels, L)
+
+
+# -- GloRo, EMMA, hinge-KR: scalar-loop references, gradients, edge cases, errors ----------------------
+from lipzoo.losses import EMMALoss, GloRoLoss, HKRLoss, emma_loss, gloro_loss, hkr_loss  # noqa: E402
+from lipzoo.losses._margin import ramped_eps  # noqa: E402
+
+
+def _logsumexp(values) -> float:
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values))
+
+
+def _loop_gloro(logits, labels, L, eps, trades_lam=None):
+    """Leino et al.'s ⊥ logit and K+1 cross-entropy (or CE + λ KL(softmax(z)⊕0 ‖ softmax(z⊕⊥))), one point at a time."""
+    L = L.numpy()
+    total = 0.0
+    for z, y in zip(logits.tolist(), labels.tolist()):
+        bottom = max(z[j] + eps * L[y, j] for j in range(len(z)) if j != y)
+        if trades_lam is None:
+            total += _logsumexp(z + [bottom]) - z[y]
+        else:
+            lse, lse_hat = _logsumexp(z), _logsumexp(z + [bottom])
+            p = [math.exp(v - lse) for v in z]
+            kl = sum(pi * (math.log(pi) - (v - lse_hat)) for pi, v in zip(p, z))  # the ⊥ target is 0
+            total += (lse - z[y]) + trades_lam * kl
+    return total / len(labels)
+
+
+def _loop_emma(logits, labels, L, eps, floor=0.01):
+    """LiResNet's EMMA: competitors moved up by clip(r_j / eps, floor, 1) · eps · L_yj, then cross-entropy."""
+    L = L.numpy()
+    total = 0.0
+    for z, y in zip(logits.tolist(), labels.tolist()):
+        moved = []
+        for j, zj in enumerate(z):
+            if j == y:
+                moved.append(zj)
+                continue
+            share = min(1.0, max(floor, (z[y] - zj) / max(eps * L[y, j], 1e-8)))
+            moved.append(zj + share * eps * L[y, j])
+        total += _logsumexp(moved) - moved[y]
+    return total / len(labels)
+
+
+def _loop_hkr(logits, labels, L, alpha, min_margin):
+    """Hinge and KR terms on the radius-unit margins r_j = (z_y - z_j) / L_yj, averaged over j != y and the batch."""
+    hinge = kr = 0.0
+    for z, y in zip(logits.tolist(), labels.tolist()):
+        r = _loop_radii(z, y, L.numpy())
+        hinge += sum(max(0.0, min_margin - v) for v in r) / len(r)
+        kr += sum(r) / len(r)
+    n = len(labels)
+    return alpha * hinge / n - (1 - alpha) * kr / n, hinge / n, kr / n
+
+
+@pytest.mark.parametrize("k", [2, 3, 10])
+@pytest.mark.parametrize("trades_lam", [None, 0.0, 2.5])
+def test_gloro_loss_matches_loop(rng, tol, k, trades_lam):
+    logits, labels, L = _random_problem(rng, n=24, k=k)
+    loss, parts = gloro_loss(logits, labels, L, eps=0.4, trades_lam=trades_lam, return_parts=True)
+    assert loss.item() == pytest.approx(_loop_gloro(logits, labels, L, 0.4, trades_lam), rel=tol.FLOAT64_RTOL)
+    assert parts["ce"].item() == pytest.approx(F.cross_entropy(logits, labels).item(), rel=tol.FLOAT64_RTOL)
+    radii = [min(_loop_radii(z, y, L.numpy())) for z, y in zip(logits.tolist(), labels.tolist())]
+    correct = (logits.argmax(1) == labels).tolist()
+    assert parts["mean_radius"].item() == pytest.approx(np.mean([max(r, 0) if c else 0 for r, c in zip(radii, correct)]),
+                                                        rel=tol.FLOAT64_RTOL)
+    assert parts["certified"].item() == pytest.approx(np.mean([r > 0.4 for r in radii]))
+
+
+def test_plain_gloro_is_trades_with_lambda_one(rng, tol):
+    logits, labels, L = _random_problem(rng)
+    plain, parts = gloro_loss(logits, labels, L, eps=0.7, return_parts=True)
+    trades, trades_parts = gloro_loss(logits, labels, L, eps=0.7, trades_lam=1.0, return_parts=True)
+    assert plain.item() == pytest.approx(trades.item(), rel=tol.FLOAT64_RTOL)
+    assert parts["robust"].item() == pytest.approx(trades_parts["ce"].item() + trades_parts["robust"].item(),
+                                                   rel=tol.FLOAT64_RTOL)
+
+
+@pytest.mark.parametrize("k", [2, 3, 10])
+@pytest.mark.parametrize("eps", [0.0, 0.3, 5.0])
+def test_emma_loss_matches_loop(rng, tol, k, eps):
+    logits, labels, L = _random_problem(rng, n=24, k=k)
+    loss, parts = emma_loss(logits, labels, L, eps=eps, return_parts=True)
+    assert loss.item() == pytest.approx(_loop_emma(logits, labels, L, eps), rel=tol.FLOAT64_RTOL)
+    assert parts["robust"] is loss
+    assert parts["ce"].item() == pytest.approx(F.cross_entropy(logits, labels).item(), rel=tol.FLOAT64_RTOL)
+    if eps == 0.0:  # no margin: plain cross-entropy
+        assert loss.item() == pytest.approx(F.cross_entropy(logits, labels).item(), rel=tol.FLOAT64_RTOL)
+
+
+@pytest.mark.parametrize("k", [2, 3, 10])
+@pytest.mark.parametrize("alpha", [0.0, 0.99, 1.0])
+def test_hkr_loss_matches_loop(rng, tol, k, alpha):
+    logits, labels, L = _random_problem(rng, n=24, k=k)
+    loss, parts = hkr_loss(logits, labels, L, alpha=alpha, min_margin=0.8, return_parts=True)
+    want, hinge, kr = _loop_hkr(logits, labels, L, alpha, 0.8)
+    assert loss.item() == pytest.approx(want, rel=tol.FLOAT64_RTOL, abs=tol.FLOAT64_ATOL)
+    assert parts["hinge"].item() == pytest.approx(hinge, rel=tol.FLOAT64_RTOL)
+    assert parts["kr"].item() == pytest.approx(kr, rel=tol.FLOAT64_RTOL, abs=tol.FLOAT64_ATOL)
+
+
+def test_hkr_is_invariant_to_the_scale_of_the_network(rng, tol):
+    """Radius units: logits and constants scaled together (a network scaled by c) leave the loss unchanged."""
+    logits, labels, L = _random_problem(rng)
+    base = hkr_loss(logits, labels, L, min_margin=0.5)
+    assert hkr_loss(7.0 * logits, labels, 7.0 * L, min_margin=0.5).item() == pytest.approx(base.item(),
+                                                                                         rel=tol.FLOAT64_RTOL)
+    # and to a shift of every logit, as the classifier is
+    assert hkr_loss(logits + 3.0, labels, L, min_margin=0.5).item() == pytest.approx(base.item(), rel=1e-9)
+
+
+def test_default_float32_matches_loop_for_every_loss(rng, tol):
+    logits, labels, L = _random_problem(rng)
+    z, P = logits.float(), L.float()
+    assert gloro_loss(z, labels, P, eps=0.3).item() == pytest.approx(_loop_gloro(logits, labels, L, 0.3),
+                                                                     rel=tol.FLOAT32_RTOL)
+    assert emma_loss(z, labels, P, eps=0.3).item() == pytest.approx(_loop_emma(logits, labels, L, 0.3),
+                                                                    rel=tol.FLOAT32_RTOL)
+    assert hkr_loss(z, labels, P, min_margin=0.5).item() == pytest.approx(
+        _loop_hkr(logits, labels, L, 0.99, 0.5)[0], rel=tol.FLOAT32_RTOL, abs=tol.FLOAT32_ATOL)
+
+
+_MARGIN_LOSSES = {
+    "gloro": lambda z, y, L: gloro_loss(z, y, L, eps=0.5),
+    "gloro-trades": lambda z, y, L: gloro_loss(z, y, L, eps=0.5, trades_lam=3.0),
+    "emma": lambda z, y, L: emma_loss(z, y, L, eps=0.5),
+    "hkr": lambda z, y, L: hkr_loss(z, y, L, min_margin=0.5, alpha=0.9),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_MARGIN_LOSSES))
+def test_margin_loss_gradients_reach_logits_and_pairwise_L(rng, name):
+    logits, labels, L = _random_problem(rng)
+    logits.requires_grad_(True)
+    L.requires_grad_(True)
+    _MARGIN_LOSSES[name](logits, labels, L).backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+    assert torch.isfinite(L.grad).all() and L.grad.abs().sum() > 0
+    assert (L.grad.diagonal() == 0).all()  # the diagonal is never read
+    if name != "hkr":  # a larger constant moves the competitors up: the loss can only grow with L
+        assert (L.grad >= 0).all()
+
+
+@pytest.mark.parametrize("name", ["gloro", "gloro-trades", "hkr"])
+def test_gradcheck_gloro_and_hkr(name):
+    gen = torch.Generator().manual_seed(2)
+    logits = (3 * torch.randn(6, 4, dtype=torch.float64, generator=gen)).requires_grad_(True)
+    labels = torch.tensor([0, 1, 2, 3, 0, 1])
+    L = (torch.rand(4, 4, dtype=torch.float64, generator=gen) + 1).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda z, p: _MARGIN_LOSSES[name](z, labels, (p + p.T) / 2), (logits, L))
+
+
+def test_emma_share_is_detached_and_L_is_not(rng, tol):
+    """The gradient is that of CE(z + s · eps · L) with the shares s held constant (LiResNet's .detach())."""
+    logits, labels, L = _random_problem(rng)
+    eps, k = 0.6, logits.shape[1]
+    shares = torch.zeros_like(logits)
+    for n, (z, y) in enumerate(zip(logits.tolist(), labels.tolist())):
+        for j in range(k):
+            if j != y:
+                shares[n, j] = min(1.0, max(0.01, (z[y] - z[j]) / (eps * L[y, j].item())))
+    z1, L1 = logits.clone().requires_grad_(True), L.clone().requires_grad_(True)
+    emma_loss(z1, labels, L1, eps=eps).backward()
+    z2, L2 = logits.clone().requires_grad_(True), L.clone().requires_grad_(True)
+    F.cross_entropy(z2 + shares * eps * L2[labels], labels).backward()
+    torch.testing.assert_close(z1.grad, z2.grad, rtol=tol.FLOAT64_RTOL, atol=tol.FLOAT64_ATOL)
+    torch.testing.assert_close(L1.grad, L2.grad, rtol=tol.FLOAT64_RTOL, atol=tol.FLOAT64_ATOL)
+
+
+def test_equal_logits_and_an_ignored_diagonal():
+    logits = torch.zeros(4, 3, requires_grad=True)
+    labels = torch.tensor([0, 1, 2, 0])
+    L = torch.full((3, 3), 2.0)
+    L.fill_diagonal_(1e6)  # never read
+    ce = math.log(3)
+    gloro = gloro_loss(logits, labels, L, eps=0.5)  # ⊥ = 0 + 0.5 · 2 = 1
+    assert gloro.item() == pytest.approx(math.log(3 + math.e), rel=1e-6)
+    emma = emma_loss(logits, labels, L, eps=0.5)  # radius 0: the competitors move up by 0.01 · 0.5 · 2
+    assert emma.item() == pytest.approx(math.log(1 + 2 * math.exp(0.01)), rel=1e-6)
+    hkr, parts = hkr_loss(logits, labels, L, min_margin=0.3, alpha=0.9, return_parts=True)  # r = 0
+    assert hkr.item() == pytest.approx(0.9 * 0.3, rel=1e-6) and parts["kr"].item() == 0.0
+    for loss in (gloro, emma, hkr):
+        grad, = torch.autograd.grad(loss, logits)
+        assert torch.isfinite(grad).all()
+    assert gloro_loss(logits, labels, L, eps=0.0).item() > ce  # ⊥ ties with every class
+
+
+def test_zero_constants_are_refused_unless_the_caller_vouches_for_them():
+    logits, labels = torch.tensor([[2.0, 0.0, 1.0]]), torch.tensor([0])
+    L = torch.ones(3, 3)
+    L[0, 2] = L[2, 0] = 0.0
+    for call in (lambda v: gloro_loss(logits, labels, L, eps=0.5, validate=v),
+                 lambda v: emma_loss(logits, labels, L, eps=0.5, validate=v),
+                 lambda v: hkr_loss(logits, labels, L, min_margin=0.5, validate=v)):
+        with pytest.raises(ValueError, match="positive off the diagonal"):
+            call(True)
+    # unchecked (the trainer's estimate), GloRo and EMMA simply add no margin for the pair
+    bottom = max(0.0 + 0.5, 1.0 + 0.0)
+    assert gloro_loss(logits, labels, L, eps=0.5, validate=False).item() == pytest.approx(
+        _logsumexp([2.0, 0.0, 1.0, bottom]) - 2.0, rel=1e-6)
+    assert emma_loss(logits, labels, L, eps=0.5, validate=False).item() == pytest.approx(
+        _logsumexp([2.0, 0.0 + 0.5, 1.0]) - 2.0, rel=1e-6)
+
+
+def test_eps_ramp_and_modules(rng):
+    assert [ramped_eps(1.0, 0.5, 4, e) for e in range(4)] == [0.5, 1.0, 1.0, 1.0]
+    assert [ramped_eps(1.0, 1.0, 3, e) for e in range(3)] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert [ramped_eps(2.0, 0.0, 3, e) for e in range(3)] == [2.0, 2.0, 2.0]
+    assert ramped_eps(1.0, 0.5, 1, 0) == 1.0  # a one-epoch run trains at eps
+    logits, labels, L = _random_problem(rng)
+    gloro = GloRoLoss(eps=0.8, eps_ramp=0.5, epochs=4, trades_lam=2.0)
+    emma = EMMALoss(eps=0.8, eps_ramp=0.5, epochs=4)
+    for epoch, eps in ((0, 0.4), (1, 0.8), (3, 0.8)):
+        for module in (gloro, emma):
+            module.set_epoch(epoch)
+            assert module.regularize and module.current_eps == pytest.approx(eps)
+        assert gloro(logits, labels, L).item() == gloro_loss(logits, labels, L, eps=eps, trades_lam=2.0).item()
+        assert emma(logits, labels, L).item() == emma_loss(logits, labels, L, eps=eps).item()
+    hkr = HKRLoss(min_margin=0.5, alpha=0.9)
+    hkr.set_epoch(3)
+    assert hkr.regularize and hkr(logits, labels, L).item() == hkr_loss(logits, labels, L, min_margin=0.5,
+                                                                         alpha=0.9).item()
+    _, parts = hkr(logits, labels, L, return_parts=True)
+    assert set(parts) == {"hinge", "kr", "mean_radius"}
+    assert set(gloro(logits, labels, L, return_parts=True)[1]) == {"ce", "robust", "mean_radius", "certified"}
+    assert "eps_ramp=0.5" in repr(gloro) and "eps=0.8" in repr(emma) and "min_margin=0.5" in repr(hkr)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda z, y, L: gloro_loss(z, y, L, eps=-0.1), r"eps must be a finite number >= 0 \(the GloRo radius\)"),
+    (lambda z, y, L: gloro_loss(z, y, L, eps=float("inf")), "eps must be a finite number"),
+    (lambda z, y, L: gloro_loss(z, y, L, eps=0.1, trades_lam=-1.0), "trades_lam must be a finite number >= 0"),
+    (lambda z, y, L: emma_loss(z, y, L, eps=True), "eps must be a finite number >= 0 \\(the EMMA radius\\); got True"),
+    (lambda z, y, L: hkr_loss(z, y, L, min_margin=0.0), "min_margin must be a finite number > 0"),
+    (lambda z, y, L: hkr_loss(z, y, L, min_margin=1.0, alpha=1.5), "alpha must be a finite number >= 0 and <= 1"),
+    (lambda z, y, L: GloRoLoss(eps=0.0), "eps must be a finite number > 0"),
+    (lambda z, y, L: GloRoLoss(eps=1.0, eps_ramp=1.5), "eps_ramp must be a finite number >= 0 and <= 1"),
+    (lambda z, y, L: EMMALoss(eps=1.0, epochs=0), "epochs must be an int >= 1"),
+    (lambda z, y, L: GloRoLoss(eps=1.0, trades_lam=float("nan")), "trades_lam must be"),
+    (lambda z, y, L: HKRLoss(min_margin=-1.0), "min_margin must be"),
+    (lambda z, y, L: HKRLoss(min_margin=1.0).set_epoch(-1), "epoch must be an int >= 0"),
+    (lambda z, y, L: gloro_loss(z, torch.tensor([0, 3]), L, eps=0.1), r"labels must lie in \[0, 2\]"),
+    (lambda z, y, L: emma_loss(z, y, torch.ones(2, 2), eps=0.1), "pairwise_L must be a"),
+])
+def test_margin_losses_reject_bad_arguments(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(torch.zeros(2, 3), torch.tensor([0, 1]), torch.ones(3, 3))

@@ -790,3 +790,151 @@ def test_ddp_two_processes_on_cpu(tmp_path, data_root):
     assert budgeted.returncode == 0, budgeted.stderr[-3000:]
     assert [r["epoch"] for r in _rows(tmp_path / "budget")] == [1, 2]
     assert "time_budget" in lipzoo.load(tmp_path / "budget" / "final").lipzoo_config
+
+
+# -- the field's losses through the same accountant (issue 25): GloRo, EMMA, hinge-KR ----------------------
+_LOSS_MODULES = {"gloro": "GloRoLoss", "emma": "EMMALoss", "hkr": "HKRLoss"}
+
+
+@pytest.mark.parametrize("loss, extra, block", [
+    ("gloro", (), {"eps": None, "eps_ramp": 0.0, "trades_lam": None}),
+    ("gloro", ("recipe.gloro.trades_lam=2.0", "recipe.gloro.eps=0.3"), {"eps": 0.3, "eps_ramp": 0.0, "trades_lam": 2.0}),
+    ("emma", ("recipe.emma.eps_ramp=1.0",), {"eps": None, "eps_ramp": 1.0}),
+    ("hkr", ("recipe.hkr.alpha=0.9",), {"alpha": 0.9, "min_margin": None}),
+])
+def test_margin_losses_train_through_the_cli(recipe_file, data_root, tmp_path, monkeypatch, loss, extra, block):
+    from lipzoo import losses
+
+    seen = []
+    module = getattr(losses, _LOSS_MODULES[loss])
+    real = module.forward
+
+    def spy(self, logits, labels, pairwise_L, *args, **kwargs):
+        value, parts = real(self, logits, labels, pairwise_L, *args, **kwargs)
+        seen.append((self, pairwise_L.requires_grad, set(parts), value.requires_grad))
+        return value, parts
+
+    monkeypatch.setattr(module, "forward", spy)
+    out = tmp_path / "run"
+    assert _train(recipe_file, out, data_root, f"recipe.loss={loss}", "recipe.epochs=1", "--max-steps", "2", *extra) == 0
+    rows = _rows(out)
+    assert [r["steps"] for r in rows] == [2] and set(rows[0]) == METRIC_KEYS
+    assert all(math.isfinite(v) for v in rows[0].values())
+    assert len(seen) == 2
+    criterion = seen[0][0]
+    # null radii are the entry's first certification radius (1/255); the estimate stays in the graph
+    radius = criterion.min_margin if loss == "hkr" else criterion.eps
+    assert radius == pytest.approx(block.get("eps") or block.get("min_margin") or 1 / 255)
+    assert all(requires_grad and value_grad and "mean_radius" in parts for _, requires_grad, parts, value_grad in seen)
+    recipe = json.loads((out / "final" / "config.json").read_text())["recipe"]
+    assert recipe["loss"] == loss and recipe[loss] == block  # the defaults are written out
+
+
+def _margin_recipe(tmp_path: Path, **recipe) -> Path:
+    path = tmp_path / "margin.yaml"
+    path.write_text(yaml.safe_dump(_entry(**recipe), sort_keys=False))
+    return path
+
+
+def test_gloro_resume_is_bit_for_bit(tiny_arch, data_root, tmp_path, monkeypatch):
+    # the radius ramps over the 3 epochs (1/6, 1/3, 1/2): a resumed run must train epoch 3 at 1/2
+    recipe = _margin_recipe(tmp_path, loss="gloro", crm=None, gloro={"eps": 0.5, "eps_ramp": 1.0, "trades_lam": None})
+    run_a, run_b, run_c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    assert _train(recipe, run_a, data_root) == 0
+    with interrupted_in_epoch(monkeypatch):
+        _train(recipe, run_b, data_root)
+    assert _ckpt(run_b)["epoch"] == 2
+    shutil.copytree(run_b, run_c)
+    assert _train(recipe, run_b, data_root, "--resume") == 0
+    a, b = _ckpt(run_a), _ckpt(run_b)
+    for key in ("model", "estimator", "optimizer", "scheduler", "rng", "loader_generator"):
+        _assert_same(a[key], b[key], key)
+    assert _without_time(_rows(run_a)) == _without_time(_rows(run_b))
+    # the test can fail: a resumed loss left at the first epoch's radius trains other weights
+    from lipzoo.losses import GloRoLoss
+
+    monkeypatch.setattr(GloRoLoss, "set_epoch", lambda self, epoch: None)
+    assert _train(recipe, run_c, data_root, "--resume") == 0
+    assert not torch.equal(_ckpt(run_c)["model"]["1.weight"], a["model"]["1.weight"])
+
+
+@pytest.mark.parametrize("loss", sorted(_LOSS_MODULES))
+def test_margin_losses_with_amp_are_float32_outside_autocast(recipe_file, data_root, tmp_path, monkeypatch, loss):
+    from lipzoo import losses
+
+    seen = []
+    module = getattr(losses, _LOSS_MODULES[loss])
+    real = module.forward
+
+    def spy(self, logits, labels, pairwise_L, *args, **kwargs):
+        seen.append((logits.dtype, pairwise_L.dtype, torch.is_autocast_enabled("cpu")))
+        return real(self, logits, labels, pairwise_L, *args, **kwargs)
+
+    monkeypatch.setattr(module, "forward", spy)
+    out = tmp_path / "amp"
+    assert _train(recipe_file, out, data_root, f"recipe.loss={loss}", "recipe.epochs=1", "--max-steps", "2",
+                  "--amp") == 0
+    assert seen == [(torch.float32, torch.float32, False)] * 2
+    assert all(math.isfinite(v) for v in _rows(out)[0].values())
+
+
+def test_margin_loss_recipes_are_checked_at_the_edge(recipe_file, tmp_path, capsys):
+    # a loss's block left out gets its documented defaults; one key of an absent block may be set
+    assert resolve_config(str(recipe_file), ["recipe.loss=emma"])["recipe"]["emma"] == {"eps": None, "eps_ramp": 0.0}
+    assert "gloro" not in resolve_config(str(recipe_file))["recipe"]  # a CRM recipe is written as before
+    # the issue's command line: the CRM warm-up of crm-mnist-4c3f does not bind a GloRo run
+    one = resolve_config("crm-mnist-4c3f", ["recipe.loss=gloro", "recipe.epochs=1", "recipe.gloro.eps=0.5"])["recipe"]
+    assert one["epochs"] == 1 and one["gloro"] == {"eps": 0.5, "eps_ramp": 0.0, "trades_lam": None}
+    # every problem at once, each naming its key
+    with pytest.raises(ValueError) as info:
+        resolve_config(str(recipe_file), ["recipe.loss=hkr", "recipe.hkr.alpha=1.5", "recipe.hkr.margin=1",
+                                          "recipe.hkr.min_margin=abc", "recipe.gloro.eps_ramp=2", "recipe.batch_size=0"])
+    text = str(info.value)
+    assert text.startswith("recipe: 5 problems:"), text
+    for part in ("recipe.hkr: unknown key(s) ['margin']; allowed: ['alpha', 'min_margin'].",
+                 "recipe.hkr.alpha: expected a number <= 1, got 1.5.",
+                 "recipe.hkr.min_margin (a radius, or null for certify.eps[0]): expected a number",
+                 "recipe.gloro.eps_ramp (a share of recipe.epochs): expected a number <= 1, got 2.",
+                 "recipe.batch_size: expected an int >= 1, got 0."):
+        assert part in text
+    with pytest.raises(ValueError, match=r"recipe.loss: expected one of \['crm', 'ce', 'gloro', 'emma', 'hkr'\], got "
+                                         r"'lmt'"):
+        resolve_config(str(recipe_file), ["recipe.loss=lmt"])
+    with pytest.raises(ValueError, match=r"recipe.emma: expected a mapping with keys among \['eps', 'eps_ramp'\]"):
+        resolve_config(str(recipe_file), ["recipe.loss=emma", "recipe.emma=[1]"])
+    with pytest.raises(ValueError, match=r"recipe.gloro.eps \(a radius, or null for certify.eps\[0\]\): expected a "
+                                         r"number > 0, got -1"):
+        resolve_config(str(recipe_file), ["recipe.loss=gloro", "recipe.gloro.eps=-1"])
+    with pytest.raises(ValueError, match=r"recipe.gloro.trades_lam \(or null\): expected a number >= 0"):
+        resolve_config(str(recipe_file), ["recipe.gloro={trades_lam: -2}"])
+    with pytest.raises(ValueError, match=r"Unknown config key 'recipe.emma.eps.x'"):
+        resolve_config(str(recipe_file), ["recipe.emma.eps.x=1"])
+    assert _train(recipe_file, tmp_path / "bad", Path("."), "recipe.loss=emma", "recipe.emma.eps_ramp=-1") == 2
+    assert "recipe.emma.eps_ramp (a share of recipe.epochs): expected a number >= 0, got -1" in capsys.readouterr().err
+    # a null radius needs a certification radius (an entry always has one; a hand-made config may not)
+    from types import SimpleNamespace
+
+    with pytest.raises(ValueError, match=r"recipe.hkr.min_margin is null, which means the first certification radius "
+                                         r"\(certify.eps\[0\]\), but the config certifies at none"):
+        trainer_mod._Run._radius(SimpleNamespace(config={"certify": {"eps": []}}), None, "recipe.hkr.min_margin")
+
+
+def test_ddp_margin_loss_on_cpu(tmp_path, data_root):
+    """``torchrun --nproc_per_node 2`` with gloo and ``recipe.loss=hkr``: each rank's loss is a plain batch mean."""
+    entry = _entry(epochs=1, scheduler={"name": "constant"}, loss="hkr", crm=None, hkr={"alpha": 0.9, "min_margin": 0.5})
+    entry.update(architecture="4c3f", model_args={"img_size": 8})  # registered: the workers do not run this module
+    recipe = tmp_path / "ddp.yaml"
+    recipe.write_text(yaml.safe_dump(entry))
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(lipzoo.__file__).parents[1])}
+    env.pop("LIPZOO_DATA", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", "-m", "lipzoo.cli",
+         "train", str(recipe), "--out", str(out), "--data-root", str(data_root), "--device", "cpu", "--threads", "1",
+         "--no-progress"], capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = _rows(out)
+    assert len(rows) == 1 and set(rows[0]) == METRIC_KEYS and all(math.isfinite(v) for v in rows[0].values())
+    model = lipzoo.load(out / "final")
+    assert model.lipzoo_config["recipe"]["hkr"] == {"alpha": 0.9, "min_margin": 0.5}
+    _assert_same(model.state_dict(), _ckpt(out)["model"], "model")

@@ -179,7 +179,7 @@ BAD = [
     (("normalization", "mean"), [0.1, 0.2], "normalization.mean: expected a list of 1 numbers"),
     (("normalization", "std"), [0.0], r"normalization.std\[0\]: expected a number > 0, got 0.0"),
     (("normalization", "median"), [0.0], r"normalization: unknown key\(s\) \['median'\]"),
-    (("recipe", "loss"), "hinge", r"recipe.loss: expected one of \['crm', 'ce'\]"),
+    (("recipe", "loss"), "hinge", r"recipe.loss: expected one of \['crm', 'ce', 'gloro', 'emma', 'hkr'\]"),
     (("recipe", "epochs"), 0, "recipe.epochs: expected an int >= 1, got 0"),
     (("recipe", "batch_size"), 51.2, "recipe.batch_size: expected an int, got 51.2"),
     (("recipe", "power_iterations"), 0, "recipe.power_iterations: expected an int >= 1"),

@@ -213,7 +213,9 @@ def resolve_config(target: str, overrides: list[str] | None = None, **run: Any) 
 
 
 # keys a config may leave out (their default applies) and an override may still set: the recipe schema's
-OPTIONAL_KEYS = tuple(f"recipe.{k}" for k in Recipe.DEFAULTED)
+OPTIONAL_KEYS = tuple(f"recipe.{k}" for k in (*Recipe.DEFAULTED, *Recipe.LOSS_BLOCKS))
+# blocks a config may leave out (or set to null) whose keys an override may set one by one (recipe.gloro.eps=0.5)
+OPTIONAL_BLOCKS = tuple(f"recipe.{k}" for k in Recipe.LOSS_BLOCKS)
 
 
 def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -247,7 +249,11 @@ def _apply(config: dict[str, Any], item: str) -> None:
     parts = key.strip().split(".")
     node = config
     for i, part in enumerate(parts):
-        optional = i == len(parts) - 1 and key.strip() in OPTIONAL_KEYS and isinstance(node, dict)
+        optional = i == len(parts) - 1 and isinstance(node, dict) and (
+            key.strip() in OPTIONAL_KEYS or ".".join(parts[:-1]) in OPTIONAL_BLOCKS)  # the schema names unknown ones
+        if i < len(parts) - 1 and ".".join(parts[:i + 1]) in OPTIONAL_BLOCKS and isinstance(node, dict) \
+                and node.get(part) is None:
+            node[part] = {}  # an absent loss block: the recipe schema fills in the keys not set here
         if not isinstance(node, dict) or part not in node and not optional:
             where = ".".join(parts[:i]) or "the config"
             known = sorted(node) if isinstance(node, dict) else []

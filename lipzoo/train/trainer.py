@@ -1,4 +1,4 @@
-"""``lipzoo train``: CRM (or plain cross-entropy) training with exact resume.
+"""``lipzoo train``: CRM (or cross-entropy, GloRo, EMMA, hinge-KR: ``recipe.loss``) training with exact resume.
 
 One run directory holds ``metrics.jsonl`` (one JSON line per epoch), ``checkpoint.pt`` (the state
 after the last *good* epoch: model, optimizer, scheduler, power-iteration vectors, RNG states, all
@@ -49,7 +49,8 @@ from tqdm.auto import tqdm
 
 from lipzoo.bounds.estimator import LipLTEstimator
 from lipzoo.bounds.radius import certified_radius
-from lipzoo.losses import CRMLoss
+from lipzoo.losses import CRMLoss, EMMALoss, GloRoLoss, HKRLoss
+from lipzoo.meta import EMMASettings, GloRoSettings, HKRSettings
 from lipzoo.train.budget import (BudgetPlan, StepCosts, allot_steps, fit_recipe, plan_budget, plural,
                                  regularized, scale_schedule, useful_budget)
 
@@ -243,10 +244,33 @@ class _Run:
         self.model.load_state_dict(state, strict=False)
         logger.info("Initialised from %s (%d tensors; Normalize from the config).", source, len(state))
 
-    def _criterion(self) -> CRMLoss:
+    def _criterion(self) -> CRMLoss | GloRoLoss | EMMALoss | HKRLoss:
+        """The loss of ``recipe.loss`` (``ce`` keeps a CRM module for its epoch bookkeeping; its loss is plain CE)."""
+        loss, epochs = self.recipe.get("loss", "crm"), int(self.recipe["epochs"])
+        if loss == "gloro":
+            gloro = GloRoSettings.parse(self.recipe.get("gloro"))
+            return GloRoLoss(eps=self._radius(gloro.eps, "recipe.gloro.eps"), eps_ramp=gloro.eps_ramp, epochs=epochs,
+                             trades_lam=gloro.trades_lam)
+        if loss == "emma":
+            emma = EMMASettings.parse(self.recipe.get("emma"))
+            return EMMALoss(eps=self._radius(emma.eps, "recipe.emma.eps"), eps_ramp=emma.eps_ramp, epochs=epochs)
+        if loss == "hkr":
+            hkr = HKRSettings.parse(self.recipe.get("hkr"))
+            return HKRLoss(min_margin=self._radius(hkr.min_margin, "recipe.hkr.min_margin"), alpha=hkr.alpha)
         crm = self.recipe.get("crm") or {}
         return CRMLoss(t=float(crm.get("t", 5.0)), lam=float(crm.get("lam", 15.0)), r0=crm.get("r0"),
                        g=crm.get("g", "linear"), warmup_epochs=int(crm.get("warmup_epochs", 0)))
+
+    def _radius(self, value: float | None, key: str) -> float:
+        """A loss's radius setting; ``None`` is the config's first certification radius (``certify.eps[0]``)."""
+        if value is not None:
+            return value
+        eps = (self.config.get("certify") or {}).get("eps") or []
+        if not eps:
+            raise ValueError(f"{key} is null, which means the first certification radius (certify.eps[0]), but the "
+                             f"config certifies at none; set {key}=<radius>, e.g. {key}=0.5.")
+        logger.info("%s: null, so the first certification radius %s.", key, eps[0])
+        return _fraction(eps[0])
 
     # -- time budget (lipzoo.train.budget) ------------------------------------------------------------
     @property
@@ -383,10 +407,16 @@ class _Run:
         with torch.autocast(self.device.type, dtype=amp_dtype, enabled=self.opts.amp):
             logits = self.net(x)
         logits = logits.float()
-        if self.recipe.get("loss", "crm") == "crm":
+        name = self.recipe.get("loss", "crm")
+        if name == "crm":
             pairwise = self.estimator()  # the bound stays in float32, outside autocast
             loss, parts = self.criterion(logits, y, pairwise, regularize=regularize, return_parts=True,
                                           validate=False)  # parts["mean_radius"]: the radii it already formed
+        elif name in ("gloro", "emma", "hkr"):
+            # the same estimate, in float32 outside autocast; these losses have no CE warm-up (GloRo and EMMA
+            # ramp their radius by the epoch instead), so `regularize` does not apply: each step costs the same
+            pairwise = self.estimator()
+            loss, parts = self.criterion(logits, y, pairwise, return_parts=True, validate=False)
         else:
             with torch.no_grad():
                 pairwise = self.estimator()
