@@ -73,9 +73,10 @@ def _add_bound_options(p: argparse.ArgumentParser, power_note: str) -> None:
     p.add_argument("--max-dense", type=_positive_int, default=None,
                    help="under --norm auto: materialize operators up to this side only (default: adaptive, "
                         "small ones always, larger ones where they tighten the bound most within --bound-effort)")
-    p.add_argument("--bound-effort", type=_effort, default="medium", metavar="LEVEL|UNITS",
+    p.add_argument("--bound-effort", type=_effort, default=None, metavar="LEVEL|UNITS",
                    help="work the guaranteed bound may spend tightening large operators exactly: none, low, medium "
-                        "(default), high, or a number of work units (1e9 GEMM-equivalent flops, counted from the "
+                        "(default; for a checkpoint that ships certificate.json, the effort it was computed with), "
+                        "high, or a number of work units (1e9 GEMM-equivalent flops, counted from the "
                         "shapes: the bound is the same on any machine, loaded or not). It stops earlier once it "
                         "cannot gain 0.2%%; every value is proved either way. Results and the chains certified on "
                         "the way are cached, so a later run with more effort starts from them")
@@ -113,13 +114,17 @@ def _budget_replaced(text: str):
                                      "high or work units): a bound no longer depends on the machine's speed or load")
 
 
-def _bound_options(args):
+def _bound_options(args, certificate=None):
     """The bound's options from the command line: one :class:`~lipzoo.bounds.options.BoundOptions` for everything
-    after it (a probabilistic bound gets fresh random start vectors: ``seed=None``)."""
+    after it (a probabilistic bound gets fresh random start vectors: ``seed=None``). Without ``--bound-effort``, the
+    effort of the checkpoint's shipped ``certificate`` (the bound its card's numbers come from), else the default."""
     from lipzoo.bounds import BoundOptions
 
+    effort = args.bound_effort
+    if effort is None:
+        effort = (certificate or {}).get("options", {}).get("effort", "medium")
     return BoundOptions(method=getattr(args, "method", "liplt"), norm=args.norm, max_dense=args.max_dense,
-                        effort=args.bound_effort, failure_probability=args.failure_probability,
+                        effort=effort, failure_probability=args.failure_probability,
                         seed=None if args.norm == "lanczos" else 0)
 
 
@@ -337,7 +342,9 @@ def _cmd_certify(args) -> int:
     if args.compare:
         other, other_cfg = _load_model(args.compare, device)
         rep = certify(other.to(arithmetic), dataset, eps_list, input_shape=other_cfg["input_shape"], limit=args.limit,
-                      attack=None, options=_bound_options(args), progress=not args.no_progress, cache=_CACHE,
+                      attack=None, options=_bound_options(args, getattr(other, "lipzoo_certificate", None)),
+                      certificate=None if args.recompute else getattr(other, "lipzoo_certificate", None),
+                      progress=not args.no_progress, cache=False if args.recompute else _CACHE,
                       name=args.compare, allow_estimate=args.norm == "power")
         compare = {args.compare if rep["kind"] == "certified" else f"{args.compare} ({rep['kind']})": rep["radii"]}
     name = args.model
@@ -346,7 +353,8 @@ def _cmd_certify(args) -> int:
 
     try:
         report = certify(model, dataset, eps_list, input_shape=config["input_shape"], out_dir=out, name=name,
-                         limit=args.limit, batch_size=args.batch_size, attack=attack, options=_bound_options(args),
+                         limit=args.limit, batch_size=args.batch_size, attack=attack,
+                         options=_bound_options(args, getattr(model, "lipzoo_certificate", None)),
                          compare=compare, device=device, progress=not args.no_progress,
                          cache=False if args.recompute else _CACHE, certificate=certificate,
                          allow_estimate=args.norm == "power")  # --norm power asks for an estimate explicitly
@@ -406,7 +414,8 @@ def _cmd_bounds(args) -> int:
     model, config = _load_model(args.model, _device(args.device))  # the bound runs where the model is
     shape = args.input_shape or config["input_shape"]
     certificate, how = _shipped(model, args) if args.input_shape is None else (None, None)
-    table = bounds_table(model, shape, options=_bound_options(args), cache=False if args.recompute else _CACHE,
+    table = bounds_table(model, shape, options=_bound_options(args, getattr(model, "lipzoo_certificate", None)),
+                         cache=False if args.recompute else _CACHE,
                          certificate=certificate)
     shipped = getattr(model, "lipzoo_certificate", None)
     if args.recompute and shipped is not None and args.input_shape is None:
