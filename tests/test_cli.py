@@ -399,10 +399,12 @@ def test_attach_ships_the_certificate_and_bounds_uses_it(checkpoint, tmp_path, c
     import lipzoo.bounds.proved as proved
 
     monkeypatch.setenv("LIPZOO_CACHE", "off")
-    assert _certify(checkpoint, tmp_path / "cert", "--attach") == 0
+    assert _certify(checkpoint, tmp_path / "cert", "--attach", "--bound-effort", "low") == 0
     shipped = json.loads((checkpoint.dir / "certificate.json").read_text())
     config = json.loads((checkpoint.dir / "config.json").read_text())
     assert shipped["weights_sha256"] == config["sha256"] and shipped["chains"]
+    assert shipped["options"]["effort"] == "low" == config["metrics"]["bound"]["effort"]
+    assert "--bound-effort low" in (checkpoint.dir / "README.md").read_text()  # the card's Reproduce command
     assert lipzoo.load(checkpoint.dir).lipzoo_certificate == shipped
     capsys.readouterr()
 
@@ -413,7 +415,9 @@ def test_attach_ships_the_certificate_and_bounds_uses_it(checkpoint, tmp_path, c
         m.setattr(proved, "group_gram", boom)
         m.setattr(proved, "certified_chain_norm", boom)
         assert main(["bounds", str(checkpoint.dir), "--json"]) == 0
-        used = json.loads(capsys.readouterr().out)["liplt"]["L_ij"]
+        row = json.loads(capsys.readouterr().out)["liplt"]
+        used = row["L_ij"]
+        assert row["chains"]["work"]["effort"] == 200.0  # the certificate's effort, without --bound-effort
         assert main(["bounds", str(checkpoint.dir)]) == 0
         assert "from the checkpoint's certificate.json" in capsys.readouterr().out
     assert used == shipped["bound"]["mean"]
