@@ -438,7 +438,8 @@ def _cmd_bounds(args) -> int:
         work = chains.get("work") or {}
         print(f"{chains['certified']} of {chains['total']} inner operators certified exactly"
               + (f"; refinement work {work['spent']:.4g} of {work['effort']:.4g} units" if work else "")
-              + ("; --bound-effort high certifies more" if chains["certified"] < chains["total"] else ""))
+              + {"tolerance": " (stopped: no certificate could gain 0.2 %)",
+                 "effort": " (stopped by the effort: a larger --bound-effort certifies more)"}.get(str(work.get("stopped")), ""))
     check = table["liplt"].get("shipped_certificate")
     if check:
         print(f"recomputed from scratch: mean L_ij {table['liplt']['L_ij']!r}; the shipped certificate's {check['L_ij']!r}"

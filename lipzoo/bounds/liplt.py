@@ -321,7 +321,7 @@ def _lipschitz_bounds(net, structure, opts: BoundOptions, *, modes, seed, progre
             details["inner"] = {f"{t},{j}": float(v) for (t, j), v in inner.items()}
             if norm == "auto":
                 details["inner_proofs"] = how
-                details["work"] = {"effort": stats["effort"], "spent": stats["work"]}
+                details["work"] = {"effort": stats["effort"], "spent": stats["work"], "stopped": stats["stopped"]}
                 # each norm's estimate is from below (a Ritz value) and the recursion is monotone: the exact
                 # LipLT value lies between this and the bound, which tells how loose the bound can be
                 details["liplt_at_estimates"] = {

@@ -112,13 +112,14 @@ def proved_inner_norms(structure: Structure, keys, *, objective: Callable[[dict]
             caller can keep it (an interrupted run loses none of them).
         on_corrupt: called with the keys of ``known`` entries found below their estimates.
         stats: filled with ``effort`` and ``work`` (units spent by the refinement, certificates reused included),
-            ``certified`` and ``reused`` (numbers of chains).
+            ``stopped`` (why the refinement stopped: ``"tolerance"``, ``"effort"`` or ``"done"``), ``certified`` and
+            ``reused`` (numbers of chains).
     """
     keys = list(keys)
     effort = resolve_effort(effort)
     if not keys:
         if stats is not None:
-            stats.update(effort=effort, work=0.0, certified=0, reused=0)
+            stats.update(effort=effort, work=0.0, stopped="done", certified=0, reused=0)
         return {}
     # cuDNN may pick FFT/Winograd convolutions, outside the rounding model: use the direct kernels
     with torch.backends.cudnn.flags(enabled=False):
@@ -257,25 +258,27 @@ class _Run:
         for key, val in (vals or {}).items():
             self.certified(key, val, self.est[key])
 
-    def refine(self) -> float:
-        """Certify the chains whose looseness costs most per work unit, within ``effort``; returns the work."""
+    def refine(self) -> tuple[float, str]:
+        """Certify the chains whose looseness costs most per work unit, within ``effort``; returns the work and why
+        it stopped: ``"tolerance"`` (no certificate could gain ``tol`` any more), ``"effort"`` (a chain that could
+        still gain did not fit in what was left) or ``"done"`` (nothing left worth certifying)."""
         tried: set = set()
         work: dict = {}
         spent = 0.0
         while True:
             f, gain, total = self.gains()
             if min(sum(gain.values()), f - self.floor()) <= self.tol * f:
-                break  # even exact norms everywhere could not lower the bound by more than tol
+                return spent, "tolerance"  # even exact norms everywhere could not lower the bound by more than tol
             for k in gain:
                 if k not in work:
                     _, ops, ins, _ = self.chains[k]
                     work[k] = chain_work(ops, ins[-1], self.bounds, max_side=self.max_side,
                                          local_max_bytes=self.local_max_bytes)
             left = self.effort - spent
-            todo = sorted((k for k in gain if total[k] > 1e-4 * f and k not in tried and work[k] <= left),
-                          key=lambda k: -total[k] / max(work[k], 1e-9))
+            useful = [k for k in gain if total[k] > 1e-4 * f and k not in tried]
+            todo = sorted((k for k in useful if work[k] <= left), key=lambda k: -total[k] / max(work[k], 1e-9))
             if not todo:
-                break
+                return spent, "effort" if useful else "done"
             k = todo[0]
             tried.add(k)
             spent += work[k]
@@ -296,7 +299,6 @@ class _Run:
             if value is not None:
                 self.certified(k, value, self.est[k], new=k not in self.known)
                 self.update()
-        return spent
 
     def run(self, stats: dict | None) -> dict:
         t_all = time.perf_counter()
@@ -313,12 +315,12 @@ class _Run:
                          time.perf_counter() - t0)
         self.result.clear()  # the estimates changed: rebuild every entry
         self.update()
-        spent = self.refine() if rest else 0.0
+        spent, stopped = self.refine() if rest else (0.0, "done")
         self.bar.close()
         logger.debug("refinement: %.4g of %.4g units; total %.2fs; bound %.6g, at the estimates %.6g", spent,
                      self.effort, time.perf_counter() - t_all, float(self.objective(
                          {k: torch.tensor(self.result[k].value, dtype=torch.float64) for k in self.keys})),
                      self.floor())
         if stats is not None:
-            stats.update(effort=self.effort, work=spent, certified=len(self.done), reused=self.reused)
+            stats.update(effort=self.effort, work=spent, stopped=stopped, certified=len(self.done), reused=self.reused)
         return self.result
