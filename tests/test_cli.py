@@ -417,7 +417,7 @@ def test_attach_ships_the_certificate_and_bounds_uses_it(checkpoint, tmp_path, c
         assert main(["bounds", str(checkpoint.dir), "--json"]) == 0
         row = json.loads(capsys.readouterr().out)["liplt"]
         used = row["L_ij"]
-        assert row["chains"]["work"]["effort"] == 200.0  # the certificate's effort, without --bound-effort
+        assert row["chains"]["work"]["effort"] == 2000.0  # the certificate's effort, without --bound-effort
         assert main(["bounds", str(checkpoint.dir)]) == 0
         assert "from the checkpoint's certificate.json" in capsys.readouterr().out
     assert used == shipped["bound"]["mean"]

@@ -37,7 +37,7 @@ def test_after_is_never_looser_than_before(name):
 @pytest.mark.parametrize("name", SHIPPED)
 def test_the_shipped_certificate_reproduces_the_golden_bound(name, monkeypatch):
     """Through its certificate.json (checked against this run's estimates, then used where the run would compute
-    them): the recorded bound, bit for bit, without a single certificate computed."""
+    them): the recorded bound, without a single certificate computed."""
     import lipzoo.bounds.proved as proved
 
     model = lipzoo.load(name)
@@ -50,7 +50,10 @@ def test_the_shipped_certificate_reproduces_the_golden_bound(name, monkeypatch):
     monkeypatch.setattr(proved, "group_gram", boom)
     monkeypatch.setattr(proved, "certified_chain_norm", boom)
     b = lipschitz_bound(model, tuple(model.lipzoo_config["input_shape"]), cache=False, certificate=shipped)
-    assert _mean(b) == shipped["bound"]["mean"] == GOLDEN[name]["after"]
+    assert shipped["bound"]["mean"] == GOLDEN[name]["after"]
+    # the chain norms are the certificate's; the output rows are computed here, and their float64 convolutions
+    # round with the thread count's summation order (bit for bit for the one the golden run used): 1e-12
+    assert _mean(b) == pytest.approx(GOLDEN[name]["after"], rel=1e-12, abs=0)
     assert b.guaranteed
 
 
@@ -65,4 +68,4 @@ def test_a_fresh_computation_gives_the_golden_bound(name):
         model = lipzoo.create_model(name).eval()
         shape = tuple(model.input_shape)
     got = lipschitz_bound(model, shape, cache=False, effort=GOLDEN[name].get("effort", "medium"))
-    assert _mean(got) == GOLDEN[name]["after"]
+    assert _mean(got) == pytest.approx(GOLDEN[name]["after"], rel=1e-9, abs=0)  # other thread counts, other BLAS
