@@ -4,7 +4,7 @@ restructure and the deterministic planner, and each shipped certificate reproduc
 ``tests/golden/bounds.json`` holds, per zoo model (shipped weights, or the architecture at PyTorch's default
 initialisation with seed 0), the mean pairwise bound of lipzoo before the restructure (``before``: commit
 dcf624f, its default 300 s budget, cache off, 1 thread) and after it (``after``, at ``effort``: the default
-unless named); docs/benchmarks.md ("Issue 23") has the commands. 8C2F, lt-res-m and lt-res-l are not in it:
+unless named), both measured with ``bench/bound_once.py``; docs/benchmarks.md ("Issue 23") has the commands. 8C2F, lt-res-m and lt-res-l are not in it:
 their runs did not fit this session (docs/benchmarks.md says so).
 """
 
