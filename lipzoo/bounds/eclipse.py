@@ -62,7 +62,8 @@ The search above is plain float64 arithmetic and proves nothing. The certificate
   error ``||W - W_hat||_2 <= sqrt(n_in) theta A`` comes from
   :func:`lipzoo.bounds.proved.rounding_model` (standard model, float64 operators required). Every
   matrix is scaled by a power of two (exact; the factors are multiplied back at the end with
-  ``math.ldexp``, rounded up if it leaves the normal range).
+  ``math.ldexp``, rounded up if it leaves the normal range). Both steps live in
+  :mod:`lipzoo.bounds.eclipse_dense`.
 * **Stage inequality (1).** ``X_{k+1}`` is stored with a slack ``eps lam`` subtracted (``eps`` tried from
   1e-10 upward). ``B_hat``, the float64 matrix of (1), is formed exactly symmetric (lower triangle
   mirrored); its entrywise distance to the exact ``B_k`` (exact ``alpha, beta``, the stored ``lam``,
@@ -94,13 +95,12 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import cast
 
 import torch
 
+from lipzoo.bounds.eclipse_dense import SCALAR_MARGIN, _materialize, _pow2_normalize, _rescale, _up
 from lipzoo.bounds.norms import output_norms
-from lipzoo.bounds.structure import Structure, numel
-from lipzoo.layers.operators import ComposeOp, DenseOp, FlattenOp, LinearOperator, ScaleOp, compose
+from lipzoo.bounds.structure import Structure
 from lipzoo.numerics import U, gamma
 
 logger = logging.getLogger(__name__)
@@ -112,102 +112,8 @@ MAX_SIDE = 4096
 """Default largest side of a materialized weight matrix (a convolution is materialized up to it)."""
 GUARANTEE = "exact"
 """Guarantee string of :func:`eclipse_bound`: every value is certified from the dense matrices, rounding included."""
-SCALAR_MARGIN = 1e-12
 SLACKS = (1e-10, 1e-8, 1e-6, 1e-4, 1e-2, 0.1)
 ETAS = (1e-9, 1e-7, 1e-5, 1e-3, 1e-1)
-
-
-def _up(x: float, rel: float = SCALAR_MARGIN) -> float:
-    """``x (1 + rel)`` rounded up (``x >= 0``): covers a few float operations that produced ``x``."""
-    return math.nextafter(x * (1 + rel), math.inf)
-
-
-# ----------------------------------------------------------------------------- materialization
-
-def _is_exact_chain(op) -> bool:
-    """True when pushing one-hot vectors through ``op`` is exact: flattenings, scalings by powers of two
-    (1.0 included; no under/overflow for one-hot inputs times entries of a normal matrix is assumed only
-    for 1.0) and at most one dense map."""
-    ops = op.ops if isinstance(op, ComposeOp) else [op]
-    dense = 0
-    for f in ops:
-        if isinstance(f, DenseOp):
-            dense += 1
-        elif isinstance(f, FlattenOp):
-            continue
-        elif isinstance(f, ScaleOp):
-            c = f.c.detach().item() if torch.is_tensor(f.c) else float(f.c)
-            if c != 1.0:
-                return False
-        else:
-            return False
-    return dense <= 1
-
-
-def _materialize(factors, in_shape, max_side: int, what: str) -> tuple[torch.Tensor, float]:
-    """The ``(n_out, n_in)`` float64 matrix of the chain and a proved bound on its error (spectral norm)."""
-    n_in = numel(in_shape)
-    if not factors:
-        return torch.eye(n_in, dtype=torch.float64), 0.0
-    op = cast(LinearOperator, compose(*factors))  # factors is not empty
-    out_shape = op.out_shape(tuple(in_shape))
-    n_out = numel(out_shape)
-    if max(n_in, n_out) > max_side:
-        raise ValueError(f"eclipse_bound: {what} is a {n_out} x {n_in} map, larger than max_side={max_side} on a "
-                         f"side; materializing it is too costly. Use method='liplt' for this network (or raise "
-                         f"max_side).")
-    exact = _is_exact_chain(op)
-    ref = None
-    for f in (op.ops if isinstance(op, ComposeOp) else [op]):
-        for attr in ("weight", "scale", "c"):
-            t = getattr(f, attr, None)
-            if torch.is_tensor(t) and t.is_floating_point():
-                ref = t
-                break
-        if ref is not None:
-            break
-    dtype = ref.dtype if ref is not None else torch.float64
-    if not exact and dtype != torch.float64:
-        raise ValueError(f"eclipse_bound: {what} is a composite operator in {dtype}; build the structure from a "
-                         f"float64 copy of the model (its rounding is bounded for float64 only).")
-    device = ref.device if ref is not None else None
-    cols = []
-    for start in range(0, n_in, 512):
-        idx = torch.arange(start, min(start + 512, n_in))
-        basis = torch.zeros(len(idx), n_in, dtype=dtype, device=device)
-        basis[torch.arange(len(idx)), idx.to(basis.device)] = 1.0
-        cols.append(op.forward(basis.reshape(len(idx), *in_shape)).reshape(len(idx), -1))
-    mat = torch.cat(cols, 0).detach().T.to(torch.float64).cpu().contiguous()
-    if not bool(torch.isfinite(mat).all()):
-        raise ValueError(f"eclipse_bound: {what} has non-finite entries.")
-    if exact:
-        return mat, 0.0
-    theta, a = op.rounding_model(tuple(in_shape))
-    return mat, _up(math.sqrt(n_in) * theta * a, 1e-9)
-
-
-def _ldexp(t: torch.Tensor, e: int) -> torch.Tensor:
-    """``t 2^e`` by multiplications with powers of two of at most ``2^500`` (each exact in the normal range)."""
-    while e:
-        step = max(-500, min(500, e))
-        t = t * 2.0 ** step
-        e -= step
-    return t
-
-
-def _pow2_normalize(mat: torch.Tensor, err: float) -> tuple[torch.Tensor, float, int]:
-    """``mat 2^-e`` with max entry in [0.5, 1), exact unless entries drop below the normal range (then the
-    lost bits, at most ``2^-1075`` per entry, are added to the error). Returns (matrix, error, e)."""
-    top = float(mat.abs().max())
-    if top == 0.0:
-        return mat, err, 0
-    e = math.frexp(top)[1]
-    out = _ldexp(mat, -e)
-    err = math.ldexp(err, -e) if err else 0.0
-    back = _ldexp(out, e)
-    if not bool(torch.equal(back, mat)):
-        err = _up(err + math.sqrt(mat.numel()) * 2.0 ** -1074, 1e-9)
-    return out, err, e
 
 
 # ----------------------------------------------------------------------------- certification
@@ -609,12 +515,3 @@ def _zeros(mode, k):
     if mode == "per_class":
         return torch.zeros(k, dtype=torch.float64)
     return torch.zeros(k, k, dtype=torch.float64)
-
-
-def _rescale(val: torch.Tensor, e: int) -> torch.Tensor:
-    """``val 2^e`` rounded up (exact in the normal range; overflow gives inf, underflow rounds up)."""
-    out = _ldexp(val, e)
-    back = _ldexp(out, -e)
-    low = (back < val) & torch.isfinite(out)
-    bumped = torch.nextafter(out, torch.full_like(out, math.inf))
-    return torch.where(low, bumped, out)
