@@ -15,7 +15,7 @@ of the config's dataset; the config must already describe it (``resolve_config(.
 
 ``TrainOptions.time_budget`` caps the run's wall clock: a few steps are timed before the first
 epoch, the recipe is fitted to what is left (:mod:`lipzoo.train.budget`: the arithmetic, tested with
-made-up costs; :class:`_Budget` here: the clock), and every epoch re-checks the rate. The plan is
+made-up costs; :class:`lipzoo.train.budget_clock.RunBudget`: the clock), and every epoch re-checks the rate. The plan is
 stored in the checkpoint's config, so a resumed run keeps it.
 
 The hot loop is built for accelerators: the training split lives on the device as uint8
@@ -32,7 +32,6 @@ import json
 import logging
 import math
 import os
-import platform
 import random
 import time
 from dataclasses import dataclass
@@ -51,8 +50,9 @@ from lipzoo.bounds.estimator import LipLTEstimator
 from lipzoo.bounds.radius import certified_radius
 from lipzoo.losses import CRMLoss, EMMALoss, GloRoLoss, HKRLoss
 from lipzoo.meta import EMMASettings, GloRoSettings, HKRSettings
-from lipzoo.train.budget import (BudgetPlan, StepCosts, allot_steps, fit_recipe, plan_budget, plural,
-                                 regularized, scale_schedule, useful_budget)
+from lipzoo.train.budget import BudgetPlan, StepCosts, fit_recipe, plural
+from lipzoo.train.budget_clock import RunBudget
+from lipzoo.train.finish import finish_run
 
 logger = logging.getLogger(__name__)
 
@@ -530,7 +530,7 @@ def train(config: dict, opts: TrainOptions) -> Path:
         run.load()
         logger.info("Resumed %s at epoch %d.", out, run.epoch)
     before = run.seconds  # the earlier sessions' wall clock: a budget caps the whole run
-    budget = _Budget(run, opts.time_budget, session) if opts.time_budget is not None else None
+    budget = RunBudget(run, opts.time_budget, session, _now) if opts.time_budget is not None else None
     if run.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(run.config, sort_keys=False))
@@ -560,7 +560,7 @@ def train(config: dict, opts: TrainOptions) -> Path:
                 fh.write(json.dumps(row) + "\n")
         logger.info("%s", _epoch_line(row, int(run.recipe["epochs"])))
     if run.rank == 0:
-        _finish(run, _now() - session)
+        finish_run(run, _now() - session)
     if run.world > 1 and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
@@ -574,162 +574,3 @@ def _epoch_line(row: dict, epochs: int) -> str:
     return (f"epoch {row['epoch']}/{epochs}: loss {row['train_loss']:.4f}, accuracy {acc}"
             + (f", certified (estimated) {', '.join(cert)}" if cert else "")
             + f", lr {row['lr']:.3g}, {plural(row['steps'], 'step')}, {row['epoch_seconds']:.1f} s")
-
-
-class _Budget:
-    """``--time-budget``: the plan before the first epoch, the steps of every epoch, the costs measured so far.
-
-    The arithmetic is :mod:`lipzoo.train.budget`'s (pure, tested with made-up costs); this class holds the
-    clock. The cap covers the whole run, earlier sessions included (their seconds are in the checkpoint),
-    and excepts the final save.
-    """
-
-    MARGIN = 0.02  # of the budget, kept free for the noise of a shared machine
-
-    def __init__(self, run: _Run, seconds: float, session: float):
-        self.run, self.seconds = run, float(seconds)
-        self.deadline = session + self.seconds - run.seconds  # a _now() time
-        self.costs = self.measured = run.agree(run.measure_costs())
-        self.seen: dict[str, list[float]] = {"warmup": [], "crm": [], "overhead": []}
-        self.last_steps: int | None = None
-        if run.epoch == 0 and "time_budget" not in run.config:
-            self.plan()
-        elif "time_budget" not in run.config:
-            logger.warning("time budget %g s: this run started without one, so its recipe stays as it is; the budget "
-                           "shortens the steps of its remaining epochs (or stops it).", self.seconds)
-        else:
-            logger.info("time budget %g s: %.0f s left for the planned recipe (%s epochs of %d steps).", self.seconds,
-                        self.left(), run.recipe["epochs"], run.planned_steps)
-
-    def left(self) -> float:
-        return self.deadline - _now()
-
-    def plan(self) -> None:
-        """Fit the recipe to what is left, before the first epoch, and say what it did."""
-        run, costs = self.run, self.costs
-        left = max(0.0, self.left() - self.MARGIN * self.seconds)
-        one = costs.epochs(scale_schedule(run.recipe, 1), 1)  # the least a run can be: one step, one validation
-        if left < one:
-            raise ValueError(f"--time-budget {self.seconds:g}: {self.seconds - self.left():.0f} s went to loading and "
-                             f"measuring, and what is left ({max(0.0, self.left()):.0f} s) cannot hold one step and one "
-                             f"validation (~{one:.0f} s); nothing was trained. A useful run of this recipe needs about "
-                             f"--time-budget {self._useful():.0f}.")
-        plan = run.agree(plan_budget(run.recipe, left, steps_per_epoch=run.full_steps, costs=costs))
-        rates = (f"measured {costs.crm:.2f} s per CRM step, {costs.warmup:.2f} s per CE step, {costs.overhead:.1f} s of "
-                 "validation and checkpoint per epoch")
-        if not plan.fitted:
-            logger.info("time budget %g s: the recipe fits (~%.0f s; %s).", self.seconds, plan.seconds, rates)
-            run.config = dict(run.config, time_budget=plan.record(costs, self.seconds))  # what a resume keeps
-            return
-        full = costs.epochs(run.recipe, run.full_steps)
-        logger.warning("time budget %g s (%.0f s left to train): the recipe's %s epochs of %d steps need ~%.0f s (%s); "
-                       "fitted: %s.", self.seconds, left, run.recipe["epochs"], run.full_steps, full, rates,
-                       plan.describe())
-        if not plan.useful:
-            logger.warning("time budget %g s: it holds %d CRM steps, less than one pass over the training split (%d "
-                           "steps); the model will certify little. A useful CRM phase needs about --time-budget %.0f. "
-                           "Training the schedule that fits.", self.seconds, plan.crm_steps, run.full_steps,
-                           self._useful())
-        run.apply_plan(plan, costs)
-
-    def _useful(self) -> float:
-        """The budget a useful plan needs, setup and margin included."""
-        run = self.run
-        setup = self.seconds - self.left()
-        need = useful_budget(run.recipe, steps_per_epoch=run.full_steps, costs=self.costs) + setup
-        return need / (1 - self.MARGIN)
-
-    def allot(self) -> tuple[int, float | None]:
-        """Steps of the next epoch (0: stop) and the time after which no step starts."""
-        run = self.run
-        steps = run.agree(allot_steps(run.recipe, epoch=run.epoch, seconds_left=self.left(), planned=run.planned_steps,
-                                      costs=self.costs))
-        if steps == 0:
-            logger.warning("time budget %g s: %.0f s left cannot hold a step and a validation in each of the %d "
-                           "remaining epochs; stopping after epoch %d of %s.", self.seconds, self.left(),
-                           int(run.recipe["epochs"]) - run.epoch, run.epoch, run.recipe["epochs"])
-            run.config["time_budget"] = {**run.config.get("time_budget", {}), "stopped_after_epoch": run.epoch}
-        elif steps < run.planned_steps and steps != self.last_steps:
-            logger.warning("time budget %g s: %.0f s left; at the rates measured so far (%.2f s per step, %.1f s of "
-                           "validation per epoch) the remaining %s get %d steps each (planned %d).",
-                           self.seconds, self.left(), self.costs.step(run.recipe, run.epoch), self.costs.overhead,
-                           plural(int(run.recipe["epochs"]) - run.epoch, "epoch"), steps, run.planned_steps)
-        self.last_steps = steps
-        # no step starts that would leave too little for the epoch's validation and checkpoint; ranks cannot
-        # each stop on their own clock (they would wait for each other), so DDP relies on the allotment
-        stop_at = self.deadline - 1.25 * self.costs.overhead if run.world == 1 else None
-        return steps, stop_at
-
-    def observe(self, epoch: int, steps: int, train_seconds: float, epoch_seconds: float) -> None:
-        """Costs from the epoch just trained (the mean of the last three per kind): a slower machine shortens the rest."""
-        mode = "crm" if regularized(self.run.recipe, epoch) else "warmup"
-        if steps:
-            self.seen[mode].append(train_seconds / steps)
-        self.seen["overhead"].append(max(0.0, epoch_seconds - train_seconds))
-        mean = {k: sum(v[-3:]) / len(v[-3:]) for k, v in self.seen.items() if v}
-        measured = self.measured
-        # a kind of step not seen yet is as much slower than measured as the kind seen (the machine's load)
-        seen = [k for k in ("warmup", "crm") if k in mean and getattr(measured, k) > 0]
-        load = mean[seen[-1]] / getattr(measured, seen[-1]) if seen else 1.0
-        self.costs = self.run.agree(StepCosts(warmup=mean.get("warmup", measured.warmup * load),
-                                              crm=mean.get("crm", measured.crm * load),
-                                              overhead=mean.get("overhead", measured.overhead)))
-
-
-def _finish(run: _Run, seconds: float) -> None:
-    from lipzoo.hub import save_pretrained
-
-    config = dict(run.config)
-    history = [json.loads(line) for line in (run.out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    train_info = {"epochs_trained": run.epoch, "seconds_this_session": round(seconds, 1),
-                  "seconds_total": round(sum(r.get("epoch_seconds", 0) for r in history), 1),
-                  "hardware": _hardware(run.device), "last_epoch": history[-1] if history else {}}
-    if run.opts.init:
-        train_info["init"] = run.opts.init
-    else:
-        # Trained from scratch with an entry's recipe: not derived from the entry's weights, so no
-        # parent; the run has no name of its own until it is shipped (scripts/publish_entry.py).
-        train_info["recipe_of"] = config.get("name")
-        config = {**config, "name": None, "weights": None, "metrics": None, "parent": None}
-    if run.opts.data:
-        train_info["data"] = _data_record(run.opts.data)
-    config["training"] = train_info
-    config["eps"] = list((config.get("certify") or {}).get("eps", []))
-    save_pretrained(run.model.cpu(), run.out / "final", config=config)
-    run.model.to(run.device)
-    try:  # a picture of the run beside its numbers; never a reason to fail a finished run
-        from lipzoo.train.curves import plot_training_curves
-
-        plot_training_curves({_curve_label(config, run): run.out}, run.out / "curves.png")
-    except Exception as err:  # noqa: BLE001 - matplotlib back ends vary
-        logger.warning("could not draw %s: %s", run.out / "curves.png", err)
-
-
-def _curve_label(config: dict, run: _Run) -> str:
-    """The legend's name of a run: its own name, else the data file's stem (``--data``), else the recipe's entry."""
-    if config.get("name"):
-        return str(config["name"])
-    if run.opts.data:
-        from lipzoo.data import data_label
-
-        return Path(data_label(run.opts.data)).stem
-    return str((config.get("training") or {}).get("recipe_of") or run.out.name)
-
-
-def _data_record(data: str) -> dict[str, str]:
-    """What a run trained on: the data's name, and the sha256 of the file when it is one."""
-    from lipzoo.data import data_label
-
-    record = {"name": data_label(data)}
-    path = Path(data).expanduser()
-    if path.is_file():
-        from lipzoo.meta import file_sha256
-
-        record["sha256"] = file_sha256(path)
-    return record
-
-
-def _hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
