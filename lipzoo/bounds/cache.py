@@ -57,7 +57,7 @@ except ImportError:  # pragma: no cover - Windows: atomic renames only (a concur
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["cache_dir", "bound_key", "load_bounds", "store_bounds", "certificate_key",
-           "load_certificates", "store_certificates", "drop_certificates", "secret_path", "summary", "clear"]
+           "load_certificates", "store_certificates", "drop_certificates", "certificate_hooks", "secret_path", "summary", "clear"]
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +129,19 @@ def store_certificates(key: str, certificates: dict[tuple[int, int], tuple[float
             old = merged.get(k)
             merged[k] = (value, estimate) if old is None else (min(old[0], value), max(old[1], estimate))
         _store(key, "chains", {f"{t},{j}": list(v) for (t, j), v in sorted(merged.items())}, _CHAINS)
+
+
+def certificate_hooks(key: str):
+    """``(on_certified, on_corrupt)`` for :func:`lipzoo.bounds.proved.proved_inner_norms`: keep each new certificate
+    under ``key`` at once (an interrupted run loses none), drop the stored ones found corrupt."""
+
+    def on_certified(k, value: float, estimate: float) -> None:
+        store_certificates(key, {k: (value, estimate)})
+
+    def on_corrupt(ks) -> None:
+        drop_certificates(key, ks)
+
+    return on_certified, on_corrupt
 
 
 def drop_certificates(key: str, keys) -> None:

@@ -193,12 +193,7 @@ def lipschitz_bounds(model: nn.Module, input_shape, *, modes=MODES, options: Bou
             # then used where this run would compute them, so the result is what a fresh run returns
             cert_key = _cache.certificate_key(fp.digest, device_type)
             known = {**_cache.load_certificates(cert_key), **known}
-
-            def on_certified(k, value, estimate):
-                _cache.store_certificates(cert_key, {k: (value, estimate)})
-
-            def on_corrupt(ks):
-                _cache.drop_certificates(cert_key, ks)
+            on_certified, on_corrupt = _cache.certificate_hooks(cert_key)
     out = _lipschitz_bounds(net, structure, opts, modes=modes, seed=seed, progress=progress, known=known,
                             on_certified=on_certified, on_corrupt=on_corrupt, fingerprint=fp)
     if key is not None:

@@ -210,12 +210,16 @@ class _Run:
 
     # -- the three phases
 
-    def check_known(self) -> None:
-        """Drop stored certificates below this run's own estimate of the norm (from below): corrupt claims."""
-        if not self.known:
+    def check_known(self, keys, estimates: dict | None = None) -> None:
+        """Drop the stored certificates of ``keys`` that lie below this run's own estimate of the norm (from below):
+        corrupt claims. ``estimates``: ones this run computed anyway (the refinement's), else Lanczos runs of their
+        own (the chains of the shared sweeps, checked before any sweep is skipped)."""
+        keys = [k for k in keys if k in self.known]
+        if not keys:
             return
-        check = lanczos_estimates(self.s, list(self.known), self.n_estimate, self.seed + 7919, self.device)
-        corrupt = sorted(k for k, (value, _) in self.known.items() if not value >= check[k])
+        if estimates is None:
+            estimates = lanczos_estimates(self.s, keys, self.n_estimate, self.seed + 7919, self.device)
+        corrupt = sorted(k for k in keys if not self.known[k][0] >= estimates[k])
         if corrupt:
             logger.warning("Ignoring %d stored certificate(s) below this run's estimate of the norm (corrupt entries "
                            "%s); certifying them again.", len(corrupt), ", ".join(f"S{k}" for k in corrupt))
@@ -224,11 +228,11 @@ class _Run:
             if self.on_corrupt is not None:
                 self.on_corrupt(corrupt)
 
-    def small_sides(self) -> None:
+    def small_sides(self, groups: list) -> None:
         """Every chain with a small side, one sweep per shared side (at most ``max_bytes`` of stored matrices per
-        sweep: a wide group is split). The groups are laid out from all keys, so they are the same whatever is
+        sweep: a wide group is split). The ``groups`` are laid out from all keys, so they are the same whatever is
         known; a group whose chains are all known is not swept again."""
-        for group in self.plan.groups(self.keys, self.small, self.small_input):
+        for group in groups:
             name, ks, _, n, _ = group
             batch: list = []
             for k in sorted(ks) + [None]:
@@ -302,9 +306,10 @@ class _Run:
 
     def run(self, stats: dict | None) -> dict:
         t_all = time.perf_counter()
-        self.check_known()
+        groups = self.plan.groups(self.keys, self.small, self.small_input)
+        self.check_known([k for g in groups for k in g[1]])
         self.update()
-        self.small_sides()
+        self.small_sides(groups)
         logger.debug("small sides certified: %.2fs", time.perf_counter() - t_all)
         rest = [k for k in self.keys if k not in self.done]
         if rest:
@@ -313,6 +318,7 @@ class _Run:
             self.est.update(lanczos_estimates(self.s, rest, self.n_estimate, self.seed, self.device))
             logger.debug("Lanczos estimates of %d norms (%d steps at most): %.2fs", len(rest), self.n_estimate,
                          time.perf_counter() - t0)
+            self.check_known(rest, self.est)  # the refinement's estimates check the stored ones it may use
         self.result.clear()  # the estimates changed: rebuild every entry
         self.update()
         spent, stopped = self.refine() if rest else (0.0, "done")

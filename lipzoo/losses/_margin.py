@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["check_number", "ramped_eps", "mean_radius", "EpochLoss", "RampedLoss"]
+__all__ = ["check_number", "ramped_eps", "mean_radius", "radius_parts", "EpochLoss", "RampedLoss"]
 
 
 def check_number(value: object, name: str, *, low: float = 0.0, low_open: bool = False, high: float | None = None,
@@ -46,6 +46,14 @@ def mean_radius(radii: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
         hard = radii.min(dim=1).values
         correct = logits.argmax(dim=1) == labels
         return torch.where(correct, hard.clamp_min(0.0), torch.zeros_like(hard)).mean()
+
+
+def radius_parts(radii: Tensor, logits: Tensor, labels: Tensor, eps: float) -> dict[str, Tensor]:
+    """The detached training reports of a loss at radius ``eps``: ``mean_radius`` (:func:`mean_radius`) and
+    ``certified``, the share of the batch whose radius (from ``pairwise_radii``) exceeds ``eps``."""
+    with torch.no_grad():
+        certified = (radii.min(dim=1).values > eps).to(logits.dtype).mean()
+    return {"mean_radius": mean_radius(radii, logits, labels), "certified": certified}
 
 
 class EpochLoss(nn.Module):

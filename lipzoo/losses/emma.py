@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lipzoo.bounds.radius import pairwise_radii
-from lipzoo.losses._margin import RampedLoss, check_number, mean_radius
+from lipzoo.losses._margin import RampedLoss, check_number, radius_parts
 
 __all__ = ["emma_logits", "emma_loss", "EMMALoss", "FLOOR", "DENOMINATOR_FLOOR"]
 
@@ -80,8 +80,7 @@ def emma_loss(
         return loss
     with torch.no_grad():
         ce = F.cross_entropy(logits, labels)
-        certified = (radii.min(dim=1).values > eps).to(logits.dtype).mean()
-    return loss, {"ce": ce, "robust": loss, "mean_radius": mean_radius(radii, logits, labels), "certified": certified}
+    return loss, {"ce": ce, "robust": loss, **radius_parts(radii, logits, labels, eps)}
 
 
 class EMMALoss(RampedLoss):

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lipzoo.bounds.radius import pairwise_radii
-from lipzoo.losses._margin import RampedLoss, check_number, mean_radius
+from lipzoo.losses._margin import RampedLoss, check_number, radius_parts
 
 __all__ = ["bottom_logit", "gloro_loss", "GloRoLoss"]
 
@@ -89,10 +89,7 @@ def gloro_loss(
         loss = ce + trades_lam * robust
     if not return_parts:
         return loss
-    with torch.no_grad():
-        certified = (radii.min(dim=1).values > eps).to(logits.dtype).mean()
-    return loss, {"ce": ce, "robust": robust, "mean_radius": mean_radius(radii, logits, labels),
-                  "certified": certified}
+    return loss, {"ce": ce, "robust": robust, **radius_parts(radii, logits, labels, eps)}
 
 
 class GloRoLoss(RampedLoss):
