@@ -23,6 +23,7 @@ import torch
 
 from lipzoo.bounds.structure import numel
 from lipzoo.layers.operators import ComposeOp, LinearOperator, compose
+from lipzoo.numerics import U
 
 Shape = tuple[int, ...]
 
@@ -233,10 +234,6 @@ DIRECT_PAIRS_MAX_CLASSES = 64
 """Up to this many classes the pairwise output norms are all computed from row differences."""
 
 
-def _unit_roundoff(dtype: torch.dtype) -> float:
-    return torch.finfo(dtype).eps / 2
-
-
 def output_norms(rows: torch.Tensor, mode: str, margin: float = 0.0, *, rho: float = 1e-7) -> torch.Tensor:
     """Norms of the output-side operator from its rows ``S^T e_i`` (a ``(K, n)`` matrix).
 
@@ -280,7 +277,7 @@ def output_norms(rows: torch.Tensor, mode: str, margin: float = 0.0, *, rho: flo
 def _output_norms_scaled(r: torch.Tensor, mode: str, rho: float) -> torch.Tensor:
     """:func:`output_norms` of float64 rows whose largest entry is at most 1 in magnitude, without margin."""
     k, n = r.shape
-    u = _unit_roundoff(torch.float64)
+    u = U  # float64
     gamma = 2 * (n + 8) * u
     if mode == "per_class":
         val = r.square().sum(1).clamp_min(torch.finfo(torch.float64).tiny).sqrt() * (1 + 2 * (n + 4) * u)

@@ -101,13 +101,6 @@ class ChainPlanner:
                 alias = (("H", t),) + tuple(labels[1:])
                 self.exact[(alias, ins[-1])] = math.nextafter(abs(float(blk.c)) * value, math.inf)
 
-    def return_steps(self, key, kind: str) -> list:
-        """The steps that take a group's rows of ``key`` back to the small side: ``S`` after ``S^T E`` (a
-        target's side, ``kind="dst"``), ``S^T`` after ``S E`` (a source's side, ``kind="src"``)."""
-        _, ops, ins, _ = self.chain(*key)
-        fwd = primitive_steps(ops, ins[-1], self.bounds)
-        return fwd if kind == "dst" else adjoint_steps(fwd)
-
     def _own(self, label, op, in_shape) -> tuple[float, str]:
         """A single factor's own proved bound; a composite factor is split into its parts."""
         key = (label, tuple(in_shape))

@@ -65,11 +65,6 @@ class Step:
         self.theta, self.a = op.rounding_model(self.in_shape)
         self.nb = self.bounds(op, self.in_shape)
 
-    @property
-    def vector_shape(self) -> Shape:
-        """Shape of the vectors this step takes."""
-        return tuple(self.op.out_shape(self.in_shape)) if self.adjoint else self.in_shape
-
     def flops(self) -> float:
         """Flops of one application to one vector (forward and adjoint cost the same)."""
         return self.op.flops(self.in_shape)
