@@ -23,15 +23,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _seconds(text: str) -> float:
-    """argparse type: a finite number of seconds >= 0."""
+def _float(text: str, ok, expected: str) -> float:
+    """``text`` as a float for which ``ok(value)`` holds, else an ``ArgumentTypeError`` saying what was expected."""
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not (value >= 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a finite number of seconds >= 0."""
+    return _float(text, lambda v: v >= 0 and v != float("inf"), "a number of seconds >= 0")
 
 
 def _add_bound_options(p: argparse.ArgumentParser, power_note: str) -> None:
@@ -85,13 +90,7 @@ def _budget_seconds(text: str) -> float:
 
 def _probability(text: str) -> float:
     """argparse type: a probability strictly between 0 and 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a probability in (0, 1), got {text!r}")
-    return value
+    return _float(text, lambda v: 0 < v < 1, "a probability in (0, 1)")
 
 
 def _eps(text: str) -> str:
