@@ -169,6 +169,44 @@ def random_cnn(seed: int) -> tuple[nn.Module, tuple[int, ...]]:
     return nn.Sequential(*layers), (c0, n0, n0)
 
 
+def _groupwise(rng: random.Random) -> tuple[nn.Module, int]:
+    """A random group-wise 1-Lipschitz map and the factor it multiplies the channel count by."""
+    from lipzoo.layers import CReLU, FullSort, GroupSort, MaxMin
+    return rng.choice([(GroupSort(2), 1), (GroupSort(None), 1), (FullSort(), 1), (MaxMin(), 1), (CReLU(), 2)])
+
+
+def random_groupwise_network(seed: int) -> tuple[nn.Module, tuple[int, ...]]:
+    """deel-torchlip / orthogonium style: convolutions with sorts, max-min, CReLU and l2-norm pooling between them
+    (also next to ordinary activations and residual blocks), then dense layers with the same maps."""
+    from lipzoo.layers import L2NormPool2d
+    rng = random.Random(5000 + seed)
+    torch.manual_seed(5000 + seed)
+    c, n = rng.choice([1, 2]), 8
+    layers: list[nn.Module] = []
+    for i in range(rng.randint(1, 2)):
+        co = 2 * rng.choice([1, 2])
+        act, mult = _groupwise(rng)
+        layers += [nn.Conv2d(c, co, 3, padding=1), act]
+        c = co * mult
+        if rng.random() < 0.3:
+            layers.append(LTResidualConv(c, 2, 3, activation=rng.choice(MONOTONE), rho=rng.uniform(0.5, 2.0)))
+        k = rng.choice([1, 2])
+        stride = k + (rng.random() < 0.3)  # disjoint windows, sometimes with gaps
+        if (n - k) // stride + 1 >= 2:
+            layers.append(nn.LPPool2d(2, k, stride) if rng.random() < 0.5
+                          else L2NormPool2d(k, stride, scale=rng.uniform(0.5, 2.0)))
+            n = (n - k) // stride + 1
+    layers.append(nn.Flatten())
+    d = c * n * n
+    for _ in range(rng.randint(0, 2)):
+        act, mult = _groupwise(rng) if rng.random() < 0.7 else (_activation(rng), 1)
+        h = rng.choice([4, 6])
+        layers += [nn.Linear(d, h), act]
+        d = h * mult
+    layers.append(nn.Linear(d, rng.choice([2, 3, 4])))
+    return nn.Sequential(*layers), (layers[0].in_channels, 8, 8)
+
+
 def _jacobian(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     shape = x.shape
     return torch.autograd.functional.jacobian(lambda z: net(z.reshape(1, *shape)).reshape(-1), x.reshape(-1))
@@ -367,6 +405,21 @@ def _spectral_norm_train() -> nn.Module:
     return nn.Sequential(torch.nn.utils.parametrizations.spectral_norm(nn.Linear(3, 3)), nn.ReLU()).train()
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_random_groupwise_networks_get_true_bounds(seed):
+    net, shape = random_groupwise_network(seed)
+    _check_network(net, shape, seed, max_dense=4096 if seed % 2 else 8)
+
+
+def _ScaledSort() -> nn.Module:
+    from lipzoo.layers import GroupSort
+
+    class _ScaledSort(GroupSort):
+        def forward(self, x):
+            return 3 * super().forward(x)
+    return _ScaledSort(2)
+
+
 def _bn_train() -> nn.Module:
     return nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3), nn.ReLU()).train()
 
@@ -429,6 +482,10 @@ REFUSED = {
     "MaxPool2d": (lambda: nn.Sequential(nn.MaxPool2d(2)), (1, 4, 4), "MaxPool2d has no declared Lipschitz"),
     "Softmax": (lambda: nn.Sequential(nn.Linear(3, 3), nn.Softmax(-1)), (3,), "Softmax has no declared"),
     "ConvTranspose2d": (lambda: nn.Sequential(nn.ConvTranspose2d(1, 1, 3)), (1, 4, 4), "ConvTranspose2d has no"),
+    "LPPool2d with overlapping windows": (lambda: nn.Sequential(nn.LPPool2d(2, 3, stride=1)), (1, 5, 5), "overlapping"),
+    "LPPool2d with p = 1": (lambda: nn.Sequential(nn.LPPool2d(1, 2)), (1, 4, 4), "norm_type=2"),
+    "GroupSort subclass overriding forward": (lambda: nn.Sequential(_ScaledSort()), (4,),
+                                              "_ScaledSort redefines .* inherits lipschitz_state"),
 }
 
 

@@ -439,7 +439,8 @@ def eclipse_bound(structure: Structure, modes=("pairwise",), *, max_side: int = 
 
     Raises:
         TypeError: a block with a skip branch (``H``), i.e. a residual layer: the stage inequality (1)
-            assumes ``x_{k+1} = G phi(W x_k)``.
+            assumes ``x_{k+1} = G phi(W x_k)``; or a block whose ``phi`` is not coordinatewise
+            (``Block.elementwise`` false): the quadratic constraint per neuron needs it.
         ValueError: unknown mode, a per-class / pairwise mode for a non-vector output, a weight with a
             side above ``max_side``, non-finite weights, a composite operator that is not float64, or
             an activation with ``alpha >= beta`` (cannot occur in a built structure).
@@ -458,6 +459,10 @@ def _eclipse_bound(structure, modes, max_side, sweeps, evals, return_details):
         if blk.H is not None:
             raise TypeError(f"eclipse_bound handles plain feed-forward blocks only; block {k} has a skip branch "
                             f"(a residual layer). Use method='liplt' for this network.")
+        if not blk.elementwise:
+            raise TypeError(f"eclipse_bound needs coordinatewise slope-restricted activations; block {k}'s is a "
+                            f"Lipschitz map of the whole pre-activation (a sort, max-min, window norms). Use "
+                            f"method='liplt' for this network.")
         if not (math.isfinite(blk.alpha) and math.isfinite(blk.beta)) or not blk.alpha < blk.beta:
             raise ValueError(f"block {k}: slopes [alpha, beta] = [{blk.alpha}, {blk.beta}] must be finite with "
                              f"alpha < beta.")

@@ -147,6 +147,8 @@ def structure_fingerprint(structure) -> Fingerprint:
         h.tag("block")
         # the slopes as derived at this call, and every operator with everything it holds
         h.feed([float(b.alpha), float(b.beta), tuple(b.x_shape), tuple(b.y_shape), tuple(b.next_shape)])
+        if not b.elementwise:  # tagged only then: the fingerprints of elementwise structures stay as they were
+            h.tag("phi: a Lipschitz map of the whole pre-activation")
         for op in (b.W, b.H, b.G):
             h.feed(op)
     h.tag("output")

@@ -64,7 +64,8 @@ def sdp_layer(norm, max_dense, n_iter, gen, choice):
     ``T`` choices: ``sn`` (``||G||^2 I``, gives back eq. 13), ``aol`` (``T_ii = sum_j |G^T G|_ij``),
     ``sll`` (``T_ii = sum_j |G^T G|_ij q_j / q_i`` with ``q`` the Perron vector of ``|G^T G|``) or
     ``best`` (the smallest of the three, each being valid). AOL and SLL need ``G`` as a dense
-    matrix; when its input side exceeds ``max_dense`` they fall back to SN.
+    matrix; when its input side exceeds ``max_dense`` they fall back to SN, and so does a block whose ``phi`` is
+    not coordinatewise (``Block.elementwise`` false), for which only ``T = ||G||^2 I`` is valid.
     """
     def bound(blk):
         hhat = _single_norm(blk.H_hat(), blk.x_shape, norm, max_dense, n_iter, gen)
@@ -73,12 +74,13 @@ def sdp_layer(norm, max_dense, n_iter, gen, choice):
             return hhat.value, kinds
         candidates = []
         n_y = numel(blk.y_shape)
-        if choice in ("sn", "best") or n_y > max_dense:
+        coordinatewise = choice != "sn" and n_y <= max_dense and blk.elementwise
+        if not coordinatewise or choice == "best":
             g = _single_norm(blk.G, blk.y_shape, norm, max_dense, n_iter, gen).value if blk.G is not None else 1.0
             w = _single_norm(blk.W, blk.x_shape, norm, max_dense, n_iter, gen)
             candidates.append(mul_up(w.value, g))
             kinds.append(w.guarantee)
-        if choice != "sn" and n_y <= max_dense:
+        if coordinatewise:
             for t_sqrt in _dense_T(blk, choice):
                 sq = DiagonalOp(t_sqrt.reshape(blk.y_shape))
                 r = _single_norm(compose(sq, blk.W), blk.x_shape, norm, max_dense, n_iter, gen)

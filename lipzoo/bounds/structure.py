@@ -40,6 +40,7 @@ class Block:
     x_shape: Shape  # input x_k
     y_shape: Shape  # pre-activation y_k
     next_shape: Shape  # x_{k+1}
+    elementwise: bool = True  # False: phi is a Lipschitz map of the whole y (LipschitzState.elementwise)
 
     @property
     def c(self) -> float:
@@ -169,7 +170,8 @@ def build_structure(model: nn.Module, input_shape, *, check_weights: bool = True
         except Exception as err:
             raise ValueError(f"Module {module!r} cannot take inputs of shape {current} "
                              f"(from input_shape={shape}): {err}") from err
-        blocks.append(Block(W, H, state.G, state.alpha, state.beta, pending_in, y_shape, next_shape))
+        blocks.append(Block(W, H, state.G, state.alpha, state.beta, pending_in, y_shape, next_shape,
+                            state.elementwise))
         pending, pending_in, current = None, next_shape, next_shape
     if check_weights:
         check_state_weights(states)  # still before any norm: non-finite or absurd operator weights, named

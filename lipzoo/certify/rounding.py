@@ -302,6 +302,31 @@ def _activation_step(act: nn.Module, alpha: float, beta: float, owner: nn.Module
         "ELU, CELU, SELU, GELU, SiLU, Mish, softplus, softsign, ... assumed accurate to a few ulps).")
 
 
+def _l2_pool_step(m: nn.Module, in_shape, state) -> tuple[_Step, tuple]:
+    """``scale * sqrt(sum of squares)`` per disjoint window, as ``F.lp_pool2d`` computes it: squares (one rounding),
+    an average of ``n = k_h k_w`` terms and a division, a multiplication by ``n``, ``pow(1/2)`` (a few ulps, as for
+    the transcendental activations), times ``scale``: the sum of squares is off by ``gamma_{n+3}`` relative,
+    which its square root at most keeps, so ``|fl(phi) - phi| <= (n + 4 + 8 + 1) u |phi|``; squares below the
+    smallest normal number add at most ``2 n tiny`` to a sum, ``sqrt(2 n tiny)`` to its root."""
+    from lipzoo.layers.groupwise import L2NormPool2d
+
+    kh, kw = (m.kernel_size, m.kernel_size) if isinstance(m.kernel_size, int) else tuple(m.kernel_size)
+    n = kh * kw
+    scale = m.scale if isinstance(m, L2NormPool2d) else 1.0
+    lip = _up(state.beta * float(state.G.norm_bound(tuple(state.W.out_shape(tuple(in_shape))))))  # G holds the scale
+    m64 = copy.deepcopy(m).to(torch.float64)
+    c_rel = n + 4 + _TRANSCENDENTAL_ULPS + 1
+    relative = _activation(m64, lip, c_rel, 0.0)
+
+    def step(s: _State, ar: _Arith) -> _State:
+        out = relative(s, ar)
+        floor = math.sqrt(out.f[0].numel()) * math.sqrt(2 * n * ar.tiny) * abs(scale) * 1.01
+        floor64 = math.sqrt(out.f[0].numel()) * math.sqrt(2 * n * _TINY64) * abs(scale) * 1.01
+        return _State(out.f, out.D + floor, out.D64 + floor64, out.P)
+
+    return step, tuple(state.G.out_shape(tuple(in_shape)))
+
+
 def _residual_step(m, in_shape) -> tuple[_Step, tuple]:
     from lipzoo.layers.residual import LTResidualConv
 
@@ -349,6 +374,7 @@ def _residual_step(m, in_shape) -> tuple[_Step, tuple]:
 
 
 def _leaf_steps(m: nn.Module, in_shape) -> tuple[list[_Step], tuple]:
+    from lipzoo.layers.groupwise import CReLU, GroupSort, L2NormPool2d, MaxMin
     from lipzoo.layers.lt import AvgPool2d, Flatten, LTConv2d, LTLinear, Normalize
     from lipzoo.layers.residual import LTResidualConv, LTResidualLinear
     from lipzoo.layers.torch_modules import module_state
@@ -363,10 +389,17 @@ def _leaf_steps(m: nn.Module, in_shape) -> tuple[list[_Step], tuple]:
     if isinstance(m, Normalize):
         step, shape = _normalize_step(m, in_shape)
         return [step], shape
+    if isinstance(m, (GroupSort, MaxMin, CReLU)):  # sorts, max / min, negation, relu: exact, 1-Lipschitz
+        out_shape = tuple(state.W.out_shape(tuple(in_shape)))
+        return [_activation(copy.deepcopy(m).to(torch.float64), 1 + 4 * _U64, 0.0, 0.0)], out_shape
+    if isinstance(m, (L2NormPool2d, nn.LPPool2d)):
+        step, shape = _l2_pool_step(m, in_shape, state)
+        return [step], shape
     lipzoo_declared = hasattr(m, "lipschitz_state") and not isinstance(m, (Flatten, AvgPool2d))
     if lipzoo_declared:
         raise UnboundedRounding(f"cannot bound the floating-point error of {m!r}: lipzoo.certify.rounding knows "
-                                "LTLinear, LTConv2d, LTResidualLinear/Conv, Normalize, Flatten, AvgPool2d and plain "
+                                "LTLinear, LTConv2d, LTResidualLinear/Conv, Normalize, Flatten, AvgPool2d, GroupSort, "
+                                "MaxMin, CReLU, L2NormPool2d and plain "
                                 "torch layers only.")
     if isinstance(m, nn.Flatten):
         return [_reshape_step(lambda v: v.flatten(1))], (math.prod(in_shape),)

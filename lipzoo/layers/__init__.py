@@ -2,6 +2,7 @@
 
 from lipzoo.layers.activations import ActivationSpec, get_activation, list_activations, register_activation
 from lipzoo.layers.conformance import ConformanceReport, check_lipschitz_state
+from lipzoo.layers.groupwise import CReLU, FullSort, GroupSort, L2NormPool2d, MaxMin
 from lipzoo.layers.lt import AvgPool2d, Flatten, LTConv2d, LTLinear, Normalize
 from lipzoo.layers.operators import LinearOperator
 from lipzoo.layers.residual import LTResidualConv, LTResidualLinear
@@ -9,7 +10,7 @@ from lipzoo.layers.state import LipschitzState, UnsupportedModule
 from lipzoo.layers.torch_modules import module_state
 
 __all__ = [
-    "ActivationSpec", "AvgPool2d", "ConformanceReport", "Flatten", "LTConv2d", "LTLinear", "LTResidualConv",
+    "ActivationSpec", "AvgPool2d", "CReLU", "ConformanceReport", "FullSort", "GroupSort", "L2NormPool2d", "MaxMin", "Flatten", "LTConv2d", "LTLinear", "LTResidualConv",
     "LTResidualLinear", "LinearOperator", "LipschitzState", "Normalize", "UnsupportedModule",
     "check_lipschitz_state", "get_activation", "list_activations", "module_state", "register_activation",
 ]

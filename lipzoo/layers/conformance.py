@@ -11,7 +11,10 @@ layer against its own ``forward`` on a small input, in float64, with dense matri
 3. **Norm bounds.** ``norm_bound`` of every operator is at least its exact spectral norm (dense SVD).
 4. **Slopes.** Derivatives and difference quotients of the activation, sampled over ``[-60, 60]``
    and at the layer's own pre-activations, lie in the declared ``[alpha, beta]`` (a jump shows up as a
-   huge quotient).
+   huge quotient). For a state whose ``phi`` is not coordinatewise (``elementwise=False``: sorts,
+   max-min, window norms), check 1 uses ``phi``'s full Jacobian, and check 4 samples the claim itself:
+   ``||psi(y) - psi(y')|| <= d ||y - y'||`` with ``psi = phi - c id``, ``c, d = (alpha+beta)/2, (beta-alpha)/2``,
+   for pairs ``y = W x + bias`` on the range of ``W`` (far apart, close, and with ties).
 
 Authors of new layers: run it in your tests (``check_lipschitz_state(MyLayer(...), (3, 6, 6))``),
 after a few optimizer steps as well as at initialisation.
@@ -117,6 +120,33 @@ def _slope_samples(act, y_shape: Shape, ys: list[torch.Tensor], gen: torch.Gener
     return lo, hi
 
 
+def _map_quotient(act, state: LipschitzState, W: LinearOperator, in_shape: Shape, gen: torch.Generator) -> float:
+    """Largest ``||psi(y) - psi(y')|| / ||y - y'||`` seen, ``psi = phi - c id``, over pairs on the range of ``W``."""
+    c = (state.alpha + state.beta) / 2
+    bias = 0.0 if state.bias is None else state.bias
+
+    def psi(x: torch.Tensor) -> torch.Tensor:
+        y = W.forward(x) + bias
+        return (act(y) - c * y).flatten(1), y.flatten(1)
+
+    n = 64
+    x = torch.randn(n, *in_shape, generator=gen, dtype=torch.float64)
+    x = x * torch.logspace(-2, 2, n, dtype=torch.float64).reshape(-1, *[1] * len(in_shape))
+    ties = torch.randint(-2, 3, (n, *in_shape), generator=gen).to(torch.float64)  # repeated values: sort ties
+    worst = 0.0
+    with torch.no_grad():
+        for a in (x, ties):
+            for step in (None, 1e-6, 1e-2, 1.0):
+                b = (a[torch.randperm(n, generator=gen)] if step is None
+                     else a + step * torch.randn(a.shape, generator=gen, dtype=torch.float64))
+                (pa, ya), (pb, yb) = psi(a), psi(b)
+                dy = (ya - yb).norm(dim=1)
+                keep = dy > 0
+                if bool(keep.any()):
+                    worst = max(worst, float(((pa - pb).norm(dim=1)[keep] / dy[keep]).max()))
+    return worst
+
+
 def check_lipschitz_state(layer: nn.Module, input_shape, *, n_points: int = 4, seed: int = 0,
                           rtol: float = 1e-8, max_dense: int = 4096, raise_on_failure: bool = True
                           ) -> ConformanceReport:
@@ -215,12 +245,16 @@ def check_lipschitz_state(layer: nn.Module, input_shape, *, n_points: int = 4, s
                 ys.append(y)
                 yv = y.reshape(-1)
                 act_jac = torch.autograd.functional.jacobian(lambda v: act(v.reshape(1, *y_shape)).reshape(-1), yv)
-                dphi = act_jac.diagonal()
-                off = (act_jac - torch.diag(dphi)).abs().max()
-                if float(off) > 1e-12 * max(1.0, float(dphi.abs().max())):
-                    fail(f"the activation {act!r} is not elementwise (off-diagonal Jacobian {float(off):.3g})")
-                    break
-                main = dphi[:, None] * Wd
+                if state.elementwise:
+                    dphi = act_jac.diagonal()
+                    off = (act_jac - torch.diag(dphi)).abs().max()
+                    if float(off) > 1e-12 * max(1.0, float(dphi.abs().max())):
+                        fail(f"the activation {act!r} is not elementwise (off-diagonal Jacobian {float(off):.3g}); "
+                             "a Lipschitz map of the whole pre-activation is declared with elementwise=False")
+                        break
+                    main = dphi[:, None] * Wd
+                else:
+                    main = act_jac @ Wd
                 if Gd is not None:
                     main = Gd @ main
             else:
@@ -236,7 +270,17 @@ def check_lipschitz_state(layer: nn.Module, input_shape, *, n_points: int = 4, s
         report.checks.append(f"Jacobian of forward = H + G diag(phi') W at {n_points} points (error {worst:.2g})")
 
     # -- 4: slopes --------------------------------------------------------------------------------------
-    if act is not None:
+    if act is not None and not state.elementwise:
+        q = _map_quotient(act, state, W, in_shape, gen)
+        d = (state.beta - state.alpha) / 2
+        report.sampled_slopes = (-q, q)
+        if q > d * (1 + 1e-9) + 1e-12:
+            fail(f"{act!r} minus {(state.alpha + state.beta) / 2:.9g} id moved by {q:.9g} times the move of its input on "
+                 f"the range of W, above the declared (beta - alpha)/2 = {d:.9g}")
+        else:
+            report.checks.append(f"phi - c id moved by at most {q:.6g} x its input on sampled pairs of the range of W "
+                                 f"(declared {d:.6g})")
+    elif act is not None:
         lo, hi = _slope_samples(act, y_shape, ys, gen)
         report.sampled_slopes = (lo, hi)
         tol = 1e-7

@@ -31,6 +31,12 @@ class LipschitzState:
             layer's Jacobian with ``H + G diag(phi'(W x + bias)) W``).
         bias: the offset added to ``W x`` before ``phi`` (broadcastable to the shape of ``y``), for
             the same check.
+        elementwise: ``True`` (default): ``phi`` acts coordinatewise with every slope in ``[alpha, beta]``.
+            ``False``: ``phi`` maps the pre-activation space to itself as a whole (a sort, max-min pairs,
+            window norms) and the only claim is that ``phi - (alpha+beta)/2 * id`` is ``(beta-alpha)/2``-Lipschitz
+            in l2 on the range of ``W`` (plus ``bias``), where every ``y`` lies. That is all the LipLT and
+            naive bounds use (Theorem 3's proof only needs it); the bounds that need coordinatewise slopes
+            (ECLipsE, the AOL / SLL choices of ``lt_sdp``) refuse or skip such a block.
     """
 
     W: LinearOperator
@@ -40,6 +46,7 @@ class LipschitzState:
     beta: float = 1.0
     activation: Callable[[torch.Tensor], torch.Tensor] | None = None
     bias: torch.Tensor | None = None
+    elementwise: bool = True
 
     @property
     def is_linear(self) -> bool:

@@ -54,7 +54,7 @@ weights (1e-160) are bounded soundly, the norm computations rescale by powers of
 
 SUPPORTED_TORCH_MODULES = (
     "nn.Conv2d (any padding_mode; padding='same' only with non-zero modes), nn.Linear, nn.Flatten(1), "
-    "nn.AvgPool2d (no ceil_mode), eval-mode nn.BatchNorm1d/2d, nn.Identity, nn.Dropout* (eval mode), "
+    "nn.AvgPool2d (no ceil_mode), nn.LPPool2d (norm_type 2, stride >= kernel_size), eval-mode nn.BatchNorm1d/2d, nn.Identity, nn.Dropout* (eval mode), "
     "activations nn.ReLU/ReLU6/LeakyReLU/PReLU/RReLU/ELU/CELU/SELU/GELU/SiLU/Mish/Tanh/Hardtanh/Sigmoid/"
     "Hardsigmoid/Hardswish/Softplus/Softsign/Tanhshrink/LogSigmoid/Threshold/Softshrink/Hardshrink, nested "
     "nn.Sequential, and any module with lipschitz_state(); see docs/bounds.md"
@@ -265,6 +265,16 @@ def _batch_norm(m: nn.modules.batchnorm._BatchNorm) -> LipschitzState:
     return LipschitzState(W=DiagonalOp(scale))
 
 
+def _lp_pool2d(m: nn.LPPool2d) -> LipschitzState:
+    from lipzoo.layers.groupwise import l2_pool_state
+
+    if float(m.norm_type) != 2.0:
+        raise UnsupportedModule(f"only norm_type=2 (l2-norm pooling) is modelled, got {m.norm_type!r}")
+    if m.ceil_mode:
+        raise UnsupportedModule("needs ceil_mode=False (windows over the border)")
+    return l2_pool_state(m.kernel_size, m.stride)
+
+
 def _dropout(m: nn.modules.dropout._DropoutNd) -> LipschitzState:
     if m.training and m.p > 0:
         raise UnsupportedModule(f"{type(m).__name__} in training mode is random (Dropout in training mode); "
@@ -277,6 +287,7 @@ _TORCH_LAYERS: dict[type, Callable[[Any], LipschitzState]] = {  # each takes a m
     nn.Linear: _linear,
     nn.Flatten: _flatten,
     nn.AvgPool2d: _avg_pool2d,
+    nn.LPPool2d: _lp_pool2d,
     nn.BatchNorm1d: _batch_norm,
     nn.BatchNorm2d: _batch_norm,
     nn.Dropout: _dropout,
