@@ -61,8 +61,16 @@ SUPPORTED_TORCH_MODULES = (
 )
 
 
+PEER_PACKAGES = ("deel.", "orthogonium.")
+"""Module paths of the 1-Lipschitz libraries whose layers :func:`lipzoo.interop.convert` recognises."""
+
+
 def _unsupported(module: nn.Module, why: str) -> UnsupportedModule:
-    return UnsupportedModule(f"Cannot bound the Lipschitz constant of {module!r}: {why}. Supported: "
+    peer = type(module).__module__.startswith(PEER_PACKAGES)
+    hint = (" It comes from a 1-Lipschitz library: lipzoo.interop.convert(model, input_shape) replaces the layers "
+            "it recognises (by what they compute) with equivalents the accountant accepts (docs/interop.md)."
+            if peer else "")
+    return UnsupportedModule(f"Cannot bound the Lipschitz constant of {module!r}: {why}.{hint} Supported: "
                              f"{SUPPORTED_TORCH_MODULES}.")
 
 
