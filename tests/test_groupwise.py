@@ -175,3 +175,16 @@ def test_rounding_bound_covers_float32_and_bfloat16_errors():
         z = low(x.to(dtype)).double()
         err = ((z[:, :, None] - z[:, None, :]) - (ref[:, :, None] - ref[:, None, :])).abs().amax((1, 2))
         assert bool(torch.isfinite(E).all()) and bool((err <= E).all())
+
+
+def test_zero_padding_same_with_an_odd_kernel_is_its_symmetric_padding():
+    torch.manual_seed(3)
+    same = nn.Conv2d(2, 3, 3, padding="same", dilation=2)
+    explicit = nn.Conv2d(2, 3, 3, padding=2, dilation=2)
+    explicit.load_state_dict(same.state_dict())
+    x = torch.randn(2, 2, 7, 7)
+    assert torch.equal(same(x), explicit(x))
+    a = lipschitz_bound(nn.Sequential(same, nn.ReLU(), nn.Flatten()), (2, 7, 7), mode="global")
+    b = lipschitz_bound(nn.Sequential(explicit, nn.ReLU(), nn.Flatten()), (2, 7, 7), mode="global")
+    assert float(a.value) == float(b.value)
+    check_lipschitz_state(same, (2, 7, 7))

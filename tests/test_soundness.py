@@ -457,8 +457,8 @@ REFUSED = {
     "forward assigned on an instance": (_instance_forward, (3,), r"\['forward'\] replaced on the instance"),
     "LTConv2d padding_mode unknown": (lambda: nn.Sequential(_mutated(LTConv2d(1, 2, 3), padding_mode="mirror")),
                                       (1, 5, 5), "padding_mode='mirror' is not one torch knows"),
-    "nn.Conv2d padding='same'": (lambda: nn.Sequential(nn.Conv2d(1, 2, 3, padding="same")), (1, 5, 5),
-                                 "only explicit zero padding"),
+    "nn.Conv2d padding='same' with an even kernel": (lambda: nn.Sequential(nn.Conv2d(1, 2, 4, padding="same")),
+                                                     (1, 5, 5), "pads unevenly"),
     "nn.AvgPool2d ceil_mode": (lambda: nn.Sequential(nn.AvgPool2d(2, ceil_mode=True)), (1, 5, 5), "ceil_mode"),
     "nn.AvgPool2d count_include_pad=False with padding": (
         lambda: nn.Sequential(nn.AvgPool2d(3, 1, 1, count_include_pad=False)), (1, 5, 5), "count_include_pad=False"),

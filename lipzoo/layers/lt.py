@@ -38,7 +38,8 @@ def conv2d_operator(conv: nn.Conv2d) -> LinearOperator:
     Reads what ``_conv_forward`` reads: ``padding_mode``, ``padding`` (ints or ``'valid'``), ``stride``,
     ``dilation``, ``groups`` and ``weight``; for ``reflect`` / ``replicate`` / ``circular`` padding,
     ``_reversed_padding_repeated_twice`` (the pads ``F.pad`` gets, fixed at construction), as a
-    :class:`PadOp` followed by an unpadded convolution. ``padding='same'`` with zero padding is refused.
+    :class:`PadOp` followed by an unpadded convolution. ``padding='same'`` (zero mode) is the symmetric padding it
+    amounts to when the dilated kernel is odd, and refused otherwise (torch pads one more row after than before).
     """
     stride = _positive_pair(conv.stride, "stride")
     dilation = _positive_pair(conv.dilation, "dilation")
@@ -53,10 +54,17 @@ def conv2d_operator(conv: nn.Conv2d) -> LinearOperator:
             raise UnsupportedModule(f"_reversed_padding_repeated_twice={pads!r} is not four non-negative ints")
         return ComposeOp([Conv2dOp(w, stride, 0, dilation, groups), PadOp(pads, conv.padding_mode)])
     padding = conv.padding
-    if isinstance(padding, str):
+    if padding == "same":
+        # torch pads dilation * (kernel - 1) in all per dimension, the smaller half before: symmetric when even
+        total = [d * (k - 1) for d, k in zip(dilation, w.shape[2:])]
+        if stride != (1, 1) or any(t % 2 for t in total):
+            raise UnsupportedModule(f"padding='same' with stride {stride} and kernel {tuple(w.shape[2:])} (dilation "
+                                    f"{dilation}) pads unevenly; only the symmetric case (odd dilated kernel) is modelled")
+        padding = tuple(t // 2 for t in total)
+    elif isinstance(padding, str):
         if padding != "valid":
-            raise UnsupportedModule(f"padding={padding!r}: only explicit zero padding (ints, or 'valid') is "
-                                    "modelled")
+            raise UnsupportedModule(f"padding={padding!r}: only explicit zero padding (ints, 'valid', or 'same' "
+                                    "with an odd dilated kernel) is modelled")
         padding = (0, 0)
     padding = _pair(padding)
     if len(padding) != 2 or not all(isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in padding):

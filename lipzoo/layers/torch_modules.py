@@ -53,7 +53,7 @@ weights (1e-160) are bounded soundly, the norm computations rescale by powers of
 """
 
 SUPPORTED_TORCH_MODULES = (
-    "nn.Conv2d (any padding_mode; padding='same' only with non-zero modes), nn.Linear, nn.Flatten(1), "
+    "nn.Conv2d (any padding_mode; zero padding='same' with odd dilated kernels), nn.Linear, nn.Flatten(1), "
     "nn.AvgPool2d (no ceil_mode), nn.LPPool2d (norm_type 2, stride >= kernel_size), eval-mode nn.BatchNorm1d/2d, nn.Identity, nn.Dropout* (eval mode), "
     "activations nn.ReLU/ReLU6/LeakyReLU/PReLU/RReLU/ELU/CELU/SELU/GELU/SiLU/Mish/Tanh/Hardtanh/Sigmoid/"
     "Hardsigmoid/Hardswish/Softplus/Softsign/Tanhshrink/LogSigmoid/Threshold/Softshrink/Hardshrink, nested "
