@@ -33,7 +33,8 @@ REFERENCE_LAYERS = {
 }
 # Smaller inputs than the default keep exact-norm bounds cheap where a family allows them; any other
 # architecture runs at its declared size.
-SMALL_IMG = {"4c3f": 8, "6c2f": 8, "8c2f": 24, "lt-res-s": 8, "lt-res-m": 8, "lt-res-l": 8}
+SMALL_IMG = {"4c3f": 8, "6c2f": 8, "8c2f": 24, "lt-res-s": 8, "lt-res-m": 8, "lt-res-l": 8, "sll-s": 8,
+             "sll-m": 8, "aol-s": 8, "aol-m": 8}
 
 
 def _info(name):

@@ -23,7 +23,8 @@ DOCS = Path(__file__).resolve().parent.parent / "docs" / "models.md"
 
 def test_the_zoo_has_the_reference_entries():
     assert set(ENTRIES) == {"crm-mnist-4c3f", "ce-mnist-4c3f", "crm-cifar10-6c2f", "crm-tinyimagenet-8c2f",
-                            "crm-cifar10-lt-res-s", "crm-cifar10-lt-res-m", "crm-cifar10-lt-res-l"}
+                            "crm-cifar10-lt-res-s", "crm-cifar10-lt-res-m", "crm-cifar10-lt-res-l",
+                            "crm-mnist-sll-s", "hkr-mnist-aol-s"}
     assert ENTRIES == sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
 

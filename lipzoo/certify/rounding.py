@@ -63,10 +63,14 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from lipzoo.layers.groupwise import L2NormPool2d
 
 __all__ = ["unit_roundoff", "gamma", "margin_error_bound", "RoundingPlan", "rounding_plan", "UnboundedRounding"]
 
@@ -302,7 +306,7 @@ def _activation_step(act: nn.Module, alpha: float, beta: float, owner: nn.Module
         "ELU, CELU, SELU, GELU, SiLU, Mish, softplus, softsign, ... assumed accurate to a few ulps).")
 
 
-def _l2_pool_step(m: nn.Module, in_shape, state) -> tuple[_Step, tuple]:
+def _l2_pool_step(m: nn.LPPool2d | L2NormPool2d, in_shape, state) -> tuple[_Step, tuple]:
     """``scale * sqrt(sum of squares)`` per disjoint window, as ``F.lp_pool2d`` computes it: squares (one rounding),
     an average of ``n = k_h k_w`` terms and a division, a multiplication by ``n``, ``pow(1/2)`` (a few ulps, as for
     the transcendental activations), times ``scale``: the sum of squares is off by ``gamma_{n+3}`` relative,
@@ -310,7 +314,7 @@ def _l2_pool_step(m: nn.Module, in_shape, state) -> tuple[_Step, tuple]:
     smallest normal number add at most ``2 n tiny`` to a sum, ``sqrt(2 n tiny)`` to its root."""
     from lipzoo.layers.groupwise import L2NormPool2d
 
-    kh, kw = (m.kernel_size, m.kernel_size) if isinstance(m.kernel_size, int) else tuple(m.kernel_size)
+    kh, kw = (m.kernel_size, m.kernel_size) if isinstance(m.kernel_size, int) else tuple(m.kernel_size)  # type: ignore[arg-type]
     n = kh * kw
     scale = m.scale if isinstance(m, L2NormPool2d) else 1.0
     lip = _up(state.beta * float(state.G.norm_bound(tuple(state.W.out_shape(tuple(in_shape))))))  # G holds the scale

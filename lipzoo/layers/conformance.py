@@ -125,7 +125,7 @@ def _map_quotient(act, state: LipschitzState, W: LinearOperator, in_shape: Shape
     c = (state.alpha + state.beta) / 2
     bias = 0.0 if state.bias is None else state.bias
 
-    def psi(x: torch.Tensor) -> torch.Tensor:
+    def psi(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         y = W.forward(x) + bias
         return (act(y) - c * y).flatten(1), y.flatten(1)
 

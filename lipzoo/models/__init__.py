@@ -1,14 +1,14 @@
 """Architectures, the registry, zoo entries, the factory and export.
 
 Layering (each imports only those before it): ``registry`` (architectures) -> families (``plain``,
-``residual``: register on import) -> ``zoo`` (entries, shared recipes, pretrained tags) ->
+``residual``, ``sll``, ``aol``: register on import) -> ``zoo`` (entries, shared recipes, pretrained tags) ->
 ``factory`` (``create_model``; reaches ``lipzoo.hub`` only when weights are asked for). The timm
 bridge (``lipzoo.models.timm_bridge``) is imported when timm is (see ``lipzoo/__init__.py``).
 """
 
 from lipzoo.models.registry import (REGISTRY, ArchitectureInfo, ModelRegistry, get_architecture,  # noqa: I001
                                     list_architectures, register_model)
-from lipzoo.models import plain, residual  # noqa: F401  (register the families)
+from lipzoo.models import aol, plain, residual, sll  # noqa: F401  (register the families)
 from lipzoo.models.base import LipschitzSequential
 from lipzoo.models.export import export
 from lipzoo.models.factory import build_model, create_model, is_model, list_models, list_pretrained, load_pretrained

@@ -6,6 +6,8 @@ and no lipzoo classes. It computes the same function as the model at the time of
 
 * ``Normalize`` -> ``(x - mean) / std`` with the statistics as buffers;
 * ``LTConv2d`` / ``LTLinear`` -> ``nn.Conv2d`` / ``nn.Linear`` followed by their activation module;
+* ``GroupSort`` / ``MaxMin`` / ``CReLU`` -> ``torch.sort`` of ``unflatten``-ed groups, ``maximum`` / ``minimum`` of
+  the halves, ``cat(relu(x), relu(-x))``; ``L2NormPool2d`` -> ``nn.LPPool2d(2, ...)`` times its scale;
 * residual blocks -> ``sqrt_rho * x - W^T (scale * phi(W x + b))`` from ``effective_parameters()``
   (``docs/architecture.md``), with ``scale`` folded into the transposed weight: a conv block's
   ``W^T`` is ``nn.ConvTranspose2d`` (stride 1, padding ``k // 2``), a dense block's is an
@@ -30,7 +32,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from lipzoo.layers import AvgPool2d, Flatten, LTConv2d, LTLinear, LTResidualConv, LTResidualLinear, Normalize
+from lipzoo.layers import (AvgPool2d, CReLU, Flatten, GroupSort, L2NormPool2d, LTConv2d, LTLinear, LTResidualConv,
+                           LTResidualLinear, MaxMin, Normalize)
 
 __all__ = ["export", "bound_to_dict"]
 
@@ -125,6 +128,27 @@ def _residual(b: _Builder, layer: LTResidualConv | LTResidualLinear, x: fx.Node)
     return b.graph.call_function(operator.sub, (skip, branch))
 
 
+def _groupwise(b: _Builder, module: nn.Module, x: fx.Node) -> fx.Node:
+    """The group-wise maps as torch calls that hold for any input size (sort of ``unflatten``-ed groups, ...)."""
+    call = b.graph.call_function
+    if isinstance(module, L2NormPool2d):
+        x = b.add(nn.LPPool2d(2, module.kernel_size, module.stride), x)
+        return x if module.scale == 1.0 else call(operator.mul, (x, module.scale))
+    if isinstance(module, CReLU):
+        return call(torch.cat, ([call(torch.relu, (x,)), call(torch.relu, (call(operator.neg, (x,)),))], module.dim))
+    if isinstance(module, MaxMin):
+        halves = call(torch.chunk, (x, 2, module.dim))
+        a, c = call(operator.getitem, (halves, 0)), call(operator.getitem, (halves, 1))
+        return call(torch.cat, ([call(torch.maximum, (a, c)), call(torch.minimum, (a, c))], module.dim))
+    dim, g = module.dim, module.group_size
+    if g is None:
+        return call(operator.getitem, (call(torch.sort, (x, dim)), 0))
+    # group_sort's size checks happen at export time on the model; here any size with whole groups
+    grouped = call(torch.unflatten, (x, dim, (-1, g)))
+    ordered = call(operator.getitem, (call(torch.sort, (grouped, dim + 1)), 0))
+    return call(torch.flatten, (ordered, dim, dim + 1))
+
+
 def _emit(b: _Builder, module: nn.Module, x: fx.Node) -> fx.Node:
     if isinstance(module, nn.Sequential):
         for child in module:
@@ -147,11 +171,13 @@ def _emit(b: _Builder, module: nn.Module, x: fx.Node) -> fx.Node:
     if isinstance(module, AvgPool2d):
         return b.add(nn.AvgPool2d(module.kernel_size, module.stride, module.padding, module.ceil_mode,
                                   module.count_include_pad, module.divisor_override), x)
+    if isinstance(module, (GroupSort, MaxMin, CReLU, L2NormPool2d)):
+        return _groupwise(b, module, x)
     if type(module).__module__.startswith("torch.nn"):
         return b.add(copy.deepcopy(module), x)
     raise TypeError(f"export: cannot export {type(module).__module__}.{type(module).__name__}; supported are "
                     "lipzoo layers (Normalize, LTConv2d, LTLinear, LTResidualConv, LTResidualLinear, Flatten, "
-                    "AvgPool2d), plain torch.nn modules and nn.Sequential of them.")
+                    "AvgPool2d, GroupSort, MaxMin, CReLU, L2NormPool2d), plain torch.nn modules and nn.Sequential of them.")
 
 
 def _jsonable(value: Any) -> Any:

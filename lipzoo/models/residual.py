@@ -34,7 +34,7 @@ Any ``img_size`` divisible by 8 keeps every pixel; other sizes are floored by th
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 from torch import nn
 
@@ -55,8 +55,16 @@ RESIDUAL_CONFIGS: dict[str, dict] = {
 def build_lt_res(architecture: str, widths: Sequence[int], depths: Sequence[int], features: int,
                  head_depth: int, *, num_classes: int, in_chans: int, img_size, mean, std,
                  activation: str | None, kernel_size: int = 3, pool: int = 2,
-                 dataset: str = "cifar10") -> LipschitzSequential:
-    """Build an ``lt-res`` network (see the module docstring for the layout)."""
+                 dataset: str = "cifar10", conv_block: Callable[[int], nn.Module] | None = None,
+                 dense_block: Callable[[int], nn.Module] | None = None) -> LipschitzSequential:
+    """Build an ``lt-res`` network (see the module docstring for the layout).
+
+    ``conv_block(channels)`` and ``dense_block(features)`` make the blocks of the stages and of the head
+    (default: ``LTResidualConv(c, c, kernel_size)`` and ``LTResidualLinear(f, f)`` with ``activation``);
+    other families of the same layout pass theirs (:mod:`lipzoo.models.sll`).
+    """
+    make_conv = conv_block or (lambda c: LTResidualConv(c, c, kernel_size, activation=activation))
+    make_dense = dense_block or (lambda f: LTResidualLinear(f, f, activation=activation))
     check_num_classes(num_classes, architecture, allow_zero=True)
     if len(widths) != len(depths) or not widths:
         raise ValueError(f"{architecture}: widths and depths need the same non-zero length, got "
@@ -70,13 +78,13 @@ def build_lt_res(architecture: str, widths: Sequence[int], depths: Sequence[int]
         if stage > 0:
             layers.append(LTConv2d(widths[stage - 1], channels, 2, stride=2, activation=None))
             h, w = h // 2, w // 2
-        layers.extend(LTResidualConv(channels, channels, kernel_size, activation=activation) for _ in range(depth))
+        layers.extend(make_conv(channels) for _ in range(depth))
     h, w = h // pool, w // pool
     if h < 1 or w < 1:
         raise ValueError(f"{architecture}: img_size={img_size!r} is too small; it needs at least "
                          f"{pool * 2 ** (len(widths) - 1)} pixels per side.")
     layers += [AvgPool2d(pool), Flatten(), LTLinear(widths[-1] * h * w, features, activation=None)]
-    layers.extend(LTResidualLinear(features, features, activation=activation) for _ in range(head_depth))
+    layers.extend(make_dense(features) for _ in range(head_depth))
     layers.append(LTLinear(features, num_classes or 1, activation=None))
     model_args = {"activation": activation, "in_chans": in_chans, "img_size": [height, width]}
     model = LipschitzSequential(layers, architecture=architecture, input_shape=(in_chans, height, width),

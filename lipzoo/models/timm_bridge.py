@@ -88,7 +88,8 @@ def _make_entrypoint(architecture: str) -> Callable[..., nn.Module]:
             model = create_model(entry, pretrained=True, **options, **kwargs)
         else:
             entry = tags.get(tag) if tag else None
-            model = create_model(architecture, **kwargs)
+            # a tag builds its entry's configuration (model_args, input shape), untrained
+            model = create_model(entry if entry else architecture, **kwargs)
         if isinstance(cfg, PretrainedCfg):
             cfg = cfg.to_dict()
         base = {**model.pretrained_cfg, "tag": tag or (zoo.pretrained_tag(entry) if entry else None)}
