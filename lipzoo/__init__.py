@@ -26,6 +26,7 @@ _EXPORTS = {
     "LTResidualConv": "lipzoo.layers", "LTResidualLinear": "lipzoo.layers", "Normalize": "lipzoo.layers",
     "register_activation": "lipzoo.layers", "GroupSort": "lipzoo.layers", "FullSort": "lipzoo.layers",
     "MaxMin": "lipzoo.layers", "CReLU": "lipzoo.layers", "L2NormPool2d": "lipzoo.layers",
+    "SLLConv2d": "lipzoo.layers", "SLLLinear": "lipzoo.layers", "AOLConv2d": "lipzoo.layers", "AOLLinear": "lipzoo.layers",
     "CRMLoss": "lipzoo.losses", "crm_loss": "lipzoo.losses",
     "create_model": "lipzoo.models", "export": "lipzoo.models", "list_models": "lipzoo.models",
     "list_pretrained": "lipzoo.models", "register_model": "lipzoo.models", "load_pretrained": "lipzoo.models",

@@ -188,3 +188,24 @@ def test_zero_padding_same_with_an_odd_kernel_is_its_symmetric_padding():
     b = lipschitz_bound(nn.Sequential(explicit, nn.ReLU(), nn.Flatten()), (2, 7, 7), mode="global")
     assert float(a.value) == float(b.value)
     check_lipschitz_state(same, (2, 7, 7))
+
+
+def test_export_writes_the_group_wise_maps_as_plain_torch():
+    from lipzoo.layers import Flatten, LTConv2d, LTLinear, Normalize
+    from lipzoo.models import export
+    torch.manual_seed(4)
+    net = nn.Sequential(Normalize([0.5], [0.5]), LTConv2d(1, 6, 3, padding=1, activation=None), GroupSort(3), CReLU(),
+                        L2NormPool2d(2, scale=0.5), MaxMin(), FullSort(), GroupSort(2), Flatten(),
+                        LTLinear(12 * 7 * 7, 4, activation=None)).eval()
+    graph = export(net)
+    assert not [m for m in graph.modules() if type(m).__module__.startswith("lipzoo")]
+    x = torch.rand(3, 1, 14, 14)
+    assert torch.equal(graph(x), net(x))
+
+
+def test_the_aol_entry_builds_its_maxmin_configuration_through_timm():
+    timm = pytest.importorskip("timm")
+    import lipzoo  # noqa: F401  (bridges lipzoo to timm)
+    model = timm.create_model("lipzoo_aol_s.hkr_mnist")
+    assert any(isinstance(m, MaxMin) for m in model.modules())
+    assert not any(isinstance(m, MaxMin) for m in timm.create_model("lipzoo_aol_s").modules())  # the default: relu
