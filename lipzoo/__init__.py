@@ -33,7 +33,7 @@ _EXPORTS = {
     "load": "lipzoo.hub", "push": "lipzoo.hub", "save_pretrained": "lipzoo.hub", "attach_results": "lipzoo.hub",
     "Eps": "lipzoo.meta", "Metadata": "lipzoo.meta", "parse_eps": "lipzoo.meta", "dataset_facts": "lipzoo.meta",
 }
-_SUBPACKAGES = ("bounds", "certify", "cli", "data", "hub", "layers", "losses", "meta", "models", "train")
+_SUBPACKAGES = ("bounds", "certify", "cli", "data", "hub", "interop", "layers", "losses", "meta", "models", "train")
 
 __all__ = sorted([*_EXPORTS, "__version__"])
 

@@ -1,4 +1,4 @@
-"""Command line: ``lipzoo train | certify | bounds | push | list``. Orchestration only.
+"""Command line: ``lipzoo train | certify | bounds | interop | push | list``. Orchestration only.
 
 Arguments are checked before anything heavy happens (``--eps`` and the integer options at parse
 time, in :mod:`lipzoo.cli_parser`; the data's shape, channels and pixels right after loading, before any
@@ -386,6 +386,12 @@ def _cmd_list(args) -> int:
     return 0
 
 
+def _cmd_interop(args) -> int:
+    from lipzoo.interop.cli import run
+
+    return run(args)
+
+
 def _cmd_push(args) -> int:
     from lipzoo.hub import push
 
@@ -399,7 +405,7 @@ def _cmd_push(args) -> int:
 
 
 _COMMANDS = {"train": _cmd_train, "certify": _cmd_certify, "bounds": _cmd_bounds, "push": _cmd_push,
-             "cache": _cmd_cache, "list": _cmd_list}
+             "cache": _cmd_cache, "list": _cmd_list, "interop": _cmd_interop}
 """The handler of each subcommand (the parser, :mod:`lipzoo.cli_parser`, names it in ``args.command``)."""
 
 

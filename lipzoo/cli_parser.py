@@ -212,6 +212,42 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="print JSON instead of a table")
     b.set_defaults(command="bounds")
 
+    i = sub.add_parser("interop", help="convert a deel-torchlip / orthogonium network, bound it and compare with the "
+                                        "peer's sqrt(2) x 1-Lipschitz rule (docs/interop.md)",
+                       parents=[common], formatter_class=fmt)
+    i.add_argument("model", help="a saved network: a pickled module (with --trust-pickle) or a state dict (with "
+                                 "--builder)")
+    i.add_argument("--input-shape", type=_positive_int, nargs="+", required=True, metavar="N",
+                   help="per-sample input shape, e.g. 1 28 28")
+    i.add_argument("--trust-pickle", action="store_true",
+                   help="load a whole pickled module (torch.load with weights_only=False runs code stored in the "
+                        "file: only for files you trust)")
+    i.add_argument("--builder", metavar="MODULE:FUNCTION",
+                   help="load MODEL as a state dict into the network FUNCTION() builds (module:function or "
+                        "path/to/file.py:function)")
+    i.add_argument("--data", help="mnist, cifar10, a .npz path or an image folder: certify its split (default: "
+                                  "bounds only)")
+    i.add_argument("--data-root", help="folder with the dataset files (default: $LIPZOO_DATA; MNIST test ships)")
+    i.add_argument("--split", default="test", choices=["train", "test"], help="which split to certify on")
+    i.add_argument("--eps", action="append", type=_eps, help="radius in pixel units (repeatable; needed with --data)")
+    i.add_argument("--limit", type=_positive_int, help="first N samples only (default: all)")
+    i.add_argument("--batch-size", type=_positive_int, default=500, help="samples per batch")
+    i.add_argument("--claim", action="append", metavar="PATH=VALUE",
+                   help="the constant the peer claims for the layer at PATH (repeatable; default: 1, or "
+                        "deel-torchlip's k_coef_lip), e.g. 0=3.2457 for an input normalisation by 1/std")
+    i.add_argument("--bound-effort", type=_effort, default=None, metavar="LEVEL|UNITS",
+                   help="work the guaranteed bound may spend tightening large operators exactly (default: medium)")
+    i.add_argument("--max-dense", type=_positive_int, default=None,
+                   help="materialize operators up to this side only (default: adaptive)")
+    i.add_argument("--no-check", action="store_true",
+                   help="skip check_lipschitz_state on the equivalents and the end-to-end comparison (the per-layer "
+                        "probes that recognise each layer always run)")
+    i.add_argument("--out", help="output folder (default: interop-<model file name>)")
+    i.add_argument("--device", help="cpu, cuda, cuda:1 (default: cpu)")
+    i.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's choice)")
+    i.add_argument("--no-progress", action="store_true", help="no progress bars")
+    i.set_defaults(command="interop")
+
     u = sub.add_parser("push", help="upload a checkpoint folder to the Hugging Face Hub", parents=[common],
                        formatter_class=fmt)
     u.add_argument("directory", help="a folder written by save_pretrained / lipzoo train")
