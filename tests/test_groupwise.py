@@ -209,3 +209,26 @@ def test_the_aol_entry_builds_its_maxmin_configuration_through_timm():
     model = timm.create_model("lipzoo_aol_s.hkr_mnist")
     assert any(isinstance(m, MaxMin) for m in model.modules())
     assert not any(isinstance(m, MaxMin) for m in timm.create_model("lipzoo_aol_s").modules())  # the default: relu
+
+
+class _Drifting(nn.Module):
+    """A parametrization that moves the weight a little on every read (a power iteration run in eval mode)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("step", torch.zeros(()))
+
+    def forward(self, w):
+        self.step += 1
+        return w * (1 + 1e-7 * self.step)
+
+
+def test_a_parametrization_that_changes_the_weight_on_every_read_is_refused():
+    import torch.nn.utils.parametrize as parametrize
+    lin = nn.Linear(3, 3)
+    parametrize.register_parametrization(lin, "weight", _Drifting())
+    with pytest.raises(UnsupportedModule, match="another value on every read"):
+        lipschitz_bound(nn.Sequential(lin, nn.ReLU()), (3,))
+    steady = nn.Linear(3, 3)
+    parametrize.register_parametrization(steady, "weight", nn.Identity())  # deterministic: accepted
+    lipschitz_bound(nn.Sequential(steady, nn.ReLU()), (3,))

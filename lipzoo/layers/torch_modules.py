@@ -197,19 +197,45 @@ def check_hooks(module: nn.Module, *, recurse: bool = True) -> None:
                                        "output, which the accountant cannot see. Remove the hook(s) first")
 
 
+_DETERMINISTIC_PARAMETRIZATIONS = ("torch.nn.utils.parametrizations", "lipzoo.")
+
+
 def check_parametrizations(module: nn.Module) -> None:
-    """Refuse parametrizations that change the weight each time it is read (spectral norm in training mode).
+    """Refuse parametrizations that change the weight each time it is read (spectral norm in training mode; another
+    library's parametrization whose two reads differ, e.g. a power iteration that runs in eval mode too).
 
     ``torch.nn.utils.parametrizations.spectral_norm`` runs a power-iteration step on every read of the
     weight in training mode, so the weight ``forward`` uses is not the one the state read.
     """
     for name, sub in module.named_modules():
-        for plist in getattr(sub, "parametrizations", {}).values() if parametrize.is_parametrized(sub) else ():
+        if not parametrize.is_parametrized(sub):
+            continue
+        where = "it" if sub is module else f"its submodule {name!r} ({type(sub).__name__})"
+        for tensor_name, plist in sub.parametrizations.items():
             for p in plist:
                 if isinstance(p, _SpectralNorm) and p.training:
-                    where = "it" if sub is module else f"its submodule {name!r} ({type(sub).__name__})"
                     raise _refused(module, f"{where} has a spectral_norm parametrization in training mode, which "
                                            "changes the weight on every read; call model.eval() first")
+            if all(type(p).__module__.startswith(_DETERMINISTIC_PARAMETRIZATIONS) for p in plist):
+                continue
+            # another library's parametrization (a power iteration that runs on every read, ...): two reads
+            # must give the same bits, or the weight the state reads is not the one forward will use
+            plist_state = {k: v.clone() for k, v in plist.state_dict().items()}  # restored: no side effect
+            try:
+                with torch.no_grad():
+                    first, second = getattr(sub, tensor_name), getattr(sub, tensor_name)
+                    plist.load_state_dict(plist_state)
+            except Exception as err:  # their code, in the float64 copy the accountant works on
+                raise _refused(module, f"{where} has a parametrization of {tensor_name!r} that failed to compute it "
+                                       f"({type(err).__name__}: {err}); freeze it first (lipzoo.interop.convert does, "
+                                       "or torch.nn.utils.parametrize.remove_parametrizations)") from None
+            if not torch.equal(first, second):
+                raise _refused(module, f"{where} has a parametrization of {tensor_name!r} "
+                                       f"({', '.join(type(p).__qualname__ for p in plist)}) that gives another value on "
+                                       "every read (by up to "
+                                       f"{float((first - second).abs().max()):.3g}), so the weight bounded is not the "
+                                       "weight forward uses; freeze it first (lipzoo.interop.convert does, "
+                                       "or torch.nn.utils.parametrize.remove_parametrizations)")
 
 
 def _declaring_class(module: nn.Module, attr: str) -> type:
