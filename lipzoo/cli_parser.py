@@ -215,8 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("interop", help="convert a deel-torchlip / orthogonium network, bound it and compare with the "
                                         "peer's sqrt(2) x 1-Lipschitz rule (docs/interop.md)",
                        parents=[common], formatter_class=fmt)
-    i.add_argument("model", help="a saved network: a pickled module (with --trust-pickle) or a state dict (with "
-                                 "--builder)")
+    i.add_argument("model", help="a saved network: a pickled module (with --trust-pickle), a state dict (with "
+                                 "--builder) or a lipzoo checkpoint folder")
     i.add_argument("--input-shape", type=_positive_int, nargs="+", required=True, metavar="N",
                    help="per-sample input shape, e.g. 1 28 28")
     i.add_argument("--trust-pickle", action="store_true",

@@ -46,8 +46,13 @@ def _import_builder(spec: str):
 def load_model(path, *, trust_pickle: bool = False, builder: str | None = None) -> nn.Module:
     """The network in ``path``: a state dict loaded into ``builder()`` (``torch.load(weights_only=True)``), or, only
     with ``trust_pickle``, a whole pickled module (``torch.load(weights_only=False)``, which runs code stored in
-    the file)."""
+    the file), or a lipzoo checkpoint folder (``lipzoo.load``: safetensors, no code), so that lipzoo's own 1-Lipschitz
+    families (``sll-*``, ``aol-*``) can be set against the same rule."""
     p = Path(path)
+    if p.is_dir() and (p / "config.json").is_file():
+        from lipzoo.hub import load
+
+        return load(str(p))
     if not p.is_file():
         raise FileNotFoundError(f"{p} does not exist.")
     try:
