@@ -177,8 +177,8 @@ def _groupwise(rng: random.Random) -> tuple[nn.Module, int]:
 
 def random_groupwise_network(seed: int) -> tuple[nn.Module, tuple[int, ...]]:
     """deel-torchlip / orthogonium style: convolutions with sorts, max-min, CReLU and l2-norm pooling between them
-    (also next to ordinary activations and residual blocks), then dense layers with the same maps."""
-    from lipzoo.layers import L2NormPool2d
+    (also next to LT residual, SLL and AOL layers), then dense layers with the same maps."""
+    from lipzoo.layers import AOLConv2d, CReLU, L2NormPool2d, SLLConv2d
     rng = random.Random(5000 + seed)
     torch.manual_seed(5000 + seed)
     c, n = rng.choice([1, 2]), 8
@@ -188,8 +188,14 @@ def random_groupwise_network(seed: int) -> tuple[nn.Module, tuple[int, ...]]:
         act, mult = _groupwise(rng)
         layers += [nn.Conv2d(c, co, 3, padding=1), act]
         c = co * mult
-        if rng.random() < 0.3:
+        extra = rng.random()
+        if extra < 0.25:
             layers.append(LTResidualConv(c, 2, 3, activation=rng.choice(MONOTONE), rho=rng.uniform(0.5, 2.0)))
+        elif extra < 0.5:
+            layers.append(SLLConv2d(c, rng.choice([2, 4]), 3, activation=rng.choice(["relu", "tanh"])))
+        elif extra < 0.7:
+            layers += [AOLConv2d(c, c, rng.choice([1, 3]), activation=None), _groupwise(rng)[0]]
+            c *= 2 if isinstance(layers[-1], CReLU) else 1
         k = rng.choice([1, 2])
         stride = k + (rng.random() < 0.3)  # disjoint windows, sometimes with gaps
         if (n - k) // stride + 1 >= 2:
@@ -405,7 +411,7 @@ def _spectral_norm_train() -> nn.Module:
     return nn.Sequential(torch.nn.utils.parametrizations.spectral_norm(nn.Linear(3, 3)), nn.ReLU()).train()
 
 
-@pytest.mark.parametrize("seed", range(10))
+@pytest.mark.parametrize("seed", range(16))
 def test_random_groupwise_networks_get_true_bounds(seed):
     net, shape = random_groupwise_network(seed)
     _check_network(net, shape, seed, max_dense=4096 if seed % 2 else 8)
