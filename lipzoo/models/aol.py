@@ -31,7 +31,7 @@ from torch import nn
 
 from lipzoo.layers import AOLConv2d, AOLLinear, Flatten, LTLinear, MaxMin, Normalize
 from lipzoo.meta import DATASETS
-from lipzoo.models.base import (LipschitzSequential, check_num_classes, resolve_img_size,
+from lipzoo.models.base import (LipschitzSequential, assemble, check_num_classes, resolve_img_size,
                                 resolve_normalization)
 from lipzoo.models.registry import register_model
 
@@ -74,12 +74,8 @@ def build_aol(architecture: str, convs: Sequence[ConvSpec], fcs: Sequence[int], 
             layers.append(MaxMin())
         features = out
     layers.append(LTLinear(features, num_classes or 1, activation=None))
-    model_args = {"activation": activation, "in_chans": in_chans, "img_size": [height, width]}
-    model = LipschitzSequential(layers, architecture=architecture, input_shape=(in_chans, height, width),
-                                model_args=model_args)
-    if num_classes == 0:  # timm's num_classes=0: no classifier, the model returns features
-        model.reset_classifier(0)
-    return model
+    return assemble(layers, architecture=architecture, activation=activation, in_chans=in_chans, height=height,
+                    width=width, num_classes=num_classes)
 
 
 def _declared(name: str) -> dict:

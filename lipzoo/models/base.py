@@ -312,3 +312,15 @@ def _revision(revision: str | None, branch: str | None, where: str) -> str | Non
                   "revision to commit to, as in lipzoo.hub.push and `lipzoo push --revision`).",
                   DeprecationWarning, stacklevel=3)
     return branch
+
+
+def assemble(layers: list[nn.Module], *, architecture: str, activation, in_chans: int, height: int, width: int,
+             num_classes: int) -> "LipschitzSequential":
+    """The :class:`LipschitzSequential` of a family's layers, with the ``model_args`` that rebuild it; timm's
+    ``num_classes=0`` drops the classifier (the model then returns features)."""
+    model_args = {"activation": activation, "in_chans": in_chans, "img_size": [height, width]}
+    model = LipschitzSequential(layers, architecture=architecture, input_shape=(in_chans, height, width),
+                                model_args=model_args)
+    if num_classes == 0:
+        model.reset_classifier(0)
+    return model

@@ -39,7 +39,7 @@ from typing import Callable, Sequence
 from torch import nn
 
 from lipzoo.layers import AvgPool2d, Flatten, LTConv2d, LTLinear, LTResidualConv, LTResidualLinear, Normalize
-from lipzoo.models.base import (LipschitzSequential, check_num_classes, resolve_img_size,
+from lipzoo.models.base import (LipschitzSequential, assemble, check_num_classes, resolve_img_size,
                                 resolve_normalization)
 from lipzoo.models.registry import register_model
 
@@ -86,12 +86,8 @@ def build_lt_res(architecture: str, widths: Sequence[int], depths: Sequence[int]
     layers += [AvgPool2d(pool), Flatten(), LTLinear(widths[-1] * h * w, features, activation=None)]
     layers.extend(make_dense(features) for _ in range(head_depth))
     layers.append(LTLinear(features, num_classes or 1, activation=None))
-    model_args = {"activation": activation, "in_chans": in_chans, "img_size": [height, width]}
-    model = LipschitzSequential(layers, architecture=architecture, input_shape=(in_chans, height, width),
-                                model_args=model_args)
-    if num_classes == 0:  # timm's num_classes=0: no classifier, the model returns features
-        model.reset_classifier(0)
-    return model
+    return assemble(layers, architecture=architecture, activation=activation, in_chans=in_chans, height=height,
+                    width=width, num_classes=num_classes)
 
 
 def _build(name: str, num_classes, mean, std, activation, in_chans, img_size) -> LipschitzSequential:
