@@ -446,7 +446,10 @@ class RoundingPlan:
     Build it once (:func:`rounding_plan`) and call it on batches: the weight norms are computed once.
     """
 
-    def __init__(self, model: nn.Module, input_shape, dtype: torch.dtype, accumulate: torch.dtype | None = None):
+    def __init__(self, model: nn.Module, input_shape, dtype: torch.dtype, accumulate: torch.dtype | None = None,
+                 leaf_steps: Callable[[nn.Module, tuple], tuple[list[_Step], tuple]] | None = None):
+        """``leaf_steps(module, in_shape) -> (steps, out_shape)`` models one leaf module (default: the modules
+        listed in :func:`margin_error_bound`); :mod:`lipzoo.interop` passes one that also knows its blocks."""
         from lipzoo.bounds.structure import flatten_modules
 
         self.dtype = dtype
@@ -460,7 +463,7 @@ class RoundingPlan:
         self.steps: list[_Step] = []
         shape = self.input_shape
         for m in flatten_modules(model):
-            steps, shape = _leaf_steps(m, shape)
+            steps, shape = (leaf_steps or _leaf_steps)(m, shape)
             self.steps += steps
         self.output_shape = shape
 

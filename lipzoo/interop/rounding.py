@@ -24,8 +24,7 @@ import math
 import torch
 from torch import nn
 
-from lipzoo.certify.rounding import (_TINY64, _U64, RoundingPlan, _affine, _leaf_steps, _norm_up, _State,
-                                     unit_roundoff)
+from lipzoo.certify.rounding import (_TINY64, _U64, RoundingPlan, _affine, _leaf_steps, _norm_up, _State)
 from lipzoo.interop.modules import Residual, _leaves
 
 __all__ = ["rounding_plan"]
@@ -76,28 +75,6 @@ def _residual_step(m: Residual, in_shape):
     return step
 
 
-class _Plan(RoundingPlan):
-    """:class:`lipzoo.certify.rounding.RoundingPlan` whose steps know :class:`~lipzoo.interop.Residual`."""
-
-    def __init__(self, model: nn.Module, input_shape, dtype: torch.dtype, accumulate: torch.dtype | None = None):
-        from lipzoo.bounds.structure import flatten_modules
-
-        self.dtype = dtype
-        self.u = unit_roundoff(dtype)
-        self.accumulate = accumulate
-        acc = self.u if accumulate is None else unit_roundoff(accumulate)
-        if acc > self.u:
-            raise ValueError(f"accumulate={accumulate} is coarser than dtype={dtype}.")
-        self.acc = acc
-        self.input_shape = tuple(int(s) for s in input_shape)
-        self.steps = []
-        shape: tuple = self.input_shape
-        for m in flatten_modules(model):
-            steps, shape = _steps(m, shape)
-            self.steps += steps
-        self.output_shape = shape
-
-
 def rounding_plan(model: nn.Module, input_shape, *, dtype: torch.dtype | None = None,
                   accumulate: torch.dtype | None = None) -> RoundingPlan:
     """:func:`lipzoo.certify.rounding.rounding_plan` for a converted model (:class:`~lipzoo.interop.Residual` blocks
@@ -106,4 +83,4 @@ def rounding_plan(model: nn.Module, input_shape, *, dtype: torch.dtype | None = 
     if dtype is None:
         param = next(model.parameters(), None)
         dtype = param.dtype if param is not None else torch.get_default_dtype()
-    return _Plan(model, input_shape, dtype, accumulate)
+    return RoundingPlan(model, input_shape, dtype, accumulate, leaf_steps=_steps)
