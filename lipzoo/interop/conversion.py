@@ -267,8 +267,8 @@ def convert(model: nn.Module, input_shape, *, check: bool = True) -> nn.Module:
     walk = _Walk(shapes, check)
     converted = walk.convert(copy.deepcopy(model).cpu().eval(), "").to(torch.float64).eval()
     end_to_end = None
-    if check:
-        end_to_end = _end_to_end(model, converted, shape)
+    if check and walk.records:  # nothing replaced: the copy is the model (a frozen copy of lipzoo's own
+        end_to_end = _end_to_end(model, converted, shape)  # parametrized layers would only differ by precision)
     converted = converted.to(device=device, dtype=torch.float64)
     converted.lipzoo_interop = ConversionReport(shape, tuple(walk.records), end_to_end)  # type: ignore[assignment]
     return converted
