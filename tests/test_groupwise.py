@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -72,14 +73,9 @@ def test_false_claims_are_caught():
             return x.sort(1)[0]
 
         def lipschitz_state(self):
-            return dataclass_replace(super().lipschitz_state(), elementwise=True)
+            return dataclasses.replace(super().lipschitz_state(), elementwise=True)
     with pytest.raises(ValueError, match="not elementwise"):
         check_lipschitz_state(_Elementwise(), (5,))
-
-
-def dataclass_replace(state, **kw):
-    import dataclasses
-    return dataclasses.replace(state, **kw)
 
 
 @pytest.mark.parametrize("module, why", [
