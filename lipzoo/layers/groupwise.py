@@ -33,16 +33,11 @@ from torch import nn
 from lipzoo.layers.lt import AvgPool2dOp, _pair
 from lipzoo.layers.operators import ComposeOp, LinearOperator, ScaleOp
 from lipzoo.layers.state import LipschitzState, UnsupportedModule
+from lipzoo.numerics import U, up
 
 __all__ = ["GroupSort", "FullSort", "MaxMin", "CReLU", "L2NormPool2d", "l2_pool_state", "group_sort"]
 
 Shape = tuple[int, ...]
-
-
-def _up(x: float, ulps: int = 2) -> float:
-    for _ in range(ulps):
-        x = math.nextafter(x, math.inf)
-    return x
 
 
 def _check_dim(dim) -> int:
@@ -141,7 +136,7 @@ class _SignStackOp(LinearOperator):
         return tuple(shape)
 
     def norm_bound(self, in_shape):
-        return torch.tensor(_up(math.sqrt(2.0)), dtype=torch.float64)  # ||[I; -I]|| = sqrt 2
+        return torch.tensor(up(math.sqrt(2.0)), dtype=torch.float64)  # ||[I; -I]|| = sqrt 2 (sqrt correctly rounded)
 
     def abs_norm_bound(self, in_shape):
         return float(self.norm_bound(in_shape))  # |[I; -I]| = [I; I], the same norm
@@ -170,7 +165,7 @@ class CReLU(nn.Module):
         return torch.cat([F.relu(x), F.relu(-x)], self.dim)
 
     def lipschitz_state(self) -> LipschitzState:
-        d = _up(math.sqrt(0.5))  # correctly rounded sqrt, one ulp up: >= 1/sqrt 2
+        d = up(math.sqrt(0.5))  # correctly rounded sqrt, one ulp up: >= 1/sqrt 2
         return LipschitzState(W=_SignStackOp(self.dim), alpha=-d, beta=d, activation=F.relu, elementwise=False)
 
     def extra_repr(self) -> str:
@@ -210,7 +205,7 @@ def l2_pool_state(kernel_size, stride, scale: float = 1.0, pool=None) -> Lipschi
     if not math.isfinite(scale):
         raise UnsupportedModule(f"its scale {scale!r} is not finite")
     s = math.sqrt(kernel[0] * kernel[1])
-    d = _up(_up(math.sqrt(kernel[0] * kernel[1])) / s)  # >= sqrt(k_h k_w) / s: each step rounds up
+    d = up(up(math.sqrt(kernel[0] * kernel[1])) / s, U)  # >= sqrt(k_h k_w) / s: the division's rounding covered
 
     def phi(y: torch.Tensor) -> torch.Tensor:
         norms = F.lp_pool2d(y, 2, kernel, stride)

@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import _SpectralNorm
 
 from lipzoo.layers.activations import BEHAVIOUR_METHODS, activation_slopes, resolve_known_class
+from lipzoo.layers.groupwise import l2_pool_state
 from lipzoo.layers.lt import avg_pool2d_operator, conv2d_operator, flatten_operator, linear_operator
 from lipzoo.layers.operators import DiagonalOp, ScaleOp
 from lipzoo.layers.state import LipschitzState, UnsupportedModule
@@ -300,8 +301,6 @@ def _batch_norm(m: nn.modules.batchnorm._BatchNorm) -> LipschitzState:
 
 
 def _lp_pool2d(m: nn.LPPool2d) -> LipschitzState:
-    from lipzoo.layers.groupwise import l2_pool_state
-
     if float(m.norm_type) != 2.0:
         raise UnsupportedModule(f"only norm_type=2 (l2-norm pooling) is modelled, got {m.norm_type!r}")
     if m.ceil_mode:

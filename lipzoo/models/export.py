@@ -140,7 +140,8 @@ def _groupwise(b: _Builder, module: nn.Module, x: fx.Node) -> fx.Node:
         halves = call(torch.chunk, (x, 2, module.dim))
         a, c = call(operator.getitem, (halves, 0)), call(operator.getitem, (halves, 1))
         return call(torch.cat, ([call(torch.maximum, (a, c)), call(torch.minimum, (a, c))], module.dim))
-    assert isinstance(module, GroupSort)
+    if not isinstance(module, GroupSort):
+        raise TypeError(f"export: no plain-torch form of {type(module).__name__}")
     dim, g = module.dim, module.group_size
     if g is None:
         return call(operator.getitem, (call(torch.sort, (x, dim)), 0))
