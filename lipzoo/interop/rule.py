@@ -29,6 +29,7 @@ from typing import Mapping
 from torch import nn
 
 from lipzoo.interop.probe import record_input_shapes
+from lipzoo.numerics import up
 
 __all__ = ["RuleLayer", "OneLipschitzRule", "one_lipschitz_rule"]
 
@@ -36,7 +37,7 @@ CLAIM_RTOL = 1e-4
 """A layer's proved constant counts as above its claim when it exceeds it by more than this (relative): a proved
 bound carries the accountant's safety margins (a few 1e-6 relative), so a 1-Lipschitz sort's is 1.000002."""
 
-SQRT2_UP = math.nextafter(math.sqrt(2.0), math.inf)  # >= sqrt(2): the proved constant is rounded up throughout
+SQRT2_UP = up(math.sqrt(2.0))  # >= sqrt(2): the proved constant is rounded up throughout
 
 
 @dataclass(frozen=True)
@@ -91,10 +92,6 @@ def _units(model: nn.Module, converted: set[str], path: str = "") -> list[tuple[
     if type(model) is nn.Sequential and path not in converted:
         return [u for n, c in model.named_children() for u in _units(c, converted, f"{path}.{n}" if path else n)]
     return [(path, model)]
-
-
-def _mul_up(a: float, b: float) -> float:
-    return math.nextafter(a * b, math.inf)
 
 
 RULE_MAX_DENSE = 1024
@@ -191,5 +188,5 @@ def one_lipschitz_rule(model: nn.Module, input_shape, *,
         layers.append(RuleLayer(path, type(unit).__name__, c, proved, guarantee))
         kinds.append(guarantee)
         prod_claimed *= c
-        prod_proved = _mul_up(prod_proved, proved)
+        prod_proved = up(prod_proved * proved)
     return OneLipschitzRule(tuple(layers), prod_claimed, prod_proved, weakest_guarantee(kinds + ["exact"]))
